@@ -1,0 +1,16 @@
+//! Shared truths of the facial-expression sensor.
+//!
+//! Everything that training, export and the device must agree on lives here, once: the seven
+//! expression labels and their order, the model's input contract, and the preprocessing that turns
+//! an 8-bit grayscale face crop into the model input. The crate is `no_std` and allocation-free so
+//! the same code runs in the trainer, on a Raspberry Pi and on a microcontroller receiver.
+#![no_std]
+#![warn(missing_docs)]
+
+pub mod input;
+pub mod label;
+pub mod preprocess;
+
+pub use input::{INPUT, InputSpec};
+pub use label::{Expression, UnknownLabel};
+pub use preprocess::{PreprocessError, preprocess};

@@ -1,0 +1,196 @@
+//! Face crop → model input. Training feeds every image through this, and so does the device.
+
+use core::fmt;
+
+use crate::input::InputSpec;
+
+/// Why a crop could not be preprocessed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreprocessError {
+    /// The crop has zero width or height.
+    EmptyImage,
+    /// `pixels.len()` is not `width * height`.
+    PixelCount {
+        /// `width * height`.
+        expected: usize,
+        /// The length that was passed.
+        got: usize,
+    },
+    /// The output buffer is not [`InputSpec::len`] long.
+    OutputLen {
+        /// [`InputSpec::len`].
+        expected: usize,
+        /// The length that was passed.
+        got: usize,
+    },
+    /// The spec asks for more than one channel; preprocessing is grayscale only.
+    Channels(usize),
+}
+
+impl fmt::Display for PreprocessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EmptyImage => f.write_str("face crop is empty (zero width or height)"),
+            Self::PixelCount { expected, got } => {
+                write!(f, "face crop has {got} pixels, its size says {expected}")
+            }
+            Self::OutputLen { expected, got } => {
+                write!(f, "model input buffer holds {got} values, the input needs {expected}")
+            }
+            Self::Channels(c) => write!(f, "preprocessing is grayscale only, spec asks for {c} channels"),
+        }
+    }
+}
+
+impl core::error::Error for PreprocessError {}
+
+/// Resizes an 8-bit grayscale crop (row-major, `width * height` bytes) to the spec's size and
+/// normalises it into `out` (`spec.len()` values, row-major).
+///
+/// Resampling is a triangle (bilinear) filter whose support widens with the downscale factor, so
+/// shrinking a large camera crop averages over it instead of aliasing; at equal size it is the
+/// identity. Any crop size works, including upscaling.
+pub fn preprocess(
+    spec: &InputSpec,
+    pixels: &[u8],
+    width: usize,
+    height: usize,
+    out: &mut [f32],
+) -> Result<(), PreprocessError> {
+    if spec.channels != 1 {
+        return Err(PreprocessError::Channels(spec.channels));
+    }
+    if width == 0 || height == 0 {
+        return Err(PreprocessError::EmptyImage);
+    }
+    if pixels.len() != width * height {
+        return Err(PreprocessError::PixelCount { expected: width * height, got: pixels.len() });
+    }
+    if out.len() != spec.len() {
+        return Err(PreprocessError::OutputLen { expected: spec.len(), got: out.len() });
+    }
+    let x_axis = Axis::new(width, spec.width);
+    let y_axis = Axis::new(height, spec.height);
+    for (oy, row) in out.chunks_exact_mut(spec.width).enumerate() {
+        let (y0, y1) = y_axis.window(oy);
+        for (ox, value) in row.iter_mut().enumerate() {
+            let (x0, x1) = x_axis.window(ox);
+            let mut sum = 0.0f32;
+            let mut weight = 0.0f32;
+            for sy in y0..y1 {
+                let wy = y_axis.weight(oy, sy);
+                let line = &pixels[sy * width..(sy + 1) * width];
+                for (sx, &p) in line.iter().enumerate().take(x1).skip(x0) {
+                    let w = wy * x_axis.weight(ox, sx);
+                    sum += w * p as f32;
+                    weight += w;
+                }
+            }
+            *value = spec.normalise(sum / weight);
+        }
+    }
+    Ok(())
+}
+
+/// Resampling geometry along one axis.
+struct Axis {
+    src: usize,
+    scale: f32,
+    support: f32,
+}
+
+impl Axis {
+    fn new(src: usize, dst: usize) -> Self {
+        let scale = src as f32 / dst as f32;
+        Self { src, scale, support: scale.max(1.0) }
+    }
+
+    fn center(&self, o: usize) -> f32 {
+        (o as f32 + 0.5) * self.scale
+    }
+
+    /// Source pixels `[start, end)` that may carry weight for output pixel `o`.
+    fn window(&self, o: usize) -> (usize, usize) {
+        let c = self.center(o);
+        let start = libm_floor(c - self.support).max(0.0) as usize;
+        let end = (libm_ceil(c + self.support) as usize).min(self.src);
+        // Upscaling near a border can leave only pixels with zero weight: clamp to the edge one.
+        let start = start.min(self.src - 1);
+        (start, end.max(start + 1))
+    }
+
+    fn weight(&self, o: usize, s: usize) -> f32 {
+        let d = ((s as f32 + 0.5) - self.center(o)).abs() / self.support;
+        // A tiny floor keeps edge pixels in play when upscaling past the border.
+        (1.0 - d).max(0.0) + 1e-6
+    }
+}
+
+// `f32::floor`/`ceil` need std; these are exact for the non-negative-ish ranges used here.
+fn libm_floor(x: f32) -> f32 {
+    let t = x as i64 as f32;
+    if t > x { t - 1.0 } else { t }
+}
+
+fn libm_ceil(x: f32) -> f32 {
+    let t = x as i64 as f32;
+    if t < x { t + 1.0 } else { t }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::INPUT;
+
+    #[test]
+    fn identity_at_input_size() {
+        let pixels: [u8; 48 * 48] = core::array::from_fn(|i| (i * 7 % 256) as u8);
+        let mut out = [0.0f32; 48 * 48];
+        preprocess(&INPUT, &pixels, 48, 48, &mut out).unwrap();
+        for (p, v) in pixels.iter().zip(out.iter()) {
+            assert!((INPUT.normalise(*p as f32) - v).abs() < 1e-4, "{p} -> {v}");
+        }
+    }
+
+    #[test]
+    fn normalises_to_symmetric_range() {
+        let mut out = [0.0f32; 48 * 48];
+        preprocess(&INPUT, &[0u8; 4], 2, 2, &mut out).unwrap();
+        assert!(out.iter().all(|v| (*v + 1.0).abs() < 1e-5));
+        preprocess(&INPUT, &[255u8; 9], 3, 3, &mut out).unwrap();
+        assert!(out.iter().all(|v| (*v - 1.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn downscale_averages_instead_of_aliasing() {
+        // A 1-pixel checkerboard at 96x96 must come out mid-gray at 48x48, not black or white.
+        let pixels: [u8; 96 * 96] = core::array::from_fn(|i| if (i / 96 + i % 96) % 2 == 0 { 0 } else { 255 });
+        let mut out = [0.0f32; 48 * 48];
+        preprocess(&INPUT, &pixels, 96, 96, &mut out).unwrap();
+        assert!(out.iter().all(|v| v.abs() < 0.1), "max {:?}", out.iter().cloned().fold(0.0f32, f32::max));
+    }
+
+    #[test]
+    fn upscale_preserves_left_right_structure() {
+        // Left half dark, right half bright, 4x2 → 48x48.
+        let pixels = [0u8, 0, 255, 255, 0, 0, 255, 255];
+        let mut out = [0.0f32; 48 * 48];
+        preprocess(&INPUT, &pixels, 4, 2, &mut out).unwrap();
+        assert!(out[0] < -0.99 && out[47] > 0.99);
+        assert!(out[48 * 47] < -0.99 && out[48 * 48 - 1] > 0.99);
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let mut out = [0.0f32; 48 * 48];
+        assert_eq!(preprocess(&INPUT, &[], 0, 5, &mut out), Err(PreprocessError::EmptyImage));
+        assert_eq!(
+            preprocess(&INPUT, &[0; 5], 2, 2, &mut out),
+            Err(PreprocessError::PixelCount { expected: 4, got: 5 })
+        );
+        assert_eq!(
+            preprocess(&INPUT, &[0; 4], 2, 2, &mut out[..10]),
+            Err(PreprocessError::OutputLen { expected: 2304, got: 10 })
+        );
+    }
+}
