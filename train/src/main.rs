@@ -1,1 +1,268 @@
-fn main() {}
+//! `fer-train`: train and evaluate the facial-expression classifier.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::module::Module;
+use clap::{Parser, Subcommand, ValueEnum};
+use fer_train::dataset::{DatasetSpec, LoadOptions, Split};
+use fer_train::loss::Negatives;
+use fer_train::model::{ExpressionNet, NetworkConfig};
+use fer_train::training::{self, Backend, TclConfig, TrainConfig};
+
+/// Train the facial-expression classifier (CNN + selective attention + triplet-center loss).
+///
+/// Data sets are given as KIND:PATH:
+///   ferplus:DIR   FER+ (DIR/FER2013Train/label.csv, DIR/FER2013Valid/label.csv)
+///   rafdb:DIR     RAF-DB basic (DIR/EmoLabel/list_patition_label.txt, DIR/Image/aligned/)
+///   fer2013:FILE  the FER2013 CSV (emotion,pixels,Usage)
+///   folders:DIR   DIR/[train|valid/]<label>/*.png|jpg
+#[derive(Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model and write a run folder (checkpoint, config, metrics, report, plots).
+    Train(TrainArgs),
+    /// Evaluate a run folder's checkpoint on a data set split.
+    Eval {
+        /// Run folder written by `fer-train train`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Data set to evaluate on (default: the run's valid data).
+        #[arg(long)]
+        data: Option<DatasetSpec>,
+        /// Which split.
+        #[arg(long, value_enum, default_value = "valid")]
+        split: SplitArg,
+        /// Skip and count bad rows and images instead of stopping.
+        #[arg(long)]
+        skip_bad: bool,
+    },
+    /// Show a data set's class distribution without training.
+    Inspect {
+        /// Data set to load.
+        data: DatasetSpec,
+        /// Skip and count bad rows and images instead of stopping.
+        #[arg(long)]
+        skip_bad: bool,
+    },
+    /// Print the network's parameter count and multiply-adds per face.
+    Info {
+        /// Network without the selective attention module.
+        #[arg(long, value_enum, default_value = "on")]
+        attention: OnOff,
+    },
+    /// Time training steps of the default network on random inputs, per backend.
+    Bench {
+        /// Steps to time (after 2 warm-up steps).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Images per step.
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        /// Backends to time.
+        #[arg(long, value_enum, num_args = 1.., default_values = ["flex", "ndarray"])]
+        backend: Vec<Backend>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Train,
+    Valid,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum LossArg {
+    /// Cross-entropy only (the baseline).
+    Ce,
+    /// Cross-entropy + λ · triplet-center loss.
+    Tcl,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum NegativesArg {
+    /// Nearest other-class center.
+    Fully,
+    /// α · hardest in-batch negative + (1 − α) · its class center.
+    Semi,
+    /// Center of the classifier's most confusable other class.
+    Prediction,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Training data (its train split is used).
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<DatasetSpec>,
+    /// Evaluation data (its valid split); default: the same data set.
+    #[arg(long)]
+    valid: Option<DatasetSpec>,
+    /// Run folder to write.
+    #[arg(long, default_value = "runs/latest")]
+    out: PathBuf,
+    /// Continue the run in this folder from its last checkpoint, with its saved settings.
+    #[arg(long, conflicts_with_all = ["data", "out"])]
+    resume: Option<PathBuf>,
+    /// Loss: the cross-entropy baseline or CE + triplet-center loss.
+    #[arg(long, value_enum, default_value = "tcl")]
+    loss: LossArg,
+    /// How the triplet-center loss picks its negative.
+    #[arg(long, value_enum, default_value = "semi")]
+    negatives: NegativesArg,
+    /// Weight α of the real sample in a semi-synthesized negative.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f32,
+    /// Weight λ of the triplet-center loss.
+    #[arg(long, default_value_t = 0.01)]
+    lambda: f32,
+    /// Triplet-center loss margin m (on squared distances).
+    #[arg(long, default_value_t = 1.0)]
+    margin: f32,
+    /// Selective attention module on or off (the ablation).
+    #[arg(long, value_enum, default_value = "on")]
+    attention: OnOff,
+    /// Number of epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate (AdamW, warm-up then cosine decay).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed for initialisation, shuffling and augmentation.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// CPU backend.
+    #[arg(long, value_enum, default_value = "flex")]
+    backend: Backend,
+    /// Turn training augmentation off.
+    #[arg(long)]
+    no_augment: bool,
+    /// Use only the first N images of each split.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Skip and count bad rows and images instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+    /// A tiny network and 64 images for 2 epochs: checks a setup in seconds.
+    #[arg(long)]
+    smoke: bool,
+}
+
+impl TrainArgs {
+    fn config(&self, data: DatasetSpec) -> TrainConfig {
+        let mut config = if self.smoke { TrainConfig::smoke(data) } else { TrainConfig::new(data) };
+        config.valid = self.valid.clone();
+        config.tcl = (self.loss == LossArg::Tcl).then(|| TclConfig {
+            negatives: match self.negatives {
+                NegativesArg::Fully => Negatives::FullySynthesized,
+                NegativesArg::Semi => Negatives::SemiSynthesized { alpha: self.alpha },
+                NegativesArg::Prediction => Negatives::PredictionBased,
+            },
+            lambda: self.lambda,
+            margin: self.margin,
+        });
+        config.network.attention = self.attention == OnOff::On;
+        config.epochs = self.epochs.unwrap_or(config.epochs);
+        config.batch_size = self.batch_size.unwrap_or(config.batch_size);
+        config.lr = self.lr.unwrap_or(config.lr);
+        config.seed = self.seed.unwrap_or(config.seed);
+        config.backend = self.backend;
+        if self.no_augment {
+            config.augment = None;
+        }
+        config.limit = self.limit.or(config.limit);
+        config.skip_bad = self.skip_bad;
+        config
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => {
+            training::stop_on_ctrl_c();
+            let (config, run, resume) = match (&args.resume, &args.data) {
+                (Some(run), _) => {
+                    let text = std::fs::read_to_string(run.join(training::files::CONFIG))
+                        .with_context(|| format!("{}: not a run folder", run.display()))?;
+                    (serde_json::from_str(&text).context("parsing config.json")?, run.clone(), true)
+                }
+                (None, Some(data)) => (args.config(data.clone()), args.out.clone(), false),
+                (None, None) => unreachable!("clap requires --data without --resume"),
+            };
+            let started = Instant::now();
+            let summary = training::train(&config, &run, resume)?;
+            println!("{}", summary.valid);
+            println!(
+                "run folder: {}  ({} epochs, {:.0} s, {:.0} images/s training{})",
+                run.display(),
+                summary.epochs_done,
+                started.elapsed().as_secs_f64(),
+                summary.images_per_second,
+                if summary.interrupted { ", interrupted" } else { "" }
+            );
+        }
+        Command::Eval { checkpoint, data, split, skip_bad } => {
+            let device = Backend::Flex.device();
+            let (model, config) = training::load_checkpoint(&checkpoint, &device)?;
+            let spec = data.or(config.valid).unwrap_or(config.data);
+            let split = match split {
+                SplitArg::Train => Split::Train,
+                SplitArg::Valid => Split::Valid,
+            };
+            let samples = spec.load_verbose(split, LoadOptions { skip_bad })?.samples;
+            let started = Instant::now();
+            let metrics = training::evaluate(&model, &samples, &device);
+            println!("{metrics}");
+            println!("evaluated {} images in {:.1} s", samples.len(), started.elapsed().as_secs_f64());
+        }
+        Command::Inspect { data, skip_bad } => {
+            for split in [Split::Train, Split::Valid] {
+                if let Err(error) = data.load_verbose(split, LoadOptions { skip_bad }) {
+                    eprintln!("{split}: {error}");
+                }
+            }
+        }
+        Command::Info { attention } => {
+            let config = NetworkConfig { attention: attention == OnOff::On, ..NetworkConfig::default() };
+            let model = ExpressionNet::new(&config, &Backend::Flex.device());
+            println!("input:          {}x{}x{} ({}..{})", fer_protocol::INPUT.channels, fer_protocol::INPUT.height, fer_protocol::INPUT.width, -1, 1);
+            println!("widths:         {:?}, embedding {}", config.widths, config.embedding_dim);
+            println!("parameters:     {}", model.num_params());
+            println!("multiply-adds:  {:.2} M per face", config.multiply_adds() as f64 / 1e6);
+        }
+        Command::Bench { steps, batch_size, backend } => {
+            for backend in backend {
+                let ms = fer_train::bench::train_step_ms(backend, batch_size, steps);
+                println!("{backend:?}: {ms:.1} ms per training step of {batch_size} ({:.0} images/s)", batch_size as f64 * 1000.0 / ms);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Samples → model inputs: shared preprocessing, augmentation, shuffling and prefetching.
+//!
+//! Batches are built on a background thread in a fixed order, and each sample's augmentation is
+//! seeded by `(seed, epoch, position)`, so a run is reproducible from its seed. (Burn's
+//! multi-worker `DataLoader` hands batches over in whatever order its workers finish, which
+//! breaks that; one prefetch thread keeps up with training here — see docs/results.md.)
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use burn::prelude::*;
+use fer_protocol::INPUT;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+
+use crate::augment::Augment;
+use crate::dataset::Sample;
+
+/// A batch of model inputs and labels as plain vectors, ready to become tensors.
+pub struct HostBatch {
+    /// `[n, 1, 48, 48]` preprocessed inputs, row-major.
+    pub inputs: Vec<f32>,
+    /// Class indices, one per input.
+    pub labels: Vec<i64>,
+}
+
+impl HostBatch {
+    /// Number of samples in the batch.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Moves the batch onto `device` as an input tensor and a label tensor.
+    pub fn to_tensors(&self, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+        let n = self.len();
+        let inputs = Tensor::from_data(TensorData::new(self.inputs.clone(), [n, INPUT.channels, INPUT.height, INPUT.width]), device);
+        let labels = Tensor::from_data(TensorData::new(self.labels.clone(), [n]), device);
+        (inputs, labels)
+    }
+}
+
+/// Preprocesses one crop into `out` (one model input).
+pub fn preprocess_into(pixels: &[u8], width: usize, height: usize, out: &mut [f32]) {
+    // Loaders guarantee `pixels.len() == width * height` and non-empty crops.
+    fer_protocol::preprocess(&INPUT, pixels, width, height, out).expect("loader produced an inconsistent crop");
+}
+
+/// Preprocesses samples without augmentation (evaluation).
+pub fn eval_batch(samples: &[Sample]) -> HostBatch {
+    let mut inputs = vec![0.0; samples.len() * INPUT.len()];
+    for (sample, out) in samples.iter().zip(inputs.chunks_exact_mut(INPUT.len())) {
+        preprocess_into(&sample.pixels, sample.width, sample.height, out);
+    }
+    HostBatch { inputs, labels: samples.iter().map(|s| s.label.index() as i64).collect() }
+}
+
+/// The batches of one training epoch: shuffled, augmented, built ahead on a background thread.
+/// The last incomplete batch is dropped so batch statistics stay stable.
+pub fn train_epoch(
+    samples: Arc<Vec<Sample>>,
+    batch_size: usize,
+    augment: Option<Augment>,
+    seed: u64,
+    epoch: usize,
+) -> mpsc::Receiver<HostBatch> {
+    let (sender, receiver) = mpsc::sync_channel(4);
+    std::thread::spawn(move || {
+        let mut order: Vec<usize> = (0..samples.len()).collect();
+        order.shuffle(&mut SmallRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let mut scratch = Vec::new();
+        for (b, chunk) in order.chunks_exact(batch_size).enumerate() {
+            let mut inputs = vec![0.0; chunk.len() * INPUT.len()];
+            for (i, (&index, out)) in chunk.iter().zip(inputs.chunks_exact_mut(INPUT.len())).enumerate() {
+                let s = &samples[index];
+                match augment {
+                    Some(augment) => {
+                        let position = (epoch * samples.len() + b * batch_size + i) as u64;
+                        let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(position.wrapping_mul(0xD1B5_4A32_D192_ED03)));
+                        augment.apply(&s.pixels, s.width, s.height, &mut rng, &mut scratch);
+                        preprocess_into(&scratch, s.width, s.height, out);
+                    }
+                    None => preprocess_into(&s.pixels, s.width, s.height, out),
+                }
+            }
+            let labels = chunk.iter().map(|&i| samples[i].label.index() as i64).collect();
+            if sender.send(HostBatch { inputs, labels }).is_err() {
+                return; // the trainer stopped early (Ctrl-C)
+            }
+        }
+    });
+    receiver
+}

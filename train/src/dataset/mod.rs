@@ -1,0 +1,378 @@
+//! Face-expression data sets, each mapped onto the canonical seven labels of [`fer_protocol`].
+//!
+//! One trait ([`ExpressionSource`]) and four loaders: RAF-DB basic, FER+, the FER2013 CSV and
+//! plain image folders. Every loader decodes its images once into [`Sample`]s (8-bit grayscale,
+//! any size); [`crate::batch`] turns them into model inputs through `fer_protocol::preprocess`.
+
+mod fer2013;
+mod ferplus;
+mod folders;
+mod rafdb;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use fer_protocol::Expression;
+
+pub use fer2013::Fer2013Csv;
+pub use ferplus::FerPlus;
+pub use folders::ImageFolders;
+pub use rafdb::RafDb;
+
+/// One labelled face: an 8-bit grayscale crop and its expression.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// Row-major grayscale pixels, `width * height` bytes.
+    pub pixels: Vec<u8>,
+    /// Crop width in pixels.
+    pub width: usize,
+    /// Crop height in pixels.
+    pub height: usize,
+    /// The (hard) label.
+    pub label: Expression,
+    /// Annotator vote distribution over the 7 classes, where the data set has one (FER+).
+    pub votes: Option<[f32; Expression::COUNT]>,
+}
+
+/// Which part of a data set to load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Training images.
+    Train,
+    /// Held-out images used for evaluation (RAF-DB's `test`, FER+'s `valid`).
+    Valid,
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Split::Train => "train",
+            Split::Valid => "valid",
+        })
+    }
+}
+
+/// Errors while loading a data set; each names the file (and line) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// A file or folder the layout requires is not there.
+    #[error("{path}: not found ({what})")]
+    Missing {
+        /// The missing path.
+        path: PathBuf,
+        /// What was expected there.
+        what: &'static str,
+    },
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A row of a label file could not be parsed.
+    #[error("{path}:{line}: {message}")]
+    Row {
+        /// The label file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An image could not be decoded or has the wrong size.
+    #[error("{path}: {message}")]
+    Image {
+        /// The image (or the file holding it).
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The split holds no usable image.
+    #[error("{path}: the {split} split has no usable images")]
+    EmptySplit {
+        /// The data set root.
+        path: PathBuf,
+        /// The split.
+        split: Split,
+    },
+    /// A data set spec could not be parsed.
+    #[error("bad data set spec {spec:?}: {message}")]
+    Spec {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl DatasetError {
+    fn row(path: &Path, line: usize, message: impl Into<String>) -> Self {
+        Self::Row { path: path.to_owned(), line, message: message.into() }
+    }
+
+    fn image(path: &Path, message: impl fmt::Display) -> Self {
+        Self::Image { path: path.to_owned(), message: message.to_string() }
+    }
+
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io { path: path.to_owned(), source }
+    }
+}
+
+/// How strict loading is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Skip (and count) bad rows and images instead of failing on the first one.
+    pub skip_bad: bool,
+}
+
+/// A loaded split: the samples and what was skipped on the way.
+#[derive(Debug)]
+pub struct LoadedSplit {
+    /// The usable samples.
+    pub samples: Vec<Sample>,
+    /// Bad rows or images skipped under [`LoadOptions::skip_bad`], with their reasons.
+    pub skipped: Vec<DatasetError>,
+    /// Rows left out by the data set's own protocol (e.g. FER+ `unknown`/no-majority/contempt).
+    pub excluded: usize,
+}
+
+impl LoadedSplit {
+    /// Images per class, in class-index order.
+    pub fn class_counts(&self) -> ClassCounts {
+        ClassCounts::of(self.samples.iter().map(|s| s.label))
+    }
+}
+
+/// A source of labelled face images.
+pub trait ExpressionSource {
+    /// A short human-readable name, e.g. `"FER+ (/data/ferplus)"`.
+    fn describe(&self) -> String;
+
+    /// Loads and decodes one split.
+    fn load(&self, split: Split, options: LoadOptions) -> Result<LoadedSplit, DatasetError>;
+}
+
+/// Collects `result` into `samples`, or into `skipped` under `--skip-bad`.
+struct Collector {
+    options: LoadOptions,
+    samples: Vec<Sample>,
+    skipped: Vec<DatasetError>,
+    excluded: usize,
+}
+
+impl Collector {
+    fn new(options: LoadOptions) -> Self {
+        Self { options, samples: Vec::new(), skipped: Vec::new(), excluded: 0 }
+    }
+
+    fn push(&mut self, result: Result<Sample, DatasetError>) -> Result<(), DatasetError> {
+        match result {
+            Ok(sample) => self.samples.push(sample),
+            Err(error) if self.options.skip_bad => self.skipped.push(error),
+            Err(error) => return Err(error),
+        }
+        Ok(())
+    }
+
+    fn finish(self, root: &Path, split: Split) -> Result<LoadedSplit, DatasetError> {
+        if self.samples.is_empty() {
+            return Err(DatasetError::EmptySplit { path: root.to_owned(), split });
+        }
+        Ok(LoadedSplit { samples: self.samples, skipped: self.skipped, excluded: self.excluded })
+    }
+}
+
+/// Decodes an image file into 8-bit grayscale, optionally requiring a size.
+fn decode_gray(path: &Path, expected: Option<(usize, usize)>) -> Result<(Vec<u8>, usize, usize), DatasetError> {
+    let bytes = std::fs::read(path).map_err(|e| DatasetError::io(path, e))?;
+    let image = image::load_from_memory(&bytes).map_err(|e| DatasetError::image(path, e))?.into_luma8();
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    if let Some((ew, eh)) = expected
+        && (w, h) != (ew, eh)
+    {
+        return Err(DatasetError::image(path, format!("image is {w}x{h}, expected {ew}x{eh}")));
+    }
+    Ok((image.into_raw(), w, h))
+}
+
+/// Decodes many images on all cores, keeping their order.
+fn decode_all<T: Send>(
+    jobs: Vec<T>,
+    decode: impl Fn(T) -> Result<Sample, DatasetError> + Sync,
+) -> Vec<Result<Sample, DatasetError>> {
+    use std::sync::Mutex;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = jobs.len().div_ceil(threads).max(1);
+    let mut jobs = jobs.into_iter();
+    let chunks: Vec<Vec<T>> = std::iter::from_fn(|| {
+        let c: Vec<T> = jobs.by_ref().take(chunk).collect();
+        (!c.is_empty()).then_some(c)
+    })
+    .collect();
+    let results: Vec<Mutex<Vec<Result<Sample, DatasetError>>>> = chunks.iter().map(|_| Mutex::new(Vec::new())).collect();
+    std::thread::scope(|scope| {
+        for (chunk, slot) in chunks.into_iter().zip(&results) {
+            let decode = &decode;
+            scope.spawn(move || {
+                let out: Vec<_> = chunk.into_iter().map(decode).collect();
+                *slot.lock().expect("decoder thread panicked") = out;
+            });
+        }
+    });
+    results.into_iter().flat_map(|m| m.into_inner().expect("decoder thread panicked")).collect()
+}
+
+/// Image counts per class, in class-index order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClassCounts(pub [usize; Expression::COUNT]);
+
+impl ClassCounts {
+    /// Counts the given labels.
+    pub fn of(labels: impl IntoIterator<Item = Expression>) -> Self {
+        let mut counts = [0; Expression::COUNT];
+        for label in labels {
+            counts[label.index()] += 1;
+        }
+        Self(counts)
+    }
+
+    /// Total number of images.
+    pub fn total(&self) -> usize {
+        self.0.iter().sum()
+    }
+}
+
+impl fmt::Display for ClassCounts {
+    /// A table with one bar per class, so the imbalance is visible at a glance.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total = self.total().max(1);
+        let max = self.0.iter().copied().max().unwrap_or(1).max(1);
+        for expression in Expression::ALL {
+            let n = self.0[expression.index()];
+            let bar = "#".repeat((n * 40).div_ceil(max));
+            writeln!(f, "  {:<10} {:>7} {:>5.1}%  {bar}", expression.name(), n, 100.0 * n as f64 / total as f64)?;
+        }
+        write!(f, "  {:<10} {:>7}", "total", self.total())
+    }
+}
+
+/// Which loader and where: `ferplus:PATH`, `rafdb:PATH`, `fer2013:FILE.csv` or `folders:PATH`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DatasetSpec {
+    /// The loader.
+    pub kind: DatasetKind,
+    /// Its root folder or file.
+    pub path: PathBuf,
+}
+
+/// The four supported layouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// FER+ (`FER2013Train/label.csv`, ...).
+    FerPlus,
+    /// RAF-DB basic emotions.
+    RafDb,
+    /// The FER2013 `emotion,pixels,Usage` CSV.
+    Fer2013,
+    /// `root/[train|valid/]<label>/*.png|jpg`.
+    Folders,
+}
+
+impl DatasetSpec {
+    /// The loader for this spec.
+    pub fn source(&self) -> Box<dyn ExpressionSource> {
+        let path = self.path.clone();
+        match self.kind {
+            DatasetKind::FerPlus => Box::new(FerPlus::new(path)),
+            DatasetKind::RafDb => Box::new(RafDb::new(path)),
+            DatasetKind::Fer2013 => Box::new(Fer2013Csv::new(path)),
+            DatasetKind::Folders => Box::new(ImageFolders::new(path)),
+        }
+    }
+
+    /// Loads a split, printing its class distribution and what was skipped.
+    pub fn load_verbose(&self, split: Split, options: LoadOptions) -> Result<LoadedSplit, DatasetError> {
+        let source = self.source();
+        let started = std::time::Instant::now();
+        let loaded = source.load(split, options)?;
+        eprintln!(
+            "{} [{split}]: {} images in {:.1}s ({} left out by the label protocol, {} bad skipped)",
+            source.describe(),
+            loaded.samples.len(),
+            started.elapsed().as_secs_f64(),
+            loaded.excluded,
+            loaded.skipped.len()
+        );
+        for error in loaded.skipped.iter().take(5) {
+            eprintln!("  skipped: {error}");
+        }
+        if loaded.skipped.len() > 5 {
+            eprintln!("  ... and {} more", loaded.skipped.len() - 5);
+        }
+        eprintln!("{}", loaded.class_counts());
+        Ok(loaded)
+    }
+}
+
+impl FromStr for DatasetSpec {
+    type Err = DatasetError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let bad = |message: &str| DatasetError::Spec { spec: spec.to_owned(), message: message.to_owned() };
+        let (kind, path) = spec.split_once(':').ok_or_else(|| bad("expected KIND:PATH, KIND one of ferplus, rafdb, fer2013, folders"))?;
+        let kind = match kind.to_ascii_lowercase().as_str() {
+            "ferplus" | "fer+" => DatasetKind::FerPlus,
+            "rafdb" | "raf-db" => DatasetKind::RafDb,
+            "fer2013" => DatasetKind::Fer2013,
+            "folders" | "folder" => DatasetKind::Folders,
+            _ => return Err(bad("unknown kind; use ferplus, rafdb, fer2013 or folders")),
+        };
+        if path.is_empty() {
+            return Err(bad("empty path"));
+        }
+        Ok(Self { kind, path: PathBuf::from(path) })
+    }
+}
+
+impl fmt::Display for DatasetSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            DatasetKind::FerPlus => "ferplus",
+            DatasetKind::RafDb => "rafdb",
+            DatasetKind::Fer2013 => "fer2013",
+            DatasetKind::Folders => "folders",
+        };
+        write!(f, "{kind}:{}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        let spec: DatasetSpec = "ferplus:../shared/data/ferplus".parse().unwrap();
+        assert_eq!(spec.kind, DatasetKind::FerPlus);
+        assert_eq!(spec.to_string(), "ferplus:../shared/data/ferplus");
+        assert!("nope:/x".parse::<DatasetSpec>().is_err());
+        assert!("ferplus".parse::<DatasetSpec>().is_err());
+        assert!("rafdb:".parse::<DatasetSpec>().is_err());
+    }
+
+    #[test]
+    fn class_counts_display_every_class() {
+        let counts = ClassCounts::of([Expression::Happiness, Expression::Happiness, Expression::Fear]);
+        assert_eq!(counts.total(), 3);
+        let text = counts.to_string();
+        for e in Expression::ALL {
+            assert!(text.contains(e.name()));
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Host-side training of the facial-expression classifier.
+//!
+//! Data flows one way: [`dataset`] loads labelled crops, [`augment`] and [`batch`] turn them into
+//! model inputs through `fer_protocol`'s preprocessing, [`model`] (with [`attention`]) maps them
+//! to embeddings and logits, [`loss`] scores them, [`training`] runs the loop and writes a run
+//! folder, and [`metrics`] and [`report`] say how good the result is.
+
+pub mod attention;
+pub mod augment;
+pub mod batch;
+pub mod dataset;
+pub mod loss;
+pub mod model;
+pub mod metrics;
+pub mod report;
+pub mod training;
+pub mod bench;

@@ -1,0 +1,114 @@
+//! Classification metrics that stay honest on imbalanced data.
+
+use std::fmt;
+
+use fer_protocol::Expression;
+
+const K: usize = Expression::COUNT;
+
+/// Evaluation of predictions against labels.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Metrics {
+    /// Number of evaluated images.
+    pub count: usize,
+    /// Fraction of images classified correctly.
+    pub accuracy: f64,
+    /// Mean of the per-class recalls over the classes present: the honest figure on imbalanced
+    /// data, where always answering "neutral" already gives a good accuracy.
+    pub mean_class_accuracy: f64,
+    /// Unweighted mean of the per-class F1 scores over the classes present.
+    pub macro_f1: f64,
+    /// Recall of each class (`None` where the class has no image), in class-index order.
+    pub per_class_recall: [Option<f64>; K],
+    /// `confusion[true][predicted]` counts.
+    pub confusion: [[usize; K]; K],
+}
+
+impl Metrics {
+    /// Metrics of `(label, prediction)` pairs, as class indices.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (usize, usize)>) -> Self {
+        let mut confusion = [[0usize; K]; K];
+        for (label, prediction) in pairs {
+            confusion[label][prediction] += 1;
+        }
+        Self::from_confusion(confusion)
+    }
+
+    /// Metrics of a confusion matrix.
+    pub fn from_confusion(confusion: [[usize; K]; K]) -> Self {
+        let count: usize = confusion.iter().flatten().sum();
+        let correct: usize = (0..K).map(|k| confusion[k][k]).sum();
+        let mut per_class_recall = [None; K];
+        let mut f1s = Vec::new();
+        for k in 0..K {
+            let actual: usize = confusion[k].iter().sum();
+            if actual == 0 {
+                continue;
+            }
+            let predicted: usize = (0..K).map(|t| confusion[t][k]).sum();
+            let hit = confusion[k][k] as f64;
+            let recall = hit / actual as f64;
+            let precision = if predicted == 0 { 0.0 } else { hit / predicted as f64 };
+            per_class_recall[k] = Some(recall);
+            f1s.push(if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) });
+        }
+        let recalls: Vec<f64> = per_class_recall.iter().flatten().copied().collect();
+        let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+        Self {
+            count,
+            accuracy: if count == 0 { 0.0 } else { correct as f64 / count as f64 },
+            mean_class_accuracy: mean(&recalls),
+            macro_f1: mean(&f1s),
+            per_class_recall,
+            confusion,
+        }
+    }
+}
+
+impl fmt::Display for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "images:              {}", self.count)?;
+        writeln!(f, "accuracy:            {:.2} %", 100.0 * self.accuracy)?;
+        writeln!(f, "mean class accuracy: {:.2} %", 100.0 * self.mean_class_accuracy)?;
+        writeln!(f, "macro-F1:            {:.2} %", 100.0 * self.macro_f1)?;
+        writeln!(f, "per-class recall:")?;
+        for e in Expression::ALL {
+            match self.per_class_recall[e.index()] {
+                Some(r) => writeln!(f, "  {:<10} {:6.2} %", e.name(), 100.0 * r)?,
+                None => writeln!(f, "  {:<10}    n/a (no images)", e.name())?,
+            }
+        }
+        writeln!(f, "confusion matrix (rows: true, columns: predicted):")?;
+        write!(f, "  {:<10}", "")?;
+        for e in Expression::ALL {
+            write!(f, " {:>6}", &e.name()[..e.name().len().min(6)])?;
+        }
+        for e in Expression::ALL {
+            write!(f, "\n  {:<10}", e.name())?;
+            for n in self.confusion[e.index()] {
+                write!(f, " {n:>6}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imbalanced_majority_guess_is_exposed() {
+        // 8 neutral, 2 fear; the model always says neutral.
+        let pairs = (0..8).map(|_| (6, 6)).chain((0..2).map(|_| (1, 6)));
+        let m = Metrics::from_pairs(pairs);
+        assert!((m.accuracy - 0.8).abs() < 1e-12);
+        assert!((m.mean_class_accuracy - 0.5).abs() < 1e-12);
+        // F1: neutral p = 0.8, r = 1 → 8/9; fear 0 → macro 4/9.
+        assert!((m.macro_f1 - 4.0 / 9.0).abs() < 1e-12);
+        assert_eq!(m.per_class_recall[1], Some(0.0));
+        assert_eq!(m.per_class_recall[0], None);
+        assert_eq!(m.confusion[1][6], 2);
+        assert!(m.to_string().contains("n/a"));
+    }
+}

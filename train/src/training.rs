@@ -1,0 +1,444 @@
+//! The training loop and the run folder it writes.
+//!
+//! A run folder holds everything needed to use or continue a run:
+//! `config.json` (what made it), `model.burnpack` (weights), `optimizer.burnpack` and
+//! `state.json` (to resume), `metrics.jsonl` (one line per epoch), and the final report
+//! (`report.txt`, `report.json`, `curves.png`, `confusion.png`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::augment::Augment;
+use crate::batch::{HostBatch, eval_batch, train_epoch};
+use crate::dataset::{DatasetSpec, LoadOptions, Sample, Split};
+use crate::loss::{Negatives, triplet_center_loss};
+use crate::metrics::Metrics;
+use crate::model::{ExpressionNet, NetworkConfig};
+use crate::report::{EpochRecord, plot_confusion, plot_curves};
+
+/// The CPU backend to compute on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Burn's pure-Rust `flex` backend (the default: the faster one here, see docs/results.md).
+    Flex,
+    /// The deprecated `ndarray` backend.
+    Ndarray,
+}
+
+impl Backend {
+    /// The inference device of this backend.
+    pub fn device(self) -> Device {
+        match self {
+            Backend::Flex => Device::flex(),
+            #[allow(deprecated)] // kept for comparison, as the design asks
+            Backend::Ndarray => Device::ndarray(),
+        }
+    }
+}
+
+/// The triplet-center loss settings.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TclConfig {
+    /// How the negative is chosen.
+    pub negatives: Negatives,
+    /// Weight λ of the TCL term in `CE + λ·TCL`.
+    pub lambda: f32,
+    /// Margin m.
+    pub margin: f32,
+}
+
+/// Everything that defines a training run; saved as `config.json`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    /// Training data (its train split).
+    pub data: DatasetSpec,
+    /// Evaluation data (its valid split); defaults to `data`.
+    pub valid: Option<DatasetSpec>,
+    /// The network.
+    pub network: NetworkConfig,
+    /// `None`: the cross-entropy baseline.
+    pub tcl: Option<TclConfig>,
+    /// Label smoothing of the cross-entropy (0: none).
+    pub label_smoothing: f32,
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW, linear warm-up over the first epoch, cosine decay to 0).
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f32,
+    /// Seed of initialisation, shuffling and augmentation.
+    pub seed: u64,
+    /// CPU backend.
+    pub backend: Backend,
+    /// Augmentation (`None`: off).
+    pub augment: Option<Augment>,
+    /// Use only the first N training and valid images (smoke runs, tests).
+    pub limit: Option<usize>,
+    /// Skip and count bad rows and images instead of stopping.
+    pub skip_bad: bool,
+}
+
+impl TrainConfig {
+    /// The default run on `data`.
+    pub fn new(data: DatasetSpec) -> Self {
+        Self {
+            data,
+            valid: None,
+            network: NetworkConfig::default(),
+            tcl: Some(TclConfig { negatives: Negatives::SemiSynthesized { alpha: 0.5 }, lambda: 0.01, margin: 1.0 }),
+            label_smoothing: 0.1,
+            epochs: 6,
+            batch_size: 64,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+            seed: 42,
+            backend: Backend::Flex,
+            augment: Some(Augment::default()),
+            limit: None,
+            skip_bad: false,
+        }
+    }
+
+    /// A run that finishes in seconds: tiny network, 64 images, 2 epochs.
+    pub fn smoke(data: DatasetSpec) -> Self {
+        Self { network: NetworkConfig::tiny(), epochs: 2, batch_size: 16, limit: Some(64), ..Self::new(data) }
+    }
+
+    fn valid_spec(&self) -> &DatasetSpec {
+        self.valid.as_ref().unwrap_or(&self.data)
+    }
+}
+
+/// Progress of a run, saved as `state.json` with every checkpoint.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct RunState {
+    /// Epochs fully trained.
+    pub epochs_done: usize,
+    /// Whether the run was interrupted during epoch `epochs_done + 1`.
+    pub interrupted: bool,
+}
+
+/// File names inside a run folder.
+pub mod files {
+    /// The training configuration.
+    pub const CONFIG: &str = "config.json";
+    /// Model weights.
+    pub const MODEL: &str = "model.burnpack";
+    /// Optimizer state.
+    pub const OPTIMIZER: &str = "optimizer.burnpack";
+    /// Run progress.
+    pub const STATE: &str = "state.json";
+    /// Per-epoch metrics.
+    pub const METRICS: &str = "metrics.jsonl";
+}
+
+/// Set by Ctrl-C; the loop stops after the current batch and saves a checkpoint.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Installs the Ctrl-C handler (once per process).
+pub fn stop_on_ctrl_c() {
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130); // second Ctrl-C: give up at once
+        }
+        eprintln!("\nCtrl-C: finishing this batch and saving a checkpoint (press again to abort)");
+    });
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(value)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Loads a trained network from a run folder onto `device`, with its config.
+pub fn load_checkpoint(run: &Path, device: &Device) -> Result<(ExpressionNet, TrainConfig)> {
+    let config: TrainConfig = read_json(&run.join(files::CONFIG))?;
+    let weights = run.join(files::MODEL);
+    if !weights.is_file() {
+        bail!("{}: no checkpoint (model.burnpack) in this run folder", run.display());
+    }
+    let model = ExpressionNet::new(&config.network, device)
+        .try_load_file(&weights)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?} (does config.json match the weights?)", weights.display()))?;
+    Ok((model, config))
+}
+
+/// Evaluates `model` on samples (no augmentation, inference mode).
+pub fn evaluate(model: &ExpressionNet, samples: &[Sample], device: &Device) -> Metrics {
+    let model = model.valid();
+    let mut pairs = Vec::with_capacity(samples.len());
+    for chunk in samples.chunks(256) {
+        let batch = eval_batch(chunk);
+        let (inputs, _) = batch.to_tensors(device);
+        let predicted = model.forward(inputs).logits.argmax(1);
+        let predicted = predicted.into_data().convert::<i64>().try_to_vec::<i64>().expect("int tensor");
+        pairs.extend(batch.labels.iter().zip(predicted).map(|(&l, p)| (l as usize, p as usize)));
+    }
+    Metrics::from_pairs(pairs)
+}
+
+/// Loads a split with the run's options and limit.
+fn load_split(config: &TrainConfig, spec: &DatasetSpec, split: Split) -> Result<Vec<Sample>> {
+    let loaded = spec.load_verbose(split, LoadOptions { skip_bad: config.skip_bad })?;
+    let mut samples = loaded.samples;
+    if let Some(limit) = config.limit {
+        samples.truncate(limit);
+    }
+    Ok(samples)
+}
+
+/// Learning rate at `step` of `total`: linear warm-up over `warmup` steps, then cosine to 0.
+fn learning_rate(peak: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+    peak * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+}
+
+/// What a finished (or interrupted) run returns.
+pub struct RunSummary {
+    /// Metrics of the final model on the valid split.
+    pub valid: Metrics,
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Whether Ctrl-C stopped it early.
+    pub interrupted: bool,
+    /// Mean training throughput over the run, images per second.
+    pub images_per_second: f64,
+}
+
+/// Trains (or, when `run` holds a checkpoint and `resume` is set, continues) a run in `run`.
+pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummary> {
+    std::fs::create_dir_all(run).with_context(|| format!("creating run folder {}", run.display()))?;
+    let device = config.backend.device().autodiff();
+    device.seed(config.seed);
+
+    let train_samples = Arc::new(load_split(config, &config.data, Split::Train)?);
+    let valid_samples = load_split(config, config.valid_spec(), Split::Valid)?;
+    if train_samples.len() < config.batch_size {
+        bail!("{} training images, fewer than one batch of {}", train_samples.len(), config.batch_size);
+    }
+
+    let (mut model, mut optimizer, mut state) = if resume {
+        let saved: TrainConfig = read_json(&run.join(files::CONFIG))?;
+        if saved != *config {
+            bail!("{}: config.json differs from this run's settings; resume with the saved config", run.display());
+        }
+        let (model, _) = load_checkpoint(run, &device)?;
+        let optimizer = AdamWConfig::new()
+            .with_weight_decay(config.weight_decay)
+            .init()
+            .load(run.join(files::OPTIMIZER))
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", run.join(files::OPTIMIZER).display()))?;
+        let state: RunState = read_json(&run.join(files::STATE))?;
+        eprintln!("resuming {} after epoch {}", run.display(), state.epochs_done);
+        (model, optimizer, state)
+    } else {
+        write_json(&run.join(files::CONFIG), config)?;
+        let _ = std::fs::remove_file(run.join(files::METRICS));
+        let model = ExpressionNet::new(&config.network, &device);
+        let optimizer = AdamWConfig::new().with_weight_decay(config.weight_decay).init();
+        (model, optimizer, RunState::default())
+    };
+    eprintln!(
+        "network: {} parameters, {:.1} M multiply-adds per face, attention {}",
+        model.num_params(),
+        config.network.multiply_adds() as f64 / 1e6,
+        if config.network.attention { "on" } else { "off" }
+    );
+
+    let cross_entropy = CrossEntropyLossConfig::new()
+        .with_smoothing((config.label_smoothing > 0.0).then_some(config.label_smoothing))
+        .init(&device);
+    let steps_per_epoch = train_samples.len() / config.batch_size;
+    let total_steps = steps_per_epoch * config.epochs;
+    let mut records: Vec<EpochRecord> = read_records(&run.join(files::METRICS));
+    records.truncate(state.epochs_done);
+    let mut train_seconds = 0.0;
+    let mut train_images = 0usize;
+
+    for epoch in state.epochs_done..config.epochs {
+        let started = Instant::now();
+        let progress = ProgressBar::new((steps_per_epoch * config.batch_size) as u64).with_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        progress.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
+        let (mut sum_loss, mut sum_ce, mut sum_tcl, mut correct, mut seen) = (0.0, 0.0, 0.0, 0usize, 0usize);
+        let mut lr = config.lr;
+        let mut interrupted = false;
+        let batches = train_epoch(train_samples.clone(), config.batch_size, config.augment, config.seed, epoch);
+        for (step, batch) in batches.iter().enumerate() {
+            lr = learning_rate(config.lr, epoch * steps_per_epoch + step, steps_per_epoch, total_steps);
+            let (loss, ce, tcl, hits) = train_step(&mut model, &mut optimizer, &batch, config, &cross_entropy, lr, &device);
+            sum_loss += loss;
+            sum_ce += ce;
+            sum_tcl += tcl;
+            correct += hits;
+            seen += batch.len();
+            progress.inc(batch.len() as u64);
+            progress.set_message(format!("loss {:.3}", sum_loss / (step + 1) as f64));
+            if STOP.load(Ordering::SeqCst) {
+                interrupted = true;
+                break;
+            }
+        }
+        progress.finish_and_clear();
+        let train_time = started.elapsed().as_secs_f64();
+        train_seconds += train_time;
+        train_images += seen;
+        if interrupted {
+            state.interrupted = true;
+            save_checkpoint(run, &model, &optimizer, &state)?;
+            eprintln!(
+                "interrupted in epoch {}: checkpoint saved to {}; continue with `fer-train train --resume {}`",
+                epoch + 1,
+                run.display(),
+                run.display()
+            );
+            break;
+        }
+        let valid = evaluate(&model, &valid_samples, &device);
+        let steps = (seen / config.batch_size).max(1) as f64;
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            train_loss: sum_loss / steps,
+            train_ce: sum_ce / steps,
+            train_tcl: sum_tcl / steps,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            images_per_second: seen as f64 / train_time,
+            seconds: started.elapsed().as_secs_f64(),
+            valid,
+        };
+        eprintln!(
+            "epoch {}/{}: loss {:.4} (ce {:.4}, tcl {:.4}), train acc {:.1} %, valid acc {:.2} %, mean class acc {:.2} %, {:.0} img/s, {:.0} s",
+            record.epoch,
+            config.epochs,
+            record.train_loss,
+            record.train_ce,
+            record.train_tcl,
+            100.0 * record.train_accuracy,
+            100.0 * record.valid.accuracy,
+            100.0 * record.valid.mean_class_accuracy,
+            record.images_per_second,
+            record.seconds
+        );
+        append_record(&run.join(files::METRICS), &record)?;
+        records.push(record);
+        state = RunState { epochs_done: epoch + 1, interrupted: false };
+        save_checkpoint(run, &model, &optimizer, &state)?;
+    }
+
+    let valid = match records.last() {
+        Some(last) if !state.interrupted => last.valid.clone(),
+        _ => evaluate(&model, &valid_samples, &device),
+    };
+    write_report(run, &valid, &records)?;
+    Ok(RunSummary {
+        valid,
+        epochs_done: state.epochs_done,
+        interrupted: state.interrupted,
+        images_per_second: train_images as f64 / train_seconds.max(1e-9),
+    })
+}
+
+/// One optimisation step; returns (total loss, CE, TCL, correct predictions).
+fn train_step(
+    model: &mut ExpressionNet,
+    optimizer: &mut burn::optim::ModuleOptimizer,
+    batch: &HostBatch,
+    config: &TrainConfig,
+    cross_entropy: &burn::nn::loss::CrossEntropyLoss,
+    lr: f64,
+    device: &Device,
+) -> (f64, f64, f64, usize) {
+    let (inputs, labels) = batch.to_tensors(device);
+    let output = model.forward(inputs);
+    let hits = output.logits.clone().detach().argmax(1).reshape([batch.len()]).equal(labels.clone()).int().sum();
+    let ce = cross_entropy.forward(output.logits.clone(), labels.clone());
+    let (loss, tcl_value) = match &config.tcl {
+        Some(tcl) => {
+            let tcl_loss = triplet_center_loss(output.embedding, labels, model.centers.val(), output.logits, tcl.negatives, tcl.margin).loss;
+            (ce.clone() + tcl_loss.clone() * tcl.lambda, scalar(tcl_loss))
+        }
+        None => (ce.clone(), 0.0),
+    };
+    let grads = GradientsParams::from_grads(loss.backward(), &*model);
+    *model = optimizer.step(lr, model.clone(), grads);
+    (scalar(loss), scalar(ce), tcl_value, hits.into_scalar::<i64>() as usize)
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_scalar::<f32>() as f64
+}
+
+fn save_checkpoint(run: &Path, model: &ExpressionNet, optimizer: &burn::optim::ModuleOptimizer, state: &RunState) -> Result<()> {
+    // Write beside, then rename: an interrupted save never leaves a half-written checkpoint.
+    let save = |name: &str, write: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
+        let tmp: PathBuf = run.join(format!("{name}.tmp"));
+        write(&tmp)?;
+        std::fs::rename(&tmp, run.join(name)).with_context(|| format!("saving {}", run.join(name).display()))
+    };
+    save(files::MODEL, &|p| model.clone().save_file(p).map_err(|e| anyhow::anyhow!("{}: {e:?}", p.display())))?;
+    save(files::OPTIMIZER, &|p| optimizer.to_record().save(p).map_err(|e| anyhow::anyhow!("{}: {e:?}", p.display())))?;
+    write_json(&run.join(files::STATE), state)
+}
+
+fn read_records(path: &Path) -> Vec<EpochRecord> {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect())
+        .unwrap_or_default()
+}
+
+fn append_record(path: &Path, record: &EpochRecord) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    writeln!(file, "{}", serde_json::to_string(record)?).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes `report.txt`, `report.json` and the plots of a run.
+pub fn write_report(run: &Path, valid: &Metrics, records: &[EpochRecord]) -> Result<()> {
+    std::fs::write(run.join("report.txt"), format!("{valid}\n")).with_context(|| format!("writing report in {}", run.display()))?;
+    write_json(&run.join("report.json"), valid)?;
+    for result in [plot_curves(records, &run.join("curves.png")), plot_confusion(valid, &run.join("confusion.png"))] {
+        if let Err(error) = result {
+            eprintln!("warning: {error:#}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        assert!((learning_rate(1.0, 0, 10, 100) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(1.0, 9, 10, 100) - 1.0).abs() < 1e-12);
+        assert!((learning_rate(1.0, 10, 10, 100) - 1.0).abs() < 1e-12);
+        assert!(learning_rate(1.0, 55, 10, 100) < 0.6);
+        assert!(learning_rate(1.0, 100, 10, 100).abs() < 1e-12);
+    }
+}
