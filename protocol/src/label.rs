@@ -136,7 +136,15 @@ mod tests {
         let names: [&str; 7] = Expression::ALL.map(Expression::name);
         assert_eq!(
             names,
-            ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
+            [
+                "surprise",
+                "fear",
+                "disgust",
+                "happiness",
+                "sadness",
+                "anger",
+                "neutral"
+            ]
         );
         for (i, e) in Expression::ALL.iter().enumerate() {
             assert_eq!(e.index(), i);

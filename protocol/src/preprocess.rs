@@ -64,10 +64,16 @@ pub fn preprocess(
         return Err(PreprocessError::EmptyImage);
     }
     if pixels.len() != width * height {
-        return Err(PreprocessError::PixelCount { expected: width * height, got: pixels.len() });
+        return Err(PreprocessError::PixelCount {
+            expected: width * height,
+            got: pixels.len(),
+        });
     }
     if out.len() != spec.len() {
-        return Err(PreprocessError::OutputLen { expected: spec.len(), got: out.len() });
+        return Err(PreprocessError::OutputLen {
+            expected: spec.len(),
+            got: out.len(),
+        });
     }
     let x_axis = Axis::new(width, spec.width);
     let y_axis = Axis::new(height, spec.height);
@@ -102,7 +108,11 @@ struct Axis {
 impl Axis {
     fn new(src: usize, dst: usize) -> Self {
         let scale = src as f32 / dst as f32;
-        Self { src, scale, support: scale.max(1.0) }
+        Self {
+            src,
+            scale,
+            support: scale.max(1.0),
+        }
     }
 
     fn center(&self, o: usize) -> f32 {
@@ -167,7 +177,11 @@ mod tests {
         let pixels: [u8; 96 * 96] = core::array::from_fn(|i| if (i / 96 + i % 96) % 2 == 0 { 0 } else { 255 });
         let mut out = [0.0f32; 48 * 48];
         preprocess(&INPUT, &pixels, 96, 96, &mut out).unwrap();
-        assert!(out.iter().all(|v| v.abs() < 0.1), "max {:?}", out.iter().cloned().fold(0.0f32, f32::max));
+        assert!(
+            out.iter().all(|v| v.abs() < 0.1),
+            "max {:?}",
+            out.iter().cloned().fold(0.0f32, f32::max)
+        );
     }
 
     #[test]
@@ -183,14 +197,20 @@ mod tests {
     #[test]
     fn rejects_bad_shapes() {
         let mut out = [0.0f32; 48 * 48];
-        assert_eq!(preprocess(&INPUT, &[], 0, 5, &mut out), Err(PreprocessError::EmptyImage));
+        assert_eq!(
+            preprocess(&INPUT, &[], 0, 5, &mut out),
+            Err(PreprocessError::EmptyImage)
+        );
         assert_eq!(
             preprocess(&INPUT, &[0; 5], 2, 2, &mut out),
             Err(PreprocessError::PixelCount { expected: 4, got: 5 })
         );
         assert_eq!(
             preprocess(&INPUT, &[0; 4], 2, 2, &mut out[..10]),
-            Err(PreprocessError::OutputLen { expected: 2304, got: 10 })
+            Err(PreprocessError::OutputLen {
+                expected: 2304,
+                got: 10
+            })
         );
     }
 }

@@ -40,8 +40,14 @@ impl SelectiveAttention {
     /// The combined coefficients `A = a ⊗ e`, `[B, C, H, W]`, each in (0, 1).
     pub fn coefficients(&self, features: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = features.dims();
-        let pixel = sigmoid(self.pixel_out.forward(relu(self.pixel_hidden.forward(features.clone()))));
-        let element = sigmoid(self.element_out.forward(relu(self.element_hidden.forward(global_average_pool(features)))));
+        let pixel = sigmoid(
+            self.pixel_out
+                .forward(relu(self.pixel_hidden.forward(features.clone()))),
+        );
+        let element = sigmoid(
+            self.element_out
+                .forward(relu(self.element_hidden.forward(global_average_pool(features)))),
+        );
         pixel.expand([b, c, h, w]) * element.reshape([b, c, 1, 1]).expand([b, c, h, w])
     }
 

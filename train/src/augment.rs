@@ -24,14 +24,23 @@ pub struct Augment {
 
 impl Default for Augment {
     fn default() -> Self {
-        Self { max_rotation_deg: 10.0, scale: 0.1, shift: 0.08, flip: true, brightness: 25.0, contrast: 0.25 }
+        Self {
+            max_rotation_deg: 10.0,
+            scale: 0.1,
+            shift: 0.08,
+            flip: true,
+            brightness: 25.0,
+            contrast: 0.25,
+        }
     }
 }
 
 impl Augment {
     /// Writes a randomly transformed copy of `src` (`width * height`) into `dst` (same size).
     pub fn apply(&self, src: &[u8], width: usize, height: usize, rng: &mut impl Rng, dst: &mut Vec<u8>) {
-        let angle = rng.random_range(-self.max_rotation_deg..=self.max_rotation_deg).to_radians();
+        let angle = rng
+            .random_range(-self.max_rotation_deg..=self.max_rotation_deg)
+            .to_radians();
         let zoom = rng.random_range(1.0 - self.scale..=1.0 + self.scale);
         let tx = rng.random_range(-self.shift..=self.shift) * width as f32;
         let ty = rng.random_range(-self.shift..=self.shift) * height as f32;
@@ -77,7 +86,14 @@ mod tests {
 
     #[test]
     fn no_op_settings_are_identity() {
-        let none = Augment { max_rotation_deg: 0.0, scale: 0.0, shift: 0.0, flip: false, brightness: 0.0, contrast: 0.0 };
+        let none = Augment {
+            max_rotation_deg: 0.0,
+            scale: 0.0,
+            shift: 0.0,
+            flip: false,
+            brightness: 0.0,
+            contrast: 0.0,
+        };
         let src: Vec<u8> = (0..48 * 48).map(|i| (i % 251) as u8).collect();
         let mut dst = Vec::new();
         none.apply(&src, 48, 48, &mut rand::rngs::SmallRng::seed_from_u64(1), &mut dst);
@@ -86,7 +102,14 @@ mod tests {
 
     #[test]
     fn flip_mirrors_and_default_changes_pixels() {
-        let flip = Augment { max_rotation_deg: 0.0, scale: 0.0, shift: 0.0, flip: true, brightness: 0.0, contrast: 0.0 };
+        let flip = Augment {
+            max_rotation_deg: 0.0,
+            scale: 0.0,
+            shift: 0.0,
+            flip: true,
+            brightness: 0.0,
+            contrast: 0.0,
+        };
         let src: Vec<u8> = (0..4 * 2).map(|i| (i * 30) as u8).collect();
         let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
         let mut dst = Vec::new();

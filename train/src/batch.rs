@@ -5,8 +5,8 @@
 //! multi-worker `DataLoader` hands batches over in whatever order its workers finish, which
 //! breaks that; one prefetch thread keeps up with training here — see docs/results.md.)
 
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 
 use burn::prelude::*;
 use fer_protocol::INPUT;
@@ -39,7 +39,10 @@ impl HostBatch {
     /// Moves the batch onto `device` as an input tensor and a label tensor.
     pub fn to_tensors(&self, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
         let n = self.len();
-        let inputs = Tensor::from_data(TensorData::new(self.inputs.clone(), [n, INPUT.channels, INPUT.height, INPUT.width]), device);
+        let inputs = Tensor::from_data(
+            TensorData::new(self.inputs.clone(), [n, INPUT.channels, INPUT.height, INPUT.width]),
+            device,
+        );
         let labels = Tensor::from_data(TensorData::new(self.labels.clone(), [n]), device);
         (inputs, labels)
     }
@@ -57,7 +60,10 @@ pub fn eval_batch(samples: &[Sample]) -> HostBatch {
     for (sample, out) in samples.iter().zip(inputs.chunks_exact_mut(INPUT.len())) {
         preprocess_into(&sample.pixels, sample.width, sample.height, out);
     }
-    HostBatch { inputs, labels: samples.iter().map(|s| s.label.index() as i64).collect() }
+    HostBatch {
+        inputs,
+        labels: samples.iter().map(|s| s.label.index() as i64).collect(),
+    }
 }
 
 /// The batches of one training epoch: shuffled, augmented, built ahead on a background thread.
@@ -72,7 +78,9 @@ pub fn train_epoch(
     let (sender, receiver) = mpsc::sync_channel(4);
     std::thread::spawn(move || {
         let mut order: Vec<usize> = (0..samples.len()).collect();
-        order.shuffle(&mut SmallRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        order.shuffle(&mut SmallRng::seed_from_u64(
+            seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ));
         let mut scratch = Vec::new();
         for (b, chunk) in order.chunks_exact(batch_size).enumerate() {
             let mut inputs = vec![0.0; chunk.len() * INPUT.len()];
@@ -81,7 +89,8 @@ pub fn train_epoch(
                 match augment {
                     Some(augment) => {
                         let position = (epoch * samples.len() + b * batch_size + i) as u64;
-                        let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(position.wrapping_mul(0xD1B5_4A32_D192_ED03)));
+                        let mut rng =
+                            SmallRng::seed_from_u64(seed.wrapping_add(position.wrapping_mul(0xD1B5_4A32_D192_ED03)));
                         augment.apply(&s.pixels, s.width, s.height, &mut rng, &mut scratch);
                         preprocess_into(&scratch, s.width, s.height, out);
                     }

@@ -8,10 +8,10 @@
 pub mod attention;
 pub mod augment;
 pub mod batch;
+pub mod bench;
 pub mod dataset;
 pub mod loss;
-pub mod model;
 pub mod metrics;
+pub mod model;
 pub mod report;
 pub mod training;
-pub mod bench;

@@ -81,10 +81,16 @@ pub fn triplet_center_loss(
         }
         Negatives::PredictionBased => {
             let choice = logits.detach().mask_fill(own_class, -FAR).argmax(1);
-            (to_centers.gather(1, choice.clone()), indices(choice).into_iter().map(Some).collect())
+            (
+                to_centers.gather(1, choice.clone()),
+                indices(choice).into_iter().map(Some).collect(),
+            )
         }
         Negatives::SemiSynthesized { alpha } => {
-            let same_class = column.clone().expand([b, b]).equal(labels.clone().reshape([1, b]).expand([b, b]));
+            let same_class = column
+                .clone()
+                .expand([b, b])
+                .equal(labels.clone().reshape([1, b]).expand([b, b]));
             let (hardest, j) = squared_distances(embedding.clone().detach(), embedding.clone().detach())
                 .mask_fill(same_class, FAR)
                 .min_dim_with_indices(1);
@@ -96,7 +102,11 @@ pub fn triplet_center_loss(
             let semi = (embedding - mixed).square().sum_dim(1); // [B, 1]
             let (fallback, _) = nearest_other_center();
             let valid = bools(has_other_class.clone());
-            let chosen = indices(j.reshape([b, 1])).into_iter().zip(valid).map(|(j, ok)| ok.then_some(j)).collect();
+            let chosen = indices(j.reshape([b, 1]))
+                .into_iter()
+                .zip(valid)
+                .map(|(j, ok)| ok.then_some(j))
+                .collect();
             (fallback.mask_where(has_other_class, semi), chosen)
         }
     };
@@ -105,7 +115,13 @@ pub fn triplet_center_loss(
 }
 
 fn indices(t: Tensor<2, Int>) -> Vec<usize> {
-    t.into_data().convert::<i64>().try_to_vec::<i64>().expect("int tensor").into_iter().map(|i| i as usize).collect()
+    t.into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .expect("int tensor")
+        .into_iter()
+        .map(|i| i as usize)
+        .collect()
 }
 
 fn bools(t: Tensor<2, Bool>) -> Vec<bool> {
@@ -148,7 +164,14 @@ mod tests {
         let (embedding, centers) = setup(&device);
         let labels = Tensor::<1, Int>::from_ints([0, 1, 0], &device);
         let logits = Tensor::<2>::zeros([3, 3], &device);
-        let out = triplet_center_loss(embedding.clone(), labels, centers.clone(), logits.clone(), Negatives::SemiSynthesized { alpha: 0.5 }, 1.0);
+        let out = triplet_center_loss(
+            embedding.clone(),
+            labels,
+            centers.clone(),
+            logits.clone(),
+            Negatives::SemiSynthesized { alpha: 0.5 },
+            1.0,
+        );
         // Sample 0: only other-class sample is 1 at (3,1), center c1 = (4,0) → n = (3.5, 0.5),
         //   d- = 2.5² + 0.5² = 6.5, d+ = 1 → hinge 0.
         // Sample 1: nearest class-0 sample: 0 at (1,0) (d 5) vs 2 at (0,2) (d 10) → 0;
@@ -159,15 +182,28 @@ mod tests {
 
         // With a margin of 10: hinges 1-6.5+10 = 4.5, 2-7.25+10 = 4.75, 4-14.5+10 = 0 → mean 9.25/3.
         let labels = Tensor::<1, Int>::from_ints([0, 1, 0], &device);
-        let out = triplet_center_loss(embedding.clone(), labels, centers.clone(), logits.clone(), Negatives::SemiSynthesized { alpha: 0.5 }, 10.0);
+        let out = triplet_center_loss(
+            embedding.clone(),
+            labels,
+            centers.clone(),
+            logits.clone(),
+            Negatives::SemiSynthesized { alpha: 0.5 },
+            10.0,
+        );
         assert!((value(out.loss) - 9.25 / 3.0).abs() < 1e-5);
 
         // A batch of one class has no real negative: fall back to the nearest other center,
         // which gives the fully-synthesized hinge 4 for sample 2 (see above) and 0 for sample 0.
         let labels = Tensor::<1, Int>::from_ints([0, 0], &device);
-        let two = embedding.clone().slice([0..1]).clone();
-        let both = Tensor::cat(vec![two, embedding.slice([2..3])], 0);
-        let out = triplet_center_loss(both, labels, centers, Tensor::zeros([2, 3], &device), Negatives::SemiSynthesized { alpha: 0.5 }, 1.0);
+        let both = embedding.select(0, Tensor::<1, Int>::from_ints([0, 2], &device));
+        let out = triplet_center_loss(
+            both,
+            labels,
+            centers,
+            Tensor::zeros([2, 3], &device),
+            Negatives::SemiSynthesized { alpha: 0.5 },
+            1.0,
+        );
         assert_eq!(out.chosen, [None, None]);
         assert!((value(out.loss) - 2.0).abs() < 1e-5);
     }

@@ -166,9 +166,13 @@ struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self, data: DatasetSpec) -> TrainConfig {
-        let mut config = if self.smoke { TrainConfig::smoke(data) } else { TrainConfig::new(data) };
+        let mut config = if self.smoke {
+            TrainConfig::smoke(data)
+        } else {
+            TrainConfig::new(data)
+        };
         config.valid = self.valid.clone();
-        config.tcl = (self.loss == LossArg::Tcl).then(|| TclConfig {
+        config.tcl = (self.loss == LossArg::Tcl).then_some(TclConfig {
             negatives: match self.negatives {
                 NegativesArg::Fully => Negatives::FullySynthesized,
                 NegativesArg::Semi => Negatives::SemiSynthesized { alpha: self.alpha },
@@ -200,7 +204,11 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(run), _) => {
                     let text = std::fs::read_to_string(run.join(training::files::CONFIG))
                         .with_context(|| format!("{}: not a run folder", run.display()))?;
-                    (serde_json::from_str(&text).context("parsing config.json")?, run.clone(), true)
+                    (
+                        serde_json::from_str(&text).context("parsing config.json")?,
+                        run.clone(),
+                        true,
+                    )
                 }
                 (None, Some(data)) => (args.config(data.clone()), args.out.clone(), false),
                 (None, None) => unreachable!("clap requires --data without --resume"),
@@ -217,7 +225,12 @@ fn run(cli: Cli) -> Result<()> {
                 if summary.interrupted { ", interrupted" } else { "" }
             );
         }
-        Command::Eval { checkpoint, data, split, skip_bad } => {
+        Command::Eval {
+            checkpoint,
+            data,
+            split,
+            skip_bad,
+        } => {
             let device = Backend::Flex.device();
             let (model, config) = training::load_checkpoint(&checkpoint, &device)?;
             let spec = data.or(config.valid).unwrap_or(config.data);
@@ -229,7 +242,11 @@ fn run(cli: Cli) -> Result<()> {
             let started = Instant::now();
             let metrics = training::evaluate(&model, &samples, &device);
             println!("{metrics}");
-            println!("evaluated {} images in {:.1} s", samples.len(), started.elapsed().as_secs_f64());
+            println!(
+                "evaluated {} images in {:.1} s",
+                samples.len(),
+                started.elapsed().as_secs_f64()
+            );
         }
         Command::Inspect { data, skip_bad } => {
             for split in [Split::Train, Split::Valid] {
@@ -239,17 +256,37 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Info { attention } => {
-            let config = NetworkConfig { attention: attention == OnOff::On, ..NetworkConfig::default() };
+            let config = NetworkConfig {
+                attention: attention == OnOff::On,
+                ..NetworkConfig::default()
+            };
             let model = ExpressionNet::new(&config, &Backend::Flex.device());
-            println!("input:          {}x{}x{} ({}..{})", fer_protocol::INPUT.channels, fer_protocol::INPUT.height, fer_protocol::INPUT.width, -1, 1);
-            println!("widths:         {:?}, embedding {}", config.widths, config.embedding_dim);
+            println!(
+                "input:          {}x{}x{} ({}..{})",
+                fer_protocol::INPUT.channels,
+                fer_protocol::INPUT.height,
+                fer_protocol::INPUT.width,
+                -1,
+                1
+            );
+            println!(
+                "widths:         {:?}, embedding {}",
+                config.widths, config.embedding_dim
+            );
             println!("parameters:     {}", model.num_params());
             println!("multiply-adds:  {:.2} M per face", config.multiply_adds() as f64 / 1e6);
         }
-        Command::Bench { steps, batch_size, backend } => {
+        Command::Bench {
+            steps,
+            batch_size,
+            backend,
+        } => {
             for backend in backend {
                 let ms = fer_train::bench::train_step_ms(backend, batch_size, steps);
-                println!("{backend:?}: {ms:.1} ms per training step of {batch_size} ({:.0} images/s)", batch_size as f64 * 1000.0 / ms);
+                println!(
+                    "{backend:?}: {ms:.1} ms per training step of {batch_size} ({:.0} images/s)",
+                    batch_size as f64 * 1000.0 / ms
+                );
             }
         }
     }

@@ -50,10 +50,20 @@ impl Metrics {
             let recall = hit / actual as f64;
             let precision = if predicted == 0 { 0.0 } else { hit / predicted as f64 };
             per_class_recall[k] = Some(recall);
-            f1s.push(if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) });
+            f1s.push(if precision + recall == 0.0 {
+                0.0
+            } else {
+                2.0 * precision * recall / (precision + recall)
+            });
         }
         let recalls: Vec<f64> = per_class_recall.iter().flatten().copied().collect();
-        let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let mean = |v: &[f64]| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
         Self {
             count,
             accuracy: if count == 0 { 0.0 } else { correct as f64 / count as f64 },

@@ -29,14 +29,26 @@ pub struct NetworkConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { widths: [16, 32, 96, 192], embedding_dim: 128, attention: true, attention_reduction: 8, dropout: 0.3 }
+        Self {
+            widths: [16, 32, 96, 192],
+            embedding_dim: 128,
+            attention: true,
+            attention_reduction: 8,
+            dropout: 0.3,
+        }
     }
 }
 
 impl NetworkConfig {
     /// A tiny network for tests and smoke runs.
     pub fn tiny() -> Self {
-        Self { widths: [4, 8, 8, 16], embedding_dim: 8, attention: true, attention_reduction: 4, dropout: 0.0 }
+        Self {
+            widths: [4, 8, 8, 16],
+            embedding_dim: 8,
+            attention: true,
+            attention_reduction: 4,
+            dropout: 0.0,
+        }
     }
 
     /// Multiply-adds of one forward pass on one face (convs and linear layers; BN, ReLU, pooling
@@ -56,7 +68,9 @@ impl NetworkConfig {
             let hidden = (channels / self.attention_reduction).max(1);
             macs += side * side * (channels * hidden + hidden) + 2 * channels * hidden;
         }
-        macs + channels * self.embedding_dim + self.embedding_dim * Expression::COUNT + Expression::COUNT * self.embedding_dim
+        macs + channels * self.embedding_dim
+            + self.embedding_dim * Expression::COUNT
+            + Expression::COUNT * self.embedding_dim
     }
 }
 
@@ -115,11 +129,17 @@ impl ExpressionNet {
             blocks.push(ConvBlock::new(width, width, device));
             channels = width;
         }
-        let centers = Tensor::random([Expression::COUNT, config.embedding_dim], burn::tensor::Distribution::Normal(0.0, 1.0), device);
+        let centers = Tensor::random(
+            [Expression::COUNT, config.embedding_dim],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            device,
+        );
         Self {
             blocks,
             pool: MaxPool2dConfig::new([2, 2]).init(),
-            attention: config.attention.then(|| SelectiveAttention::new(channels, config.attention_reduction, device)),
+            attention: config
+                .attention
+                .then(|| SelectiveAttention::new(channels, config.attention_reduction, device)),
             embed: LinearConfig::new(channels, config.embedding_dim).init(device),
             dropout: DropoutConfig::new(config.dropout).init(),
             classifier: LinearConfig::new(config.embedding_dim, Expression::COUNT).init(device),
@@ -177,7 +197,10 @@ mod tests {
     fn shapes_with_and_without_attention() {
         let device = Device::flex();
         for attention in [true, false] {
-            let config = NetworkConfig { attention, ..NetworkConfig::tiny() };
+            let config = NetworkConfig {
+                attention,
+                ..NetworkConfig::tiny()
+            };
             let net = ExpressionNet::new(&config, &device);
             let out = net.forward(Tensor::zeros([3, 1, 48, 48], &device));
             assert_eq!(out.logits.dims(), [3, 7]);

@@ -51,58 +51,81 @@ fn no_font() -> anyhow::Error {
     anyhow::anyhow!("no TrueType font found (install fonts-dejavu-core); plots skipped")
 }
 
+/// One line of a chart: its legend, its value per epoch, its colour.
+type Series = (&'static str, fn(&EpochRecord) -> f64, RGBColor);
+
 /// Draws training loss and valid accuracy / mean class accuracy per epoch.
 pub fn plot_curves(records: &[EpochRecord], path: &Path) -> Result<()> {
     let font = font_family().ok_or_else(no_font)?;
     let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(500);
-    let epochs = records.len().max(2) as f64;
     let max_loss = records.iter().map(|r| r.train_loss).fold(0.0, f64::max).max(1e-3) * 1.05;
-
-    let mut chart = ChartBuilder::on(&left)
-        .caption("training loss", (font, 20))
-        .margin(12)
-        .x_label_area_size(35)
-        .y_label_area_size(50)
-        .build_cartesian_2d(1.0..epochs, 0.0..max_loss)?;
-    chart.configure_mesh().x_desc("epoch").label_style((font, 13)).draw()?;
-    let series: [(&str, fn(&EpochRecord) -> f64, RGBColor); 3] =
-        [("total", |r| r.train_loss, BLUE), ("cross-entropy", |r| r.train_ce, GREEN), ("TCL", |r| r.train_tcl, RED)];
-    for (name, value, color) in series {
-        chart
-            .draw_series(LineSeries::new(records.iter().map(|r| (r.epoch as f64, value(r))), color.stroke_width(2)))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
-    }
-    chart.configure_series_labels().label_font((font, 13)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
-
-    let mut chart = ChartBuilder::on(&right)
-        .caption("valid accuracy (%)", (font, 20))
-        .margin(12)
-        .x_label_area_size(35)
-        .y_label_area_size(50)
-        .build_cartesian_2d(1.0..epochs, 0.0..100.0)?;
-    chart.configure_mesh().x_desc("epoch").label_style((font, 13)).draw()?;
-    let series: [(&str, fn(&EpochRecord) -> f64, RGBColor); 3] = [
+    let losses: [Series; 3] = [
+        ("total", |r| r.train_loss, BLUE),
+        ("cross-entropy", |r| r.train_ce, GREEN),
+        ("TCL", |r| r.train_tcl, RED),
+    ];
+    line_chart(
+        &left,
+        font,
+        "training loss",
+        max_loss,
+        records,
+        &losses,
+        SeriesLabelPosition::UpperRight,
+    )?;
+    let accuracies: [Series; 3] = [
         ("accuracy", |r| 100.0 * r.valid.accuracy, BLUE),
         ("mean class accuracy", |r| 100.0 * r.valid.mean_class_accuracy, RED),
         ("train accuracy", |r| 100.0 * r.train_accuracy, BLACK),
     ];
-    for (name, value, color) in series {
+    line_chart(
+        &right,
+        font,
+        "valid accuracy (%)",
+        100.0,
+        records,
+        &accuracies,
+        SeriesLabelPosition::LowerRight,
+    )?;
+    root.present().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn line_chart(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    font: &str,
+    title: &str,
+    y_max: f64,
+    records: &[EpochRecord],
+    series: &[Series],
+    legend: SeriesLabelPosition,
+) -> Result<()> {
+    let epochs = records.len().max(2) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (font, 20))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(1.0..epochs, 0.0..y_max)?;
+    chart.configure_mesh().x_desc("epoch").label_style((font, 13)).draw()?;
+    for &(name, value, color) in series {
         chart
-            .draw_series(LineSeries::new(records.iter().map(|r| (r.epoch as f64, value(r))), color.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                records.iter().map(|r| (r.epoch as f64, value(r))),
+                color.stroke_width(2),
+            ))?
             .label(name)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(legend)
         .label_font((font, 13))
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -135,9 +158,16 @@ pub fn plot_confusion(metrics: &Metrics, path: &Path) -> Result<()> {
             let share = n as f64 / total as f64;
             let y = k - 1 - t as i32;
             let shade = (255.0 * (1.0 - share)) as u8;
-            chart.draw_series(std::iter::once(Rectangle::new([(p as i32, y), (p as i32 + 1, y + 1)], RGBColor(shade, shade, 255).filled())))?;
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(p as i32, y), (p as i32 + 1, y + 1)],
+                RGBColor(shade, shade, 255).filled(),
+            )))?;
             let color = if share > 0.5 { WHITE } else { BLACK };
-            chart.draw_series(std::iter::once(Text::new(format!("{n}"), (p as i32, y + 1), (font, 14).into_font().color(&color))))?;
+            chart.draw_series(std::iter::once(Text::new(
+                format!("{n}"),
+                (p as i32, y + 1),
+                (font, 14).into_font().color(&color),
+            )))?;
         }
     }
     root.present().with_context(|| format!("writing {}", path.display()))?;

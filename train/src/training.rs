@@ -98,7 +98,11 @@ impl TrainConfig {
             data,
             valid: None,
             network: NetworkConfig::default(),
-            tcl: Some(TclConfig { negatives: Negatives::SemiSynthesized { alpha: 0.5 }, lambda: 0.01, margin: 1.0 }),
+            tcl: Some(TclConfig {
+                negatives: Negatives::SemiSynthesized { alpha: 0.5 },
+                lambda: 0.01,
+                margin: 1.0,
+            }),
             label_smoothing: 0.1,
             epochs: 6,
             batch_size: 64,
@@ -114,7 +118,13 @@ impl TrainConfig {
 
     /// A run that finishes in seconds: tiny network, 64 images, 2 epochs.
     pub fn smoke(data: DatasetSpec) -> Self {
-        Self { network: NetworkConfig::tiny(), epochs: 2, batch_size: 16, limit: Some(64), ..Self::new(data) }
+        Self {
+            network: NetworkConfig::tiny(),
+            epochs: 2,
+            batch_size: 16,
+            limit: Some(64),
+            ..Self::new(data)
+        }
     }
 
     fn valid_spec(&self) -> &DatasetSpec {
@@ -190,15 +200,30 @@ pub fn evaluate(model: &ExpressionNet, samples: &[Sample], device: &Device) -> M
         let batch = eval_batch(chunk);
         let (inputs, _) = batch.to_tensors(device);
         let predicted = model.forward(inputs).logits.argmax(1);
-        let predicted = predicted.into_data().convert::<i64>().try_to_vec::<i64>().expect("int tensor");
-        pairs.extend(batch.labels.iter().zip(predicted).map(|(&l, p)| (l as usize, p as usize)));
+        let predicted = predicted
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .expect("int tensor");
+        pairs.extend(
+            batch
+                .labels
+                .iter()
+                .zip(predicted)
+                .map(|(&l, p)| (l as usize, p as usize)),
+        );
     }
     Metrics::from_pairs(pairs)
 }
 
 /// Loads a split with the run's options and limit.
 fn load_split(config: &TrainConfig, spec: &DatasetSpec, split: Split) -> Result<Vec<Sample>> {
-    let loaded = spec.load_verbose(split, LoadOptions { skip_bad: config.skip_bad })?;
+    let loaded = spec.load_verbose(
+        split,
+        LoadOptions {
+            skip_bad: config.skip_bad,
+        },
+    )?;
     let mut samples = loaded.samples;
     if let Some(limit) = config.limit {
         samples.truncate(limit);
@@ -236,13 +261,20 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
     let train_samples = Arc::new(load_split(config, &config.data, Split::Train)?);
     let valid_samples = load_split(config, config.valid_spec(), Split::Valid)?;
     if train_samples.len() < config.batch_size {
-        bail!("{} training images, fewer than one batch of {}", train_samples.len(), config.batch_size);
+        bail!(
+            "{} training images, fewer than one batch of {}",
+            train_samples.len(),
+            config.batch_size
+        );
     }
 
     let (mut model, mut optimizer, mut state) = if resume {
         let saved: TrainConfig = read_json(&run.join(files::CONFIG))?;
         if saved != *config {
-            bail!("{}: config.json differs from this run's settings; resume with the saved config", run.display());
+            bail!(
+                "{}: config.json differs from this run's settings; resume with the saved config",
+                run.display()
+            );
         }
         let (model, _) = load_checkpoint(run, &device)?;
         let optimizer = AdamWConfig::new()
@@ -288,10 +320,17 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
         let (mut sum_loss, mut sum_ce, mut sum_tcl, mut correct, mut seen) = (0.0, 0.0, 0.0, 0usize, 0usize);
         let mut lr = config.lr;
         let mut interrupted = false;
-        let batches = train_epoch(train_samples.clone(), config.batch_size, config.augment, config.seed, epoch);
+        let batches = train_epoch(
+            train_samples.clone(),
+            config.batch_size,
+            config.augment,
+            config.seed,
+            epoch,
+        );
         for (step, batch) in batches.iter().enumerate() {
             lr = learning_rate(config.lr, epoch * steps_per_epoch + step, steps_per_epoch, total_steps);
-            let (loss, ce, tcl, hits) = train_step(&mut model, &mut optimizer, &batch, config, &cross_entropy, lr, &device);
+            let (loss, ce, tcl, hits) =
+                train_step(&mut model, &mut optimizer, &batch, config, &cross_entropy, lr, &device);
             sum_loss += loss;
             sum_ce += ce;
             sum_tcl += tcl;
@@ -347,7 +386,10 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
         );
         append_record(&run.join(files::METRICS), &record)?;
         records.push(record);
-        state = RunState { epochs_done: epoch + 1, interrupted: false };
+        state = RunState {
+            epochs_done: epoch + 1,
+            interrupted: false,
+        };
         save_checkpoint(run, &model, &optimizer, &state)?;
     }
 
@@ -376,11 +418,27 @@ fn train_step(
 ) -> (f64, f64, f64, usize) {
     let (inputs, labels) = batch.to_tensors(device);
     let output = model.forward(inputs);
-    let hits = output.logits.clone().detach().argmax(1).reshape([batch.len()]).equal(labels.clone()).int().sum();
+    let hits = output
+        .logits
+        .clone()
+        .detach()
+        .argmax(1)
+        .reshape([batch.len()])
+        .equal(labels.clone())
+        .int()
+        .sum();
     let ce = cross_entropy.forward(output.logits.clone(), labels.clone());
     let (loss, tcl_value) = match &config.tcl {
         Some(tcl) => {
-            let tcl_loss = triplet_center_loss(output.embedding, labels, model.centers.val(), output.logits, tcl.negatives, tcl.margin).loss;
+            let tcl_loss = triplet_center_loss(
+                output.embedding,
+                labels,
+                model.centers.val(),
+                output.logits,
+                tcl.negatives,
+                tcl.margin,
+            )
+            .loss;
             (ce.clone() + tcl_loss.clone() * tcl.lambda, scalar(tcl_loss))
         }
         None => (ce.clone(), 0.0),
@@ -394,34 +452,61 @@ fn scalar(t: Tensor<1>) -> f64 {
     t.into_scalar::<f32>() as f64
 }
 
-fn save_checkpoint(run: &Path, model: &ExpressionNet, optimizer: &burn::optim::ModuleOptimizer, state: &RunState) -> Result<()> {
+fn save_checkpoint(
+    run: &Path,
+    model: &ExpressionNet,
+    optimizer: &burn::optim::ModuleOptimizer,
+    state: &RunState,
+) -> Result<()> {
     // Write beside, then rename: an interrupted save never leaves a half-written checkpoint.
     let save = |name: &str, write: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
         let tmp: PathBuf = run.join(format!("{name}.tmp"));
         write(&tmp)?;
         std::fs::rename(&tmp, run.join(name)).with_context(|| format!("saving {}", run.join(name).display()))
     };
-    save(files::MODEL, &|p| model.clone().save_file(p).map_err(|e| anyhow::anyhow!("{}: {e:?}", p.display())))?;
-    save(files::OPTIMIZER, &|p| optimizer.to_record().save(p).map_err(|e| anyhow::anyhow!("{}: {e:?}", p.display())))?;
+    save(files::MODEL, &|p| {
+        model
+            .clone()
+            .save_file(p)
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", p.display()))
+    })?;
+    save(files::OPTIMIZER, &|p| {
+        optimizer
+            .to_record()
+            .save(p)
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", p.display()))
+    })?;
     write_json(&run.join(files::STATE), state)
 }
 
 fn read_records(path: &Path) -> Vec<EpochRecord> {
     std::fs::read_to_string(path)
-        .map(|text| text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect())
+        .map(|text| {
+            text.lines()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn append_record(path: &Path, record: &EpochRecord) -> Result<()> {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
     writeln!(file, "{}", serde_json::to_string(record)?).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes `report.txt`, `report.json` and the plots of a run.
 pub fn write_report(run: &Path, valid: &Metrics, records: &[EpochRecord]) -> Result<()> {
-    std::fs::write(run.join("report.txt"), format!("{valid}\n")).with_context(|| format!("writing report in {}", run.display()))?;
+    std::fs::write(run.join("report.txt"), format!("{valid}\n"))
+        .with_context(|| format!("writing report in {}", run.display()))?;
     write_json(&run.join("report.json"), valid)?;
-    for result in [plot_curves(records, &run.join("curves.png")), plot_confusion(valid, &run.join("confusion.png"))] {
+    for result in [
+        plot_curves(records, &run.join("curves.png")),
+        plot_confusion(valid, &run.join("confusion.png")),
+    ] {
         if let Err(error) = result {
             eprintln!("warning: {error:#}");
         }

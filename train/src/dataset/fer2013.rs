@@ -39,7 +39,10 @@ impl ExpressionSource for Fer2013Csv {
     fn load(&self, split: Split, options: LoadOptions) -> Result<LoadedSplit, DatasetError> {
         let path = &self.file;
         if !path.is_file() {
-            return Err(DatasetError::Missing { path: path.clone(), what: "FER2013 CSV file" });
+            return Err(DatasetError::Missing {
+                path: path.clone(),
+                what: "FER2013 CSV file",
+            });
         }
         let usage = match split {
             Split::Train => "Training",
@@ -53,12 +56,18 @@ impl ExpressionSource for Fer2013Csv {
         let mut collector = Collector::new(options);
         for (i, record) in reader.records().enumerate() {
             let line = i + 2; // 1-based, after the header
-            let row = record.map_err(|e| DatasetError::row(path, line, e.to_string())).and_then(|r| {
-                if r.len() != 3 {
-                    return Err(DatasetError::row(path, line, format!("expected 3 fields (emotion,pixels,Usage), found {}", r.len())));
-                }
-                Ok((r[0].trim().to_owned(), r[1].to_owned(), r[2].trim().to_owned()))
-            });
+            let row = record
+                .map_err(|e| DatasetError::row(path, line, e.to_string()))
+                .and_then(|r| {
+                    if r.len() != 3 {
+                        return Err(DatasetError::row(
+                            path,
+                            line,
+                            format!("expected 3 fields (emotion,pixels,Usage), found {}", r.len()),
+                        ));
+                    }
+                    Ok((r[0].trim().to_owned(), r[1].to_owned(), r[2].trim().to_owned()))
+                });
             let (emotion, pixels, row_usage) = match row {
                 Ok(row) => row,
                 Err(error) => {
@@ -74,16 +83,28 @@ impl ExpressionSource for Fer2013Csv {
                     .parse::<usize>()
                     .ok()
                     .and_then(|i| LABELS.get(i).copied())
-                    .ok_or_else(|| DatasetError::row(path, line, format!("unknown emotion {emotion:?}; expected 0..=6")))?;
+                    .ok_or_else(|| {
+                        DatasetError::row(path, line, format!("unknown emotion {emotion:?}; expected 0..=6"))
+                    })?;
                 let pixels: Vec<u8> = pixels
                     .split_ascii_whitespace()
                     .map(|p| p.parse::<u8>())
                     .collect::<Result<_, _>>()
                     .map_err(|e| DatasetError::row(path, line, format!("bad pixel value: {e}")))?;
                 if pixels.len() != 48 * 48 {
-                    return Err(DatasetError::row(path, line, format!("{} pixels, expected 48x48 = 2304", pixels.len())));
+                    return Err(DatasetError::row(
+                        path,
+                        line,
+                        format!("{} pixels, expected 48x48 = 2304", pixels.len()),
+                    ));
                 }
-                Ok(Sample { pixels, width: 48, height: 48, label, votes: None })
+                Ok(Sample {
+                    pixels,
+                    width: 48,
+                    height: 48,
+                    label,
+                    votes: None,
+                })
             })();
             collector.push(sample)?;
         }
@@ -102,12 +123,20 @@ mod tests {
         let face = vec!["128"; 2304].join(" ");
         std::fs::write(
             &file,
-            format!("emotion,pixels,Usage\n3,{face},Training\n0,{face},PublicTest\n9,{face},Training\n5,1 2 3,Training\n"),
+            format!(
+                "emotion,pixels,Usage\n3,{face},Training\n0,{face},PublicTest\n9,{face},Training\n5,1 2 3,Training\n"
+            ),
         )
         .unwrap();
         let source = Fer2013Csv::new(&file);
-        let error = source.load(Split::Train, LoadOptions::default()).unwrap_err().to_string();
-        assert!(error.contains("fer2013.csv:4") && error.contains("unknown emotion"), "{error}");
+        let error = source
+            .load(Split::Train, LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("fer2013.csv:4") && error.contains("unknown emotion"),
+            "{error}"
+        );
         let train = source.load(Split::Train, LoadOptions { skip_bad: true }).unwrap();
         assert_eq!(train.samples.len(), 1);
         assert_eq!(train.samples[0].label, Expression::Happiness);

@@ -50,7 +50,10 @@ impl FerPlus {
 pub fn majority_label(votes: [u32; 10]) -> Option<(Expression, [f32; Expression::COUNT])> {
     let votes = votes.map(|v| if v == 1 { 0 } else { v });
     let sum: u32 = votes.iter().sum();
-    let (column, &max) = votes.iter().enumerate().max_by_key(|&(i, v)| (*v, std::cmp::Reverse(i)))?;
+    let (column, &max) = votes
+        .iter()
+        .enumerate()
+        .max_by_key(|&(i, v)| (*v, std::cmp::Reverse(i)))?;
     if sum == 0 || 2 * max <= sum {
         return None;
     }
@@ -69,7 +72,11 @@ pub fn majority_label(votes: [u32; 10]) -> Option<(Expression, [f32; Expression:
 
 fn parse_row(path: &Path, line: usize, record: &csv::StringRecord) -> Result<(String, [u32; 10]), DatasetError> {
     if record.len() != 12 {
-        return Err(DatasetError::row(path, line, format!("expected 12 fields (file, box, 10 votes), found {}", record.len())));
+        return Err(DatasetError::row(
+            path,
+            line,
+            format!("expected 12 fields (file, box, 10 votes), found {}", record.len()),
+        ));
     }
     let mut votes = [0u32; 10];
     for (i, vote) in votes.iter_mut().enumerate() {
@@ -90,7 +97,10 @@ impl ExpressionSource for FerPlus {
         let dir = self.split_dir(split);
         let labels = dir.join("label.csv");
         if !labels.is_file() {
-            return Err(DatasetError::Missing { path: labels, what: "FER+ label file" });
+            return Err(DatasetError::Missing {
+                path: labels,
+                what: "FER+ label file",
+            });
         }
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
@@ -114,7 +124,13 @@ impl ExpressionSource for FerPlus {
         }
         let decoded = super::decode_all(jobs, |(path, label, votes)| {
             let (pixels, width, height) = decode_gray(&path, Some((48, 48)))?;
-            Ok(Sample { pixels, width, height, label, votes: Some(votes) })
+            Ok(Sample {
+                pixels,
+                width,
+                height,
+                label,
+                votes: Some(votes),
+            })
         });
         for result in decoded {
             collector.push(result)?;
@@ -149,8 +165,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let train = dir.path().join("FER2013Train");
         std::fs::create_dir(&train).unwrap();
-        image::GrayImage::from_pixel(48, 48, image::Luma([7])).save(train.join("a.png")).unwrap();
-        image::GrayImage::from_pixel(40, 40, image::Luma([7])).save(train.join("small.png")).unwrap();
+        image::GrayImage::from_pixel(48, 48, image::Luma([7]))
+            .save(train.join("a.png"))
+            .unwrap();
+        image::GrayImage::from_pixel(40, 40, image::Luma([7]))
+            .save(train.join("small.png"))
+            .unwrap();
         std::fs::write(
             train.join("label.csv"),
             "a.png,\"(0, 0, 48, 48)\",0,9,0,0,0,0,0,0,0,1\n\
@@ -160,15 +180,29 @@ mod tests {
         )
         .unwrap();
         let source = FerPlus::new(dir.path());
-        let error = source.load(Split::Train, LoadOptions::default()).unwrap_err().to_string();
+        let error = source
+            .load(Split::Train, LoadOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("label.csv:4") && error.contains("\"x\""), "{error}");
         let loaded = source.load(Split::Train, LoadOptions { skip_bad: true }).unwrap();
         assert_eq!(loaded.samples.len(), 1);
         assert_eq!(loaded.samples[0].label, Expression::Happiness);
         assert_eq!(loaded.excluded, 1);
         assert_eq!(loaded.skipped.len(), 2);
-        assert!(loaded.skipped.iter().any(|e| e.to_string().contains("40x40, expected 48x48")));
-        let missing = source.load(Split::Valid, LoadOptions::default()).unwrap_err().to_string();
-        assert!(missing.contains("FER2013Valid") && missing.contains("not found"), "{missing}");
+        assert!(
+            loaded
+                .skipped
+                .iter()
+                .any(|e| e.to_string().contains("40x40, expected 48x48"))
+        );
+        let missing = source
+            .load(Split::Valid, LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("FER2013Valid") && missing.contains("not found"),
+            "{missing}"
+        );
     }
 }

@@ -28,9 +28,14 @@ impl ImageFolders {
         if let Some(dir) = names.iter().map(|n| self.root.join(n)).find(|d| d.is_dir()) {
             return Ok(dir);
         }
-        let has_splits = ["train", "valid", "val", "test"].iter().any(|n| self.root.join(n).is_dir());
+        let has_splits = ["train", "valid", "val", "test"]
+            .iter()
+            .any(|n| self.root.join(n).is_dir());
         if has_splits {
-            return Err(DatasetError::Missing { path: self.root.join(names[0]), what: "split folder" });
+            return Err(DatasetError::Missing {
+                path: self.root.join(names[0]),
+                what: "split folder",
+            });
         }
         Ok(self.root.clone())
     }
@@ -58,7 +63,10 @@ impl ExpressionSource for ImageFolders {
 
     fn load(&self, split: Split, options: LoadOptions) -> Result<LoadedSplit, DatasetError> {
         if !self.root.is_dir() {
-            return Err(DatasetError::Missing { path: self.root.clone(), what: "image folder root" });
+            return Err(DatasetError::Missing {
+                path: self.root.clone(),
+                what: "image folder root",
+            });
         }
         let root = self.split_root(split)?;
         let mut collector = Collector::new(options);
@@ -68,15 +76,29 @@ impl ExpressionSource for ImageFolders {
             let label = match Expression::parse(name) {
                 Ok(label) => label,
                 Err(unknown) => {
-                    collector.push(Err(DatasetError::image(&dir, format!("folder name {name:?} is {unknown}"))))?;
+                    collector.push(Err(DatasetError::image(
+                        &dir,
+                        format!("folder name {name:?} is {unknown}"),
+                    )))?;
                     continue;
                 }
             };
-            jobs.extend(read_dir_sorted(&dir)?.into_iter().filter(|p| is_image(p)).map(|p| (p, label)));
+            jobs.extend(
+                read_dir_sorted(&dir)?
+                    .into_iter()
+                    .filter(|p| is_image(p))
+                    .map(|p| (p, label)),
+            );
         }
         for result in super::decode_all(jobs, |(path, label)| {
             let (pixels, width, height) = decode_gray(&path, None)?;
-            Ok(Sample { pixels, width, height, label, votes: None })
+            Ok(Sample {
+                pixels,
+                width,
+                height,
+                label,
+                votes: None,
+            })
         }) {
             collector.push(result)?;
         }
@@ -95,7 +117,9 @@ mod tests {
         for (folder, n) in [("train/angry", 2), ("train/Happy", 1), ("valid/sad", 1)] {
             std::fs::create_dir_all(root.join(folder)).unwrap();
             for i in 0..n {
-                image::GrayImage::from_pixel(64, 64, image::Luma([10])).save(root.join(folder).join(format!("{i}.png"))).unwrap();
+                image::GrayImage::from_pixel(64, 64, image::Luma([10]))
+                    .save(root.join(folder).join(format!("{i}.png")))
+                    .unwrap();
             }
         }
         std::fs::write(root.join("train/angry/notes.txt"), "not an image").unwrap();
@@ -108,7 +132,10 @@ mod tests {
 
         std::fs::create_dir_all(root.join("train/contempt")).unwrap();
         std::fs::write(root.join("train/angry/broken.png"), b"not a png").unwrap();
-        let error = source.load(Split::Train, LoadOptions::default()).unwrap_err().to_string();
+        let error = source
+            .load(Split::Train, LoadOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("contempt"), "{error}");
         let skipped = source.load(Split::Train, LoadOptions { skip_bad: true }).unwrap();
         assert_eq!(skipped.samples.len(), 3);
@@ -119,7 +146,9 @@ mod tests {
     fn empty_split_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("train/happy")).unwrap();
-        let error = ImageFolders::new(dir.path()).load(Split::Train, LoadOptions::default()).unwrap_err();
+        let error = ImageFolders::new(dir.path())
+            .load(Split::Train, LoadOptions::default())
+            .unwrap_err();
         assert!(matches!(error, DatasetError::EmptySplit { .. }), "{error}");
     }
 }

@@ -111,15 +111,25 @@ pub enum DatasetError {
 
 impl DatasetError {
     fn row(path: &Path, line: usize, message: impl Into<String>) -> Self {
-        Self::Row { path: path.to_owned(), line, message: message.into() }
+        Self::Row {
+            path: path.to_owned(),
+            line,
+            message: message.into(),
+        }
     }
 
     fn image(path: &Path, message: impl fmt::Display) -> Self {
-        Self::Image { path: path.to_owned(), message: message.to_string() }
+        Self::Image {
+            path: path.to_owned(),
+            message: message.to_string(),
+        }
     }
 
     fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_owned(), source }
+        Self::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
@@ -167,7 +177,12 @@ struct Collector {
 
 impl Collector {
     fn new(options: LoadOptions) -> Self {
-        Self { options, samples: Vec::new(), skipped: Vec::new(), excluded: 0 }
+        Self {
+            options,
+            samples: Vec::new(),
+            skipped: Vec::new(),
+            excluded: 0,
+        }
     }
 
     fn push(&mut self, result: Result<Sample, DatasetError>) -> Result<(), DatasetError> {
@@ -181,21 +196,33 @@ impl Collector {
 
     fn finish(self, root: &Path, split: Split) -> Result<LoadedSplit, DatasetError> {
         if self.samples.is_empty() {
-            return Err(DatasetError::EmptySplit { path: root.to_owned(), split });
+            return Err(DatasetError::EmptySplit {
+                path: root.to_owned(),
+                split,
+            });
         }
-        Ok(LoadedSplit { samples: self.samples, skipped: self.skipped, excluded: self.excluded })
+        Ok(LoadedSplit {
+            samples: self.samples,
+            skipped: self.skipped,
+            excluded: self.excluded,
+        })
     }
 }
 
 /// Decodes an image file into 8-bit grayscale, optionally requiring a size.
 fn decode_gray(path: &Path, expected: Option<(usize, usize)>) -> Result<(Vec<u8>, usize, usize), DatasetError> {
     let bytes = std::fs::read(path).map_err(|e| DatasetError::io(path, e))?;
-    let image = image::load_from_memory(&bytes).map_err(|e| DatasetError::image(path, e))?.into_luma8();
+    let image = image::load_from_memory(&bytes)
+        .map_err(|e| DatasetError::image(path, e))?
+        .into_luma8();
     let (w, h) = (image.width() as usize, image.height() as usize);
     if let Some((ew, eh)) = expected
         && (w, h) != (ew, eh)
     {
-        return Err(DatasetError::image(path, format!("image is {w}x{h}, expected {ew}x{eh}")));
+        return Err(DatasetError::image(
+            path,
+            format!("image is {w}x{h}, expected {ew}x{eh}"),
+        ));
     }
     Ok((image.into_raw(), w, h))
 }
@@ -214,7 +241,8 @@ fn decode_all<T: Send>(
         (!c.is_empty()).then_some(c)
     })
     .collect();
-    let results: Vec<Mutex<Vec<Result<Sample, DatasetError>>>> = chunks.iter().map(|_| Mutex::new(Vec::new())).collect();
+    let results: Vec<Mutex<Vec<Result<Sample, DatasetError>>>> =
+        chunks.iter().map(|_| Mutex::new(Vec::new())).collect();
     std::thread::scope(|scope| {
         for (chunk, slot) in chunks.into_iter().zip(&results) {
             let decode = &decode;
@@ -224,7 +252,10 @@ fn decode_all<T: Send>(
             });
         }
     });
-    results.into_iter().flat_map(|m| m.into_inner().expect("decoder thread panicked")).collect()
+    results
+        .into_iter()
+        .flat_map(|m| m.into_inner().expect("decoder thread panicked"))
+        .collect()
 }
 
 /// Image counts per class, in class-index order.
@@ -255,7 +286,13 @@ impl fmt::Display for ClassCounts {
         for expression in Expression::ALL {
             let n = self.0[expression.index()];
             let bar = "#".repeat((n * 40).div_ceil(max));
-            writeln!(f, "  {:<10} {:>7} {:>5.1}%  {bar}", expression.name(), n, 100.0 * n as f64 / total as f64)?;
+            writeln!(
+                f,
+                "  {:<10} {:>7} {:>5.1}%  {bar}",
+                expression.name(),
+                n,
+                100.0 * n as f64 / total as f64
+            )?;
         }
         write!(f, "  {:<10} {:>7}", "total", self.total())
     }
@@ -324,8 +361,13 @@ impl FromStr for DatasetSpec {
     type Err = DatasetError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let bad = |message: &str| DatasetError::Spec { spec: spec.to_owned(), message: message.to_owned() };
-        let (kind, path) = spec.split_once(':').ok_or_else(|| bad("expected KIND:PATH, KIND one of ferplus, rafdb, fer2013, folders"))?;
+        let bad = |message: &str| DatasetError::Spec {
+            spec: spec.to_owned(),
+            message: message.to_owned(),
+        };
+        let (kind, path) = spec
+            .split_once(':')
+            .ok_or_else(|| bad("expected KIND:PATH, KIND one of ferplus, rafdb, fer2013, folders"))?;
         let kind = match kind.to_ascii_lowercase().as_str() {
             "ferplus" | "fer+" => DatasetKind::FerPlus,
             "rafdb" | "raf-db" => DatasetKind::RafDb,
@@ -336,7 +378,10 @@ impl FromStr for DatasetSpec {
         if path.is_empty() {
             return Err(bad("empty path"));
         }
-        Ok(Self { kind, path: PathBuf::from(path) })
+        Ok(Self {
+            kind,
+            path: PathBuf::from(path),
+        })
     }
 }
 

@@ -31,7 +31,10 @@ impl ExpressionSource for RafDb {
     fn load(&self, split: Split, options: LoadOptions) -> Result<LoadedSplit, DatasetError> {
         let list = self.root.join("EmoLabel/list_patition_label.txt");
         let text = std::fs::read_to_string(&list).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => DatasetError::Missing { path: list.clone(), what: "RAF-DB label list" },
+            std::io::ErrorKind::NotFound => DatasetError::Missing {
+                path: list.clone(),
+                what: "RAF-DB label list",
+            },
             _ => DatasetError::io(&list, e),
         })?;
         let prefix = match split {
@@ -49,14 +52,20 @@ impl ExpressionSource for RafDb {
             let parsed = (|| {
                 let mut fields = line.split_whitespace();
                 let (Some(file), Some(id), None) = (fields.next(), fields.next(), fields.next()) else {
-                    return Err(DatasetError::row(&list, line_no, format!("expected `FILE LABEL`, found {line:?}")));
+                    return Err(DatasetError::row(
+                        &list,
+                        line_no,
+                        format!("expected `FILE LABEL`, found {line:?}"),
+                    ));
                 };
                 let label = id
                     .parse::<usize>()
                     .ok()
                     .and_then(|id| id.checked_sub(1))
                     .and_then(Expression::from_index)
-                    .ok_or_else(|| DatasetError::row(&list, line_no, format!("unknown label {id:?}; expected 1..=7")))?;
+                    .ok_or_else(|| {
+                        DatasetError::row(&list, line_no, format!("unknown label {id:?}; expected 1..=7"))
+                    })?;
                 Ok((file.to_owned(), label))
             })();
             match parsed {
@@ -70,7 +79,13 @@ impl ExpressionSource for RafDb {
         }
         for result in super::decode_all(jobs, |(path, label)| {
             let (pixels, width, height) = decode_gray(&path, None)?;
-            Ok(Sample { pixels, width, height, label, votes: None })
+            Ok(Sample {
+                pixels,
+                width,
+                height,
+                label,
+                votes: None,
+            })
         }) {
             collector.push(result)?;
         }
@@ -100,7 +115,10 @@ mod tests {
         .unwrap();
         let source = RafDb::new(root);
         // train_00003's image is missing: an error naming it, or skipped and counted.
-        let error = source.load(Split::Train, LoadOptions::default()).unwrap_err().to_string();
+        let error = source
+            .load(Split::Train, LoadOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("train_00003_aligned.jpg"), "{error}");
         let train = source.load(Split::Train, LoadOptions { skip_bad: true }).unwrap();
         let labels: Vec<_> = train.samples.iter().map(|s| s.label).collect();
@@ -111,7 +129,13 @@ mod tests {
         assert_eq!(test.samples[0].label, Expression::Neutral);
 
         std::fs::write(root.join("EmoLabel/list_patition_label.txt"), "train_00001.jpg 8\n").unwrap();
-        let error = source.load(Split::Train, LoadOptions::default()).unwrap_err().to_string();
-        assert!(error.contains("list_patition_label.txt:1: unknown label \"8\""), "{error}");
+        let error = source
+            .load(Split::Train, LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("list_patition_label.txt:1: unknown label \"8\""),
+            "{error}"
+        );
     }
 }

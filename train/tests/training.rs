@@ -1,0 +1,206 @@
+//! End-to-end checks of the training crate: gradients, determinism, resume, bad input, FER+.
+
+use std::path::Path;
+
+use burn::module::list_param_ids;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use fer_protocol::Expression;
+use fer_train::dataset::{DatasetSpec, LoadOptions, Split};
+use fer_train::loss::{Negatives, triplet_center_loss};
+use fer_train::model::{ExpressionNet, NetworkConfig};
+use fer_train::training::{self, TrainConfig, files};
+
+/// A small image-folder data set: each class a distinct brightness pattern, so it is learnable.
+fn fixture(root: &Path, per_class: usize) {
+    for split in ["train", "valid"] {
+        for expression in Expression::ALL {
+            let dir = root.join(split).join(expression.name());
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..per_class {
+                let k = expression.index() as u32;
+                let image = image::GrayImage::from_fn(48, 48, |x, y| {
+                    image::Luma([((x * (k + 1) + y * 3 + i as u32 * 5) % 256) as u8])
+                });
+                image.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+fn smoke_config(root: &Path) -> TrainConfig {
+    let data: DatasetSpec = format!("folders:{}", root.display()).parse().unwrap();
+    TrainConfig {
+        limit: None,
+        ..TrainConfig::smoke(data)
+    }
+}
+
+#[test]
+fn centers_and_backbone_receive_gradients() {
+    let device = Device::flex().autodiff();
+    device.seed(1);
+    let model = ExpressionNet::new(&NetworkConfig::tiny(), &device);
+    let inputs = Tensor::<4>::random([6, 1, 48, 48], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let labels = Tensor::<1, Int>::from_ints([0, 1, 2, 3, 4, 5], &device);
+    for negatives in [
+        Negatives::FullySynthesized,
+        Negatives::SemiSynthesized { alpha: 0.5 },
+        Negatives::PredictionBased,
+    ] {
+        let out = model.forward(inputs.clone());
+        // A large margin keeps every hinge active, so every center gets a gradient.
+        let tcl = triplet_center_loss(
+            out.embedding,
+            labels.clone(),
+            model.centers.val(),
+            out.logits.clone(),
+            negatives,
+            1e3,
+        )
+        .loss;
+        let ce = CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(out.logits, labels.clone());
+        let grads = (ce + tcl).backward();
+        let center_grad = model.centers.val().grad(&grads).expect("centers have a gradient");
+        assert!(
+            center_grad.abs().sum().into_scalar::<f32>() > 0.0,
+            "{negatives:?}: zero center gradient"
+        );
+        let params = GradientsParams::from_grads(grads, &model);
+        let total = list_param_ids(&model).len();
+        // Every parameter tensor but the frozen BatchNorm running statistics gets a gradient.
+        assert!(
+            params.len() >= total - 2 * 8,
+            "{negatives:?}: {} of {total} parameters got gradients",
+            params.len()
+        );
+    }
+}
+
+#[test]
+fn training_is_deterministic_and_resumable() {
+    let data = tempfile::tempdir().unwrap();
+    fixture(data.path(), 6);
+    let config = smoke_config(data.path());
+    let runs = tempfile::tempdir().unwrap();
+    let a = training::train(&config, &runs.path().join("a"), false).unwrap();
+    let b = training::train(&config, &runs.path().join("b"), false).unwrap();
+    assert_eq!(a.epochs_done, 2);
+    assert_eq!(a.valid, b.valid, "same seed, same result");
+    // Same weights: the files differ in their random parameter ids, so compare what they compute.
+    let probe = Tensor::<4>::random(
+        [4, 1, 48, 48],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &Device::flex(),
+    );
+    let logits = |run: &str| {
+        let (model, _) = training::load_checkpoint(&runs.path().join(run), &Device::flex()).unwrap();
+        model
+            .forward(probe.clone())
+            .logits
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    assert!(logits("a") == logits("b"), "same seed must give the same weights");
+    for file in [
+        files::CONFIG,
+        files::OPTIMIZER,
+        files::STATE,
+        files::METRICS,
+        "report.txt",
+        "report.json",
+    ] {
+        assert!(runs.path().join("a").join(file).is_file(), "{file} missing");
+    }
+
+    // Resume a 2-epoch run to 3 epochs with the same config: it continues, not restarts.
+    let mut longer = config.clone();
+    longer.epochs = 3;
+    std::fs::write(
+        runs.path().join("a").join(files::CONFIG),
+        serde_json::to_string(&longer).unwrap(),
+    )
+    .unwrap();
+    let resumed = training::train(&longer, &runs.path().join("a"), true).unwrap();
+    assert_eq!(resumed.epochs_done, 3);
+    let lines = std::fs::read_to_string(runs.path().join("a").join(files::METRICS)).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+
+    // A changed config does not silently resume.
+    let other = TrainConfig { seed: 7, ..longer };
+    let error = training::train(&other, &runs.path().join("a"), true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("config.json differs"), "{error}");
+
+    // The checkpoint loads and evaluates.
+    let (model, _) = training::load_checkpoint(&runs.path().join("a"), &Device::flex()).unwrap();
+    let valid = config.data.load_verbose(Split::Valid, LoadOptions::default()).unwrap();
+    assert_eq!(training::evaluate(&model, &valid.samples, &Device::flex()).count, 7 * 6);
+}
+
+#[test]
+fn learns_a_separable_fixture() {
+    // The test that fails if the loop does not actually learn: 7 easy classes, a few seconds.
+    let data = tempfile::tempdir().unwrap();
+    fixture(data.path(), 8);
+    let mut config = smoke_config(data.path());
+    config.epochs = 12;
+    config.batch_size = 8;
+    config.lr = 1e-2;
+    config.augment = None;
+    let runs = tempfile::tempdir().unwrap();
+    let summary = training::train(&config, runs.path(), false).unwrap();
+    assert!(
+        summary.valid.accuracy > 0.5,
+        "accuracy {} after 12 epochs",
+        summary.valid.accuracy
+    );
+}
+
+#[test]
+fn bad_checkpoints_are_clear_errors() {
+    let runs = tempfile::tempdir().unwrap();
+    let error = training::load_checkpoint(runs.path(), &Device::flex())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("config.json"), "{error}");
+    let config = smoke_config(Path::new("/nonexistent"));
+    std::fs::write(runs.path().join(files::CONFIG), serde_json::to_string(&config).unwrap()).unwrap();
+    let error = training::load_checkpoint(runs.path(), &Device::flex())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("no checkpoint"), "{error}");
+    std::fs::write(runs.path().join(files::MODEL), b"garbage").unwrap();
+    assert!(training::load_checkpoint(runs.path(), &Device::flex()).is_err());
+    let error = training::train(&config, &runs.path().join("new"), false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("/nonexistent") && error.contains("not found"), "{error}");
+}
+
+#[test]
+fn ferplus_smoke_run_on_the_shared_data() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/ferplus");
+    if !root.join("FER2013Train/label.csv").is_file() {
+        eprintln!("skipped: {} not present (see README: getting the data)", root.display());
+        return;
+    }
+    let data: DatasetSpec = format!("ferplus:{}", root.display()).parse().unwrap();
+    let valid = data.load_verbose(Split::Valid, LoadOptions::default()).unwrap();
+    // The FER+ README's counts under the majority protocol, without contempt.
+    assert_eq!(valid.samples.len(), 3191 - 16);
+    assert_eq!(valid.class_counts().0[Expression::Neutral.index()], 1180);
+    assert_eq!(valid.class_counts().0[Expression::Disgust.index()], 25);
+    let runs = tempfile::tempdir().unwrap();
+    let summary = training::train(&TrainConfig::smoke(data), runs.path(), false).unwrap();
+    assert_eq!(summary.valid.count, 64);
+}
