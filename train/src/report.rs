@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use anyhow::{Context, Result};
 use fer_protocol::Expression;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::metrics::Metrics;
 
@@ -60,7 +61,12 @@ pub fn plot_curves(records: &[EpochRecord], path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(500);
-    let max_loss = records.iter().map(|r| r.train_loss).fold(0.0, f64::max).max(1e-3) * 1.05;
+    let max_loss = records
+        .iter()
+        .flat_map(|r| [r.train_loss, r.train_tcl])
+        .fold(0.0, f64::max)
+        .max(1e-3)
+        * 1.05;
     let losses: [Series; 3] = [
         ("total", |r| r.train_loss, BLUE),
         ("cross-entropy", |r| r.train_ce, GREEN),
@@ -140,15 +146,22 @@ pub fn plot_confusion(metrics: &Metrics, path: &Path) -> Result<()> {
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(85)
-        .build_cartesian_2d(0..k, 0..k)?;
-    let name = |i: &i32| Expression::from_index(*i as usize).map_or(String::new(), |e| e.name().to_owned());
+        .build_cartesian_2d((0..k - 1).into_segmented(), (0..k - 1).into_segmented())?;
+    // Row 0 (surprise) at the top: the y axis counts upwards, so rows are drawn at k - 1 - t.
+    let name = |v: &SegmentValue<i32>, flip: bool| match v {
+        SegmentValue::CenterOf(i) => {
+            let index = if flip { k - 1 - i } else { *i };
+            Expression::from_index(index as usize).map_or(String::new(), |e| e.name().to_owned())
+        }
+        _ => String::new(),
+    };
     chart
         .configure_mesh()
         .disable_mesh()
         .x_labels(Expression::COUNT)
         .y_labels(Expression::COUNT)
-        .x_label_formatter(&name)
-        .y_label_formatter(&|i| name(&(k - 1 - i)))
+        .x_label_formatter(&|v| name(v, false))
+        .y_label_formatter(&|v| name(v, true))
         .label_style((font, 12))
         .draw()?;
     for t in 0..Expression::COUNT {
@@ -156,18 +169,23 @@ pub fn plot_confusion(metrics: &Metrics, path: &Path) -> Result<()> {
         for p in 0..Expression::COUNT {
             let n = metrics.confusion[t][p];
             let share = n as f64 / total as f64;
-            let y = k - 1 - t as i32;
+            let (x, y) = (p as i32, k - 1 - t as i32);
             let shade = (255.0 * (1.0 - share)) as u8;
+            let cell = [
+                (SegmentValue::Exact(x), SegmentValue::Exact(y)),
+                (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1)),
+            ];
             chart.draw_series(std::iter::once(Rectangle::new(
-                [(p as i32, y), (p as i32 + 1, y + 1)],
+                cell,
                 RGBColor(shade, shade, 255).filled(),
             )))?;
             let color = if share > 0.5 { WHITE } else { BLACK };
-            chart.draw_series(std::iter::once(Text::new(
-                format!("{n}"),
-                (p as i32, y + 1),
-                (font, 14).into_font().color(&color),
-            )))?;
+            let style = (font, 14)
+                .into_font()
+                .color(&color)
+                .pos(Pos::new(HPos::Center, VPos::Center));
+            let center = (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y));
+            chart.draw_series(std::iter::once(Text::new(format!("{n}"), center, style)))?;
         }
     }
     root.present().with_context(|| format!("writing {}", path.display()))?;

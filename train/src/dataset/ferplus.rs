@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use fer_protocol::Expression;
 
-use super::{Collector, DatasetError, ExpressionSource, LoadOptions, LoadedSplit, Sample, Split, decode_gray};
+use super::{Collector, DatasetError, ExpressionSource, LoadOptions, LoadedSplit, Split};
 
 /// Vote columns in `label.csv` order; `None` for the columns that are not a basic expression.
 const COLUMNS: [Option<Expression>; 10] = [
@@ -116,25 +116,13 @@ impl ExpressionSource for FerPlus {
                 .and_then(|record| parse_row(&labels, line, &record));
             match row {
                 Ok((file, votes)) => match majority_label(votes) {
-                    Some((label, distribution)) => jobs.push((dir.join(file), label, distribution)),
+                    Some((label, distribution)) => jobs.push((dir.join(file), label, Some(distribution))),
                     None => collector.excluded += 1,
                 },
                 Err(error) => collector.push(Err(error))?,
             }
         }
-        let decoded = super::decode_all(jobs, |(path, label, votes)| {
-            let (pixels, width, height) = decode_gray(&path, Some((48, 48)))?;
-            Ok(Sample {
-                pixels,
-                width,
-                height,
-                label,
-                votes: Some(votes),
-            })
-        });
-        for result in decoded {
-            collector.push(result)?;
-        }
+        collector.decode(jobs, Some((48, 48)))?;
         collector.finish(&dir, split)
     }
 }

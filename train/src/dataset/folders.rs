@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use fer_protocol::Expression;
 
-use super::{Collector, DatasetError, ExpressionSource, LoadOptions, LoadedSplit, Sample, Split, decode_gray};
+use super::{Collector, DatasetError, ExpressionSource, LoadOptions, LoadedSplit, Split};
 
 /// The image-folder loader.
 pub struct ImageFolders {
@@ -87,21 +87,10 @@ impl ExpressionSource for ImageFolders {
                 read_dir_sorted(&dir)?
                     .into_iter()
                     .filter(|p| is_image(p))
-                    .map(|p| (p, label)),
+                    .map(|p| (p, label, None)),
             );
         }
-        for result in super::decode_all(jobs, |(path, label)| {
-            let (pixels, width, height) = decode_gray(&path, None)?;
-            Ok(Sample {
-                pixels,
-                width,
-                height,
-                label,
-                votes: None,
-            })
-        }) {
-            collector.push(result)?;
-        }
+        collector.decode(jobs, None)?;
         collector.finish(&root, split)
     }
 }

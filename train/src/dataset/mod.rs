@@ -227,35 +227,45 @@ fn decode_gray(path: &Path, expected: Option<(usize, usize)>) -> Result<(Vec<u8>
     Ok((image.into_raw(), w, h))
 }
 
-/// Decodes many images on all cores, keeping their order.
-fn decode_all<T: Send>(
-    jobs: Vec<T>,
-    decode: impl Fn(T) -> Result<Sample, DatasetError> + Sync,
-) -> Vec<Result<Sample, DatasetError>> {
-    use std::sync::Mutex;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = jobs.len().div_ceil(threads).max(1);
-    let mut jobs = jobs.into_iter();
-    let chunks: Vec<Vec<T>> = std::iter::from_fn(|| {
-        let c: Vec<T> = jobs.by_ref().take(chunk).collect();
-        (!c.is_empty()).then_some(c)
-    })
-    .collect();
-    let results: Vec<Mutex<Vec<Result<Sample, DatasetError>>>> =
-        chunks.iter().map(|_| Mutex::new(Vec::new())).collect();
-    std::thread::scope(|scope| {
-        for (chunk, slot) in chunks.into_iter().zip(&results) {
-            let decode = &decode;
-            scope.spawn(move || {
-                let out: Vec<_> = chunk.into_iter().map(decode).collect();
-                *slot.lock().expect("decoder thread panicked") = out;
-            });
+/// One image to decode: its path, its label and its vote distribution.
+type DecodeJob = (PathBuf, Expression, Option<[f32; Expression::COUNT]>);
+
+impl Collector {
+    /// Decodes the images on all cores, keeping their order, and collects them.
+    fn decode(&mut self, jobs: Vec<DecodeJob>, expected: Option<(usize, usize)>) -> Result<(), DatasetError> {
+        let decode = |(path, label, votes): DecodeJob| {
+            let (pixels, width, height) = decode_gray(&path, expected)?;
+            Ok(Sample {
+                pixels,
+                width,
+                height,
+                label,
+                votes,
+            })
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = jobs.len().div_ceil(threads).max(1);
+        let mut jobs = jobs.into_iter();
+        let chunks: Vec<Vec<DecodeJob>> = std::iter::from_fn(|| {
+            let c: Vec<DecodeJob> = jobs.by_ref().take(chunk).collect();
+            (!c.is_empty()).then_some(c)
+        })
+        .collect();
+        let decoded: Vec<Vec<Result<Sample, DatasetError>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| scope.spawn(move || chunk.into_iter().map(decode).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("decoder thread panicked"))
+                .collect()
+        });
+        for result in decoded.into_iter().flatten() {
+            self.push(result)?;
         }
-    });
-    results
-        .into_iter()
-        .flat_map(|m| m.into_inner().expect("decoder thread panicked"))
-        .collect()
+        Ok(())
+    }
 }
 
 /// Image counts per class, in class-index order.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use fer_protocol::Expression;
 
-use super::{Collector, DatasetError, ExpressionSource, LoadOptions, LoadedSplit, Sample, Split, decode_gray};
+use super::{Collector, DatasetError, ExpressionSource, LoadOptions, LoadedSplit, Split};
 
 /// The RAF-DB basic loader.
 pub struct RafDb {
@@ -71,24 +71,13 @@ impl ExpressionSource for RafDb {
             match parsed {
                 Ok((file, label)) if file.starts_with(prefix) => {
                     let stem = file.rsplit_once('.').map_or(file.as_str(), |(stem, _)| stem);
-                    jobs.push((images.join(format!("{stem}_aligned.jpg")), label));
+                    jobs.push((images.join(format!("{stem}_aligned.jpg")), label, None));
                 }
                 Ok(_) => {}
                 Err(error) => collector.push(Err(error))?,
             }
         }
-        for result in super::decode_all(jobs, |(path, label)| {
-            let (pixels, width, height) = decode_gray(&path, None)?;
-            Ok(Sample {
-                pixels,
-                width,
-                height,
-                label,
-                votes: None,
-            })
-        }) {
-            collector.push(result)?;
-        }
+        collector.decode(jobs, None)?;
         collector.finish(&self.root, split)
     }
 }
