@@ -254,7 +254,6 @@ pub struct RunSummary {
 
 /// Trains (or, when `run` holds a checkpoint and `resume` is set, continues) a run in `run`.
 pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummary> {
-    std::fs::create_dir_all(run).with_context(|| format!("creating run folder {}", run.display()))?;
     let device = config.backend.device().autodiff();
     device.seed(config.seed);
 
@@ -268,6 +267,8 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
         );
     }
 
+    // Only now, so a bad data set spec leaves no empty run folder behind.
+    std::fs::create_dir_all(run).with_context(|| format!("creating run folder {}", run.display()))?;
     let (mut model, mut optimizer, mut state) = if resume {
         let saved: TrainConfig = read_json(&run.join(files::CONFIG))?;
         if saved != *config {
