@@ -58,6 +58,17 @@ pub struct TclConfig {
     pub margin: f32,
 }
 
+impl Default for TclConfig {
+    /// Semi-synthesized negatives with α = 0.5, λ = 0.01, m = 1.
+    fn default() -> Self {
+        Self {
+            negatives: Negatives::SemiSynthesized { alpha: 0.5 },
+            lambda: 0.01,
+            margin: 1.0,
+        }
+    }
+}
+
 /// Everything that defines a training run; saved as `config.json`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
@@ -98,11 +109,7 @@ impl TrainConfig {
             data,
             valid: None,
             network: NetworkConfig::default(),
-            tcl: Some(TclConfig {
-                negatives: Negatives::SemiSynthesized { alpha: 0.5 },
-                lambda: 0.01,
-                margin: 1.0,
-            }),
+            tcl: Some(TclConfig::default()),
             label_smoothing: 0.1,
             epochs: 6,
             batch_size: 64,
@@ -330,8 +337,15 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
         );
         for (step, batch) in batches.iter().enumerate() {
             lr = learning_rate(config.lr, epoch * steps_per_epoch + step, steps_per_epoch, total_steps);
-            let (loss, ce, tcl, hits) =
-                train_step(&mut model, &mut optimizer, &batch, config, &cross_entropy, lr, &device);
+            let (loss, ce, tcl, hits) = train_step(
+                &mut model,
+                &mut optimizer,
+                &batch,
+                config.tcl.as_ref(),
+                &cross_entropy,
+                lr,
+                &device,
+            );
             sum_loss += loss;
             sum_ce += ce;
             sum_tcl += tcl;
@@ -408,11 +422,11 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
 }
 
 /// One optimisation step; returns (total loss, CE, TCL, correct predictions).
-fn train_step(
+pub(crate) fn train_step(
     model: &mut ExpressionNet,
     optimizer: &mut burn::optim::ModuleOptimizer,
     batch: &HostBatch,
-    config: &TrainConfig,
+    tcl: Option<&TclConfig>,
     cross_entropy: &burn::nn::loss::CrossEntropyLoss,
     lr: f64,
     device: &Device,
@@ -429,7 +443,7 @@ fn train_step(
         .int()
         .sum();
     let ce = cross_entropy.forward(output.logits.clone(), labels.clone());
-    let (loss, tcl_value) = match &config.tcl {
+    let (loss, tcl_value) = match tcl {
         Some(tcl) => {
             let tcl_loss = triplet_center_loss(
                 output.embedding,
