@@ -216,19 +216,21 @@ mod tests {
         // Sample 0 is right (class 0 wins), runner-up class 2; sample 1 is wrong (predicts 2);
         // sample 2 is wrong (predicts 1).
         let logits = Tensor::<2>::from_floats([[5.0, 1.0, 2.0], [0.0, 1.0, 3.0], [0.0, 4.0, 1.0]], &device);
-        let out = triplet_center_loss(embedding, labels, centers, logits, Negatives::PredictionBased, 1.0);
+        let loss = |margin| {
+            triplet_center_loss(
+                embedding.clone(),
+                labels.clone(),
+                centers.clone(),
+                logits.clone(),
+                Negatives::PredictionBased,
+                margin,
+            )
+        };
+        let out = loss(1.0);
         assert_eq!(out.chosen, [Some(2), Some(2), Some(1)]);
-        // Hinges: 1-10+1 → 0; 2-13+1 → 0; 4-20+1 → 0. With margin 10 instead: 1, 0, 0.
+        // Hinges: 1-10+1 → 0; 2-13+1 → 0; 4-20+1 → 0.
         assert!(value(out.loss).abs() < 1e-6);
-    }
-
-    #[test]
-    fn prediction_based_margin_by_hand() {
-        let device = Device::flex();
-        let (embedding, centers) = setup(&device);
-        let labels = Tensor::<1, Int>::from_ints([0, 1, 0], &device);
-        let logits = Tensor::<2>::from_floats([[5.0, 1.0, 2.0], [0.0, 1.0, 3.0], [0.0, 4.0, 1.0]], &device);
-        let out = triplet_center_loss(embedding, labels, centers, logits, Negatives::PredictionBased, 10.0);
-        assert!((value(out.loss) - 1.0 / 3.0).abs() < 1e-5);
+        // With margin 10: 1-10+10 = 1, 2-13+10 → 0, 4-20+10 → 0; mean 1/3.
+        assert!((value(loss(10.0).loss) - 1.0 / 3.0).abs() < 1e-5);
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::module::Module;
 use clap::{Parser, Subcommand, ValueEnum};
 use fer_train::dataset::{DatasetSpec, LoadOptions, Split};
@@ -201,15 +201,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => {
             training::stop_on_ctrl_c();
             let (config, run, resume) = match (&args.resume, &args.data) {
-                (Some(run), _) => {
-                    let text = std::fs::read_to_string(run.join(training::files::CONFIG))
-                        .with_context(|| format!("{}: not a run folder", run.display()))?;
-                    (
-                        serde_json::from_str(&text).context("parsing config.json")?,
-                        run.clone(),
-                        true,
-                    )
-                }
+                (Some(run), _) => (training::load_config(run)?, run.clone(), true),
                 (None, Some(data)) => (args.config(data.clone()), args.out.clone(), false),
                 (None, None) => unreachable!("clap requires --data without --resume"),
             };

@@ -6,7 +6,7 @@
 //! (`report.txt`, `report.json`, `curves.png`, `confusion.png`).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -175,10 +175,19 @@ pub fn stop_on_ctrl_c() {
     });
 }
 
-fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+/// Writes `path` through a temporary file and a rename: an interrupted write never leaves a
+/// half-written file behind.
+fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(value)?).with_context(|| format!("writing {}", tmp.display()))?;
+    write(&tmp)?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    write_atomically(path, |tmp| {
+        std::fs::write(tmp, text).with_context(|| format!("writing {}", tmp.display()))
+    })
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -186,9 +195,15 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// Reads the `config.json` of a run folder.
+pub fn load_config(run: &Path) -> Result<TrainConfig> {
+    read_json(&run.join(files::CONFIG))
+        .with_context(|| format!("{}: not a run folder (no readable config.json)", run.display()))
+}
+
 /// Loads a trained network from a run folder onto `device`, with its config.
 pub fn load_checkpoint(run: &Path, device: &Device) -> Result<(ExpressionNet, TrainConfig)> {
-    let config: TrainConfig = read_json(&run.join(files::CONFIG))?;
+    let config = load_config(run)?;
     let weights = run.join(files::MODEL);
     if !weights.is_file() {
         bail!("{}: no checkpoint (model.burnpack) in this run folder", run.display());
@@ -277,7 +292,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
     // Only now, so a bad data set spec leaves no empty run folder behind.
     std::fs::create_dir_all(run).with_context(|| format!("creating run folder {}", run.display()))?;
     let (mut model, mut optimizer, mut state) = if resume {
-        let saved: TrainConfig = read_json(&run.join(files::CONFIG))?;
+        let saved = load_config(run)?;
         if saved != *config {
             bail!(
                 "{}: config.json differs from this run's settings; resume with the saved config",
@@ -473,19 +488,13 @@ fn save_checkpoint(
     optimizer: &burn::optim::ModuleOptimizer,
     state: &RunState,
 ) -> Result<()> {
-    // Write beside, then rename: an interrupted save never leaves a half-written checkpoint.
-    let save = |name: &str, write: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
-        let tmp: PathBuf = run.join(format!("{name}.tmp"));
-        write(&tmp)?;
-        std::fs::rename(&tmp, run.join(name)).with_context(|| format!("saving {}", run.join(name).display()))
-    };
-    save(files::MODEL, &|p| {
+    write_atomically(&run.join(files::MODEL), |p| {
         model
             .clone()
             .save_file(p)
             .map_err(|e| anyhow::anyhow!("{}: {e:?}", p.display()))
     })?;
-    save(files::OPTIMIZER, &|p| {
+    write_atomically(&run.join(files::OPTIMIZER), |p| {
         optimizer
             .to_record()
             .save(p)
