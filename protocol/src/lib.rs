@@ -4,9 +4,19 @@
 //! expression labels and their order, the model's input contract, and the preprocessing that turns
 //! an 8-bit grayscale face crop into the model input. The crate is `no_std` and allocation-free so
 //! the same code runs in the trainer, on a Raspberry Pi and on a microcontroller receiver.
+//!
+//! The `std` feature adds the host-side pieces that need an allocator: the model contract carried in
+//! ONNX metadata ([`contract`]) and the golden-vector file format ([`golden`]).
 #![no_std]
 #![warn(missing_docs)]
 
+#[cfg(feature = "std")]
+extern crate alloc;
+
+#[cfg(feature = "std")]
+pub mod contract;
+#[cfg(feature = "std")]
+pub mod golden;
 pub mod input;
 pub mod label;
 pub mod preprocess;

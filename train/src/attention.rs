@@ -39,7 +39,7 @@ impl SelectiveAttention {
 
     /// The combined coefficients `A = a ⊗ e`, `[B, C, H, W]`, each in (0, 1).
     pub fn coefficients(&self, features: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = features.dims();
+        let [b, c, _, _] = features.dims();
         let pixel = sigmoid(
             self.pixel_out
                 .forward(relu(self.pixel_hidden.forward(features.clone()))),
@@ -48,7 +48,8 @@ impl SelectiveAttention {
             self.element_out
                 .forward(relu(self.element_hidden.forward(global_average_pool(features)))),
         );
-        pixel.expand([b, c, h, w]) * element.reshape([b, c, 1, 1]).expand([b, c, h, w])
+        // Broadcasting `[B, 1, H, W] ⊙ [B, C, 1, 1]` instead of `expand`, which the exporter lacks.
+        pixel * element.reshape([b, c, 1, 1])
     }
 
     /// `F + F ⊙ A`.

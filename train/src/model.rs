@@ -178,15 +178,21 @@ impl ExpressionNet {
 }
 
 /// Pairwise squared Euclidean distances between the rows of `a` (`[N, D]`) and `b` (`[M, D]`).
-///
-/// Written as `|a|² + |b|² − 2ab` (MatMul, ReduceSum, Add) so it exports to ONNX and runs well
-/// in tract; clamped at 0 against rounding.
 pub fn squared_distances(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
-    let [n, _] = a.dims();
-    let [m, _] = b.dims();
-    let a_norm = a.clone().square().sum_dim(1).expand([n, m]);
-    let b_norm = b.clone().square().sum_dim(1).reshape([1, m]).expand([n, m]);
-    (a_norm + b_norm - a.matmul(b.transpose()) * 2.0).clamp_min(0.0)
+    squared_distances_to_columns(a, b.transpose())
+}
+
+/// Squared Euclidean distances between the rows of `a` (`[N, D]`) and the columns of `b_t`
+/// (`[D, M]`).
+///
+/// Written as `|a|² + |b|² − 2ab` (MatMul, ReduceSum, broadcast Add) so it exports to ONNX and runs
+/// well in tract; clamped at 0 against rounding (with `relu`: the exporter has no clamp). Taking `b` transposed lets the exporter see a
+/// plain MatMul against a constant (it has no Transpose).
+pub fn squared_distances_to_columns(a: Tensor<2>, b_t: Tensor<2>) -> Tensor<2> {
+    // `[N, 1] + [1, M]` broadcasts; Burn's ONNX exporter has no `expand`.
+    let a_norm = a.clone().square().sum_dim(1);
+    let b_norm = b_t.clone().square().sum_dim(0);
+    relu(a_norm + b_norm - a.matmul(b_t) * 2.0)
 }
 
 #[cfg(test)]

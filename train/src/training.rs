@@ -177,7 +177,7 @@ pub fn stop_on_ctrl_c() {
 
 /// Writes `path` through a temporary file and a rename: an interrupted write never leaves a
 /// half-written file behind.
-fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = path.with_extension("tmp");
     write(&tmp)?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))

@@ -7,26 +7,13 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use fer_protocol::Expression;
-use fer_train::dataset::{DatasetSpec, LoadOptions, Split};
+use fer_train::dataset::{DatasetSpec, LoadOptions, Split, write_synthetic};
 use fer_train::loss::{Negatives, triplet_center_loss};
 use fer_train::model::{ExpressionNet, NetworkConfig};
 use fer_train::training::{self, TrainConfig, files};
 
-/// A small image-folder data set: each class a distinct brightness pattern, so it is learnable.
 fn fixture(root: &Path, per_class: usize) {
-    for split in ["train", "valid"] {
-        for expression in Expression::ALL {
-            let dir = root.join(split).join(expression.name());
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..per_class {
-                let k = expression.index() as u32;
-                let image = image::GrayImage::from_fn(48, 48, |x, y| {
-                    image::Luma([((x * (k + 1) + y * 3 + i as u32 * 5) % 256) as u8])
-                });
-                image.save(dir.join(format!("{i}.png"))).unwrap();
-            }
-        }
-    }
+    write_synthetic(root, per_class).unwrap();
 }
 
 fn smoke_config(root: &Path) -> TrainConfig {

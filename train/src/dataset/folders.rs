@@ -95,6 +95,27 @@ impl ExpressionSource for ImageFolders {
     }
 }
 
+/// Writes a small learnable data set in the image-folder layout (`train/` and `valid/`, each
+/// class a distinct stripe pattern), for tests and demos that must not depend on real faces.
+pub fn write_synthetic(root: &Path, per_class: usize) -> std::io::Result<()> {
+    for split in ["train", "valid"] {
+        for expression in Expression::ALL {
+            let dir = root.join(split).join(expression.name());
+            std::fs::create_dir_all(&dir)?;
+            for i in 0..per_class {
+                let k = expression.index() as u32;
+                let image = image::GrayImage::from_fn(48, 48, |x, y| {
+                    image::Luma([((x * (k + 1) + y * 3 + i as u32 * 5) % 256) as u8])
+                });
+                image
+                    .save(dir.join(format!("{i}.png")))
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

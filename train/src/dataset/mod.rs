@@ -17,7 +17,7 @@ use fer_protocol::Expression;
 
 pub use fer2013::Fer2013Csv;
 pub use ferplus::FerPlus;
-pub use folders::ImageFolders;
+pub use folders::{ImageFolders, write_synthetic};
 pub use rafdb::RafDb;
 
 /// One labelled face: an 8-bit grayscale crop and its expression.

@@ -1,0 +1,56 @@
+//! Per-face inference in tract, batch 1, f32 vs int8: what the device pays per face.
+//!
+//! Uses `models/ferplus-default.{f32,int8}.onnx` (or the prefix in `FER_BENCH_MODEL`); without
+//! them it exports a freshly initialised default network, whose speed is the same.
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use criterion::{Criterion, criterion_group, criterion_main};
+use fer_export::quantize::WeightScales;
+use fer_export::runtime::Runner;
+use fer_export::{calibrate, float, graph, pipeline, quantize};
+use fer_protocol::INPUT;
+use fer_train::model::{ExpressionNet, NetworkConfig};
+use tract_onnx::pb::ModelProto;
+
+fn models() -> (ModelProto, ModelProto) {
+    let prefix = std::env::var_os("FER_BENCH_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ferplus-default"));
+    let load = |suffix| {
+        std::fs::read(pipeline::output_path(&prefix, suffix))
+            .ok()
+            .map(|b| graph::decode(&b).expect("valid ONNX"))
+    };
+    if let (Some(f32_model), Some(int8_model)) = (load("f32.onnx"), load("int8.onnx")) {
+        eprintln!("benchmarking {}", prefix.display());
+        return (f32_model, int8_model);
+    }
+    eprintln!("{} not found: benchmarking a freshly initialised default network", prefix.display());
+    let device = Device::flex();
+    device.seed(7);
+    let net = ExpressionNet::new(&NetworkConfig::default(), &device);
+    let f32_model = float::export(&net, &device).expect("export");
+    let inputs: Vec<Vec<f32>> = (0..16)
+        .map(|i| (0..INPUT.len()).map(|j| ((i * 31 + j * 7) % 255) as f32 / 127.5 - 1.0).collect())
+        .collect();
+    let tensors = calibrate::tensors_to_observe(&f32_model).expect("tensors");
+    let ranges = calibrate::observe(&f32_model, &tensors, &inputs).expect("calibration");
+    let (int8_model, _) = quantize::quantize(&f32_model, &ranges, WeightScales::PerTensor).expect("quantize");
+    (f32_model, int8_model)
+}
+
+fn per_face(c: &mut Criterion) {
+    let (f32_model, int8_model) = models();
+    let input: Vec<f32> = (0..INPUT.len()).map(|i| (i % 97) as f32 / 48.5 - 1.0).collect();
+    let mut group = c.benchmark_group("tract per face (batch 1)");
+    for (name, model) in [("f32", &f32_model), ("int8", &int8_model)] {
+        let runner = Runner::new(model).expect("runnable model");
+        group.bench_function(name, |b| b.iter(|| runner.run(std::hint::black_box(&input)).expect("run")));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_face);
+criterion_main!(benches);

@@ -1,0 +1,95 @@
+//! Activation ranges for static quantization, measured by running the f32 model in tract.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, ensure};
+use indicatif::{ProgressBar, ProgressStyle};
+use tract_onnx::pb::{ModelProto, ValueInfoProto};
+use tract_onnx::prelude::*;
+
+use crate::graph;
+use fer_protocol::INPUT;
+
+/// Observed value range of one tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range {
+    /// Smallest value seen.
+    pub min: f32,
+    /// Largest value seen.
+    pub max: f32,
+}
+
+/// The tensors whose ranges quantization needs: each conv's input and the tensor that carries its
+/// result (the following ReLU's output when the ReLU is fused into it).
+pub fn tensors_to_observe(model: &ModelProto) -> Result<Vec<String>> {
+    let g = graph::graph(model)?;
+    let readers = graph::consumers(g);
+    let mut names = Vec::new();
+    for node in g.node.iter().filter(|n| n.op_type == "Conv") {
+        names.push(node.input[0].clone());
+        names.push(fused_relu(g, &readers, &node.output[0]).unwrap_or_else(|| node.output[0].clone()));
+    }
+    names.dedup();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// The output of the ReLU that is the only reader of `tensor`, if there is one.
+pub fn fused_relu(
+    g: &tract_onnx::pb::GraphProto,
+    readers: &HashMap<String, Vec<usize>>,
+    tensor: &str,
+) -> Option<String> {
+    if graph::is_graph_output(g, tensor) {
+        return None;
+    }
+    match readers.get(tensor).map(Vec::as_slice) {
+        Some(&[j]) if g.node[j].op_type == "Relu" => Some(g.node[j].output[0].clone()),
+        _ => None,
+    }
+}
+
+/// Runs the f32 model on every input (`INPUT.len()` values each) and records the min and max of
+/// each named tensor.
+pub fn observe(model: &ModelProto, tensors: &[String], inputs: &[Vec<f32>]) -> Result<HashMap<String, Range>> {
+    ensure!(!inputs.is_empty(), "no calibration inputs");
+    let mut probe = model.clone();
+    let g = graph::graph_mut(&mut probe)?;
+    // Expose the observed tensors as the graph's only outputs.
+    g.output = tensors
+        .iter()
+        .map(|name| ValueInfoProto {
+            name: name.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let plan = crate::runtime::typed_model(&probe)
+        .context("preparing the calibration model")?
+        .into_optimized()?
+        .into_runnable()?;
+    let mut ranges: Vec<Range> = vec![
+        Range {
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY
+        };
+        tensors.len()
+    ];
+    let bar = ProgressBar::new(inputs.len() as u64).with_style(
+        ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} faces ({per_sec}, {eta} left)")
+            .expect("valid template"),
+    );
+    for input in bar.wrap_iter(inputs.iter()) {
+        let tensor =
+            tract_ndarray::Array4::from_shape_vec((1, INPUT.channels, INPUT.height, INPUT.width), input.clone())?;
+        let outputs = plan.run(tvec!(Tensor::from(tensor).into()))?;
+        for (range, value) in ranges.iter_mut().zip(outputs.iter()) {
+            for &v in value.to_plain_array_view::<f32>()? {
+                range.min = range.min.min(v);
+                range.max = range.max.max(v);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(tensors.iter().cloned().zip(ranges).collect())
+}

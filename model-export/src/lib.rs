@@ -1,0 +1,17 @@
+//! From a fer-train checkpoint to the files the sensor runs: an f32 ONNX model, its int8
+//! quantization in the operator form tract executes with integer kernels, the model contract in
+//! the ONNX metadata, and golden vectors for the cross-target tests.
+//!
+//! Data flows `float` (Burn → ONNX) → `calibrate` (activation ranges in tract) → `quantize`
+//! (QLinearConv rewrite); `pipeline` runs it all with its checks, `runtime` wraps tract.
+#![warn(missing_docs)]
+
+pub mod calibrate;
+pub mod float;
+pub mod graph;
+pub mod pipeline;
+pub mod quantize;
+pub mod report;
+pub mod runtime;
+
+pub use pipeline::{ExportOptions, ExportReport, export};

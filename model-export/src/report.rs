@@ -1,0 +1,76 @@
+//! The short human-readable export report (`NAME.report.md`).
+
+use std::fmt::Write;
+
+use crate::pipeline::{ExportOptions, ExportReport};
+
+fn percent(x: f64) -> String {
+    format!("{:.2} %", x * 100.0)
+}
+
+/// Renders the report as Markdown.
+pub fn markdown(r: &ExportReport, options: &ExportOptions) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Export of `{}`\n", r.model_version);
+    let _ = writeln!(s, "- checkpoint: `{}`", options.checkpoint.display());
+    let _ = writeln!(s, "- weights SHA-256: `{}`", r.weights_sha256);
+    let _ = writeln!(
+        s,
+        "- calibration: {} images of `{}`{}",
+        r.calibration_images,
+        options.calibration,
+        if r.centers_from_class_means { " (also used for the class-mean centers)" } else { "" }
+    );
+    let _ = writeln!(s, "- weight scales: {:?}\n", options.weight_scales);
+    let _ = writeln!(s, "## Checks\n");
+    let _ = writeln!(
+        s,
+        "- parity, Burn vs tract f32 on {} images: max |Δlogit| {:.2e}, max |Δembedding| {:.2e}, max relative \
+         |Δdistance| {:.2e}",
+        r.parity_images, r.parity_max_logit_error, r.parity_max_embedding_error, r.parity_max_distance_rel_error
+    );
+    let _ = writeln!(
+        s,
+        "- {} evaluation images: f32 accuracy {} (mean class {}), int8 accuracy {} (mean class {}), top-1 \
+         agreement {}, max |Δlogit| {:.3}",
+        r.evaluation_images,
+        percent(r.f32_metrics.accuracy),
+        percent(r.f32_metrics.mean_class_accuracy),
+        percent(r.int8_metrics.accuracy),
+        percent(r.int8_metrics.mean_class_accuracy),
+        percent(r.agreement),
+        r.int8_max_logit_error
+    );
+    let _ = writeln!(
+        s,
+        "- size: f32 {} bytes, int8 {} bytes ({:.2}x smaller)",
+        r.f32_bytes,
+        r.int8_bytes,
+        r.f32_bytes as f64 / r.int8_bytes as f64
+    );
+    let _ = writeln!(
+        s,
+        "- tract latency during the check (batch 1, this machine, not a benchmark): f32 {:.3} ms, int8 {:.3} ms per face\n",
+        r.f32_ms_per_face, r.int8_ms_per_face
+    );
+    let _ = writeln!(s, "## Convolutions\n");
+    let _ = writeln!(s, "| conv | weight SQNR per-tensor (dB) | per-channel (dB) | scales | ReLU fused |");
+    let _ = writeln!(s, "| --- | ---: | ---: | --- | --- |");
+    for l in &r.layers {
+        let _ = writeln!(
+            s,
+            "| `{}` | {:.1} | {:.1} | {} | {} |",
+            l.name,
+            l.sqnr_per_tensor_db,
+            l.sqnr_per_channel_db,
+            if l.per_channel { "per-channel" } else { "per-tensor" },
+            if l.fused_relu { "yes" } else { "no" }
+        );
+    }
+    for (title, ops) in [("f32", &r.f32_plan_ops), ("int8", &r.int8_plan_ops)] {
+        let _ = writeln!(s, "\n## tract's optimized {title} plan\n");
+        let line: Vec<String> = ops.iter().map(|(op, n)| format!("{op} x{n}")).collect();
+        let _ = writeln!(s, "{}", line.join(", "));
+    }
+    s
+}

@@ -1,0 +1,151 @@
+//! End-to-end checks of fer-export on a tiny trained run: files, contract, parity, golden vectors,
+//! and clear errors (with nothing written) on bad input.
+
+use std::path::{Path, PathBuf};
+
+use fer_export::pipeline::{ExportOptions, load_checked, output_path};
+use fer_export::quantize::WeightScales;
+use fer_export::runtime::Runner;
+use fer_protocol::golden::GoldenSet;
+use fer_train::dataset::{DatasetSpec, write_synthetic};
+use fer_train::training::{self, TrainConfig, files};
+
+/// A synthetic data set and a tiny run trained on it for one epoch (about a second).
+fn trained_run(root: &Path, tcl: bool) -> (DatasetSpec, PathBuf) {
+    let data_dir = root.join("data");
+    write_synthetic(&data_dir, 16).unwrap();
+    let data: DatasetSpec = format!("folders:{}", data_dir.display()).parse().unwrap();
+    let mut config = TrainConfig {
+        epochs: 1,
+        limit: None,
+        ..TrainConfig::smoke(data.clone())
+    };
+    if !tcl {
+        config.tcl = None;
+    }
+    let run = root.join("run");
+    training::train(&config, &run, false).unwrap();
+    (data, run)
+}
+
+fn options(data: &DatasetSpec, run: &Path, out: &Path) -> ExportOptions {
+    ExportOptions {
+        checkpoint: run.to_path_buf(),
+        calibration: data.clone(),
+        calibration_images: 64,
+        min_calibration_images: 32,
+        evaluation: None,
+        parity_images: 100,
+        max_parity_error: 1e-4,
+        // A one-epoch tiny model has near-tied logits, so int8 flips some of them: the real
+        // thresholds are for real models (see docs/results.md).
+        min_agreement: 0.0,
+        max_accuracy_drop: 1.0,
+        weight_scales: WeightScales::PerTensor,
+        out: out.to_path_buf(),
+    }
+}
+
+fn written(out: &Path) -> Vec<PathBuf> {
+    let dir = out.parent().unwrap();
+    if !dir.exists() {
+        return Vec::new();
+    }
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect()
+}
+
+#[test]
+fn exports_checked_models_and_golden_vectors() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, run) = trained_run(root.path(), true);
+    let out = root.path().join("models/tiny");
+    let report = fer_export::export(&options(&data, &run, &out)).unwrap();
+
+    assert!(report.parity_images >= 100, "parity on {} images", report.parity_images);
+    assert!(report.parity_max_logit_error <= 1e-4, "{}", report.parity_max_logit_error);
+    assert!(!report.centers_from_class_means);
+    assert!(report.int8_bytes < report.f32_bytes);
+    assert!(
+        report.int8_plan_ops.iter().all(|(op, _)| !op.contains("Conv") || op.contains("Q")),
+        "an int8 conv runs in float: {:?}",
+        report.int8_plan_ops
+    );
+
+    let (f32_model, f32_info) = load_checked(&output_path(&out, "f32.onnx")).unwrap();
+    let (int8_model, int8_info) = load_checked(&output_path(&out, "int8.onnx")).unwrap();
+    assert_eq!((f32_info.precision.as_str(), int8_info.precision.as_str()), ("f32", "int8"));
+    assert_eq!(f32_info.weights_sha256, int8_info.weights_sha256);
+    assert_eq!(f32_info.version, "run epoch 1");
+    assert!(f32_info.training.contains("ce+tcl"), "{}", f32_info.training);
+
+    // The golden vectors are what tract computes for their inputs, which are the crops preprocessed.
+    let golden_path = output_path(&out, fer_protocol::golden::FILE_SUFFIX);
+    let golden: GoldenSet = serde_json::from_slice(&std::fs::read(&golden_path).unwrap()).unwrap();
+    assert!(std::fs::metadata(&golden_path).unwrap().len() < 1_000_000);
+    assert_eq!(golden.cases.len(), 8, "one per expression plus a resized crop");
+    assert!(golden.cases.iter().any(|c| (c.width, c.height) != (48, 48)));
+    let (f32_runner, int8_runner) = (Runner::new(&f32_model).unwrap(), Runner::new(&int8_model).unwrap());
+    for case in &golden.cases {
+        let mut input = vec![0.0; fer_protocol::INPUT.len()];
+        fer_protocol::preprocess(&fer_protocol::INPUT, &case.crop, case.width, case.height, &mut input).unwrap();
+        assert_eq!(input, case.input, "{}", case.name);
+        assert_eq!(f32_runner.run(&case.input).unwrap().logits, case.f32.logits, "{}", case.name);
+        assert_eq!(int8_runner.run(&case.input).unwrap().logits, case.int8.logits, "{}", case.name);
+    }
+    for suffix in ["report.json", "report.md"] {
+        assert!(output_path(&out, suffix).is_file());
+    }
+    assert!(!written(&out).iter().any(|p| p.extension().is_some_and(|e| e == "tmp")));
+}
+
+#[test]
+fn cross_entropy_runs_get_class_mean_centers() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, run) = trained_run(root.path(), false);
+    let out = root.path().join("models/ce");
+    let report = fer_export::export(&options(&data, &run, &out)).unwrap();
+    assert!(report.centers_from_class_means);
+    let (_, info) = load_checked(&output_path(&out, "f32.onnx")).unwrap();
+    assert!(info.training.contains("class means"), "{}", info.training);
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_writes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, run) = trained_run(root.path(), true);
+    let out = root.path().join("models/bad");
+    let fails_with = |options: ExportOptions, expected: &str| {
+        let error = format!("{:#}", fer_export::export(&options).unwrap_err());
+        assert!(error.contains(expected), "expected `{expected}` in: {error}");
+        assert!(written(&out).is_empty(), "files written on error: {:?}", written(&out));
+    };
+
+    fails_with(options(&data, &root.path().join("nowhere"), &out), "not a run folder");
+
+    let too_few = ExportOptions {
+        min_calibration_images: 1000,
+        ..options(&data, &run, &out)
+    };
+    fails_with(too_few, "calibration needs at least 1000");
+
+    let missing: DatasetSpec = format!("folders:{}", root.path().join("no-data").display()).parse().unwrap();
+    fails_with(
+        ExportOptions {
+            calibration: missing,
+            ..options(&data, &run, &out)
+        },
+        "calibration images",
+    );
+
+    // A config that no longer matches the weights.
+    let config_path = run.join(files::CONFIG);
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
+    config["network"]["embedding_dim"] = serde_json::json!(12);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    fails_with(options(&data, &run, &out), "does config.json match the weights");
+    std::fs::write(&config_path, original).unwrap();
+
+    std::fs::write(run.join(files::MODEL), b"not a burnpack").unwrap();
+    fails_with(options(&data, &run, &out), "model.burnpack");
+}
