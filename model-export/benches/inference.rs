@@ -27,13 +27,20 @@ fn models() -> (ModelProto, ModelProto) {
         eprintln!("benchmarking {}", prefix.display());
         return (f32_model, int8_model);
     }
-    eprintln!("{} not found: benchmarking a freshly initialised default network", prefix.display());
+    eprintln!(
+        "{} not found: benchmarking a freshly initialised default network",
+        prefix.display()
+    );
     let device = Device::flex();
     device.seed(7);
     let net = ExpressionNet::new(&NetworkConfig::default(), &device);
     let f32_model = float::export(&net, &device).expect("export");
     let inputs: Vec<Vec<f32>> = (0..16)
-        .map(|i| (0..INPUT.len()).map(|j| ((i * 31 + j * 7) % 255) as f32 / 127.5 - 1.0).collect())
+        .map(|i| {
+            (0..INPUT.len())
+                .map(|j| ((i * 31 + j * 7) % 255) as f32 / 127.5 - 1.0)
+                .collect()
+        })
         .collect();
     let tensors = calibrate::tensors_to_observe(&f32_model).expect("tensors");
     let ranges = calibrate::observe(&f32_model, &tensors, &inputs).expect("calibration");
@@ -45,9 +52,13 @@ fn per_face(c: &mut Criterion) {
     let (f32_model, int8_model) = models();
     let input: Vec<f32> = (0..INPUT.len()).map(|i| (i % 97) as f32 / 48.5 - 1.0).collect();
     let mut group = c.benchmark_group("tract per face (batch 1)");
+    // int8 takes ~0.1 s per face on x86 (docs/results.md): 30 samples keep the run under a minute.
+    group.sample_size(30);
     for (name, model) in [("f32", &f32_model), ("int8", &int8_model)] {
         let runner = Runner::new(model).expect("runnable model");
-        group.bench_function(name, |b| b.iter(|| runner.run(std::hint::black_box(&input)).expect("run")));
+        group.bench_function(name, |b| {
+            b.iter(|| runner.run(std::hint::black_box(&input)).expect("run"))
+        });
     }
     group.finish();
 }

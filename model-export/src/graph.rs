@@ -73,7 +73,11 @@ pub fn f32_values(tensor: &TensorProto) -> Result<Vec<f32>> {
     if !tensor.float_data.is_empty() {
         return Ok(tensor.float_data.clone());
     }
-    ensure!(tensor.raw_data.len() % 4 == 0, "tensor `{}` has a truncated payload", tensor.name);
+    ensure!(
+        tensor.raw_data.len().is_multiple_of(4),
+        "tensor `{}` has a truncated payload",
+        tensor.name
+    );
     Ok(tensor
         .raw_data
         .chunks_exact(4)
@@ -130,7 +134,11 @@ pub fn is_graph_output(graph: &GraphProto, name: &str) -> bool {
 
 /// Renames the graph's inputs and outputs (everywhere they appear) to `input` and `outputs`.
 pub fn name_boundaries(graph: &mut GraphProto, input: &str, outputs: &[&str]) -> Result<()> {
-    ensure!(graph.input.len() == 1, "expected one graph input, found {}", graph.input.len());
+    ensure!(
+        graph.input.len() == 1,
+        "expected one graph input, found {}",
+        graph.input.len()
+    );
     ensure!(
         graph.output.len() == outputs.len(),
         "expected {} graph outputs, found {}",
@@ -138,7 +146,13 @@ pub fn name_boundaries(graph: &mut GraphProto, input: &str, outputs: &[&str]) ->
         graph.output.len()
     );
     let mut renames: Vec<(String, String)> = vec![(graph.input[0].name.clone(), input.to_string())];
-    renames.extend(graph.output.iter().zip(outputs).map(|(o, n)| (o.name.clone(), n.to_string())));
+    renames.extend(
+        graph
+            .output
+            .iter()
+            .zip(outputs)
+            .map(|(o, n)| (o.name.clone(), n.to_string())),
+    );
     for (old, new) in &renames {
         rename_tensor(graph, old, new);
     }
@@ -154,7 +168,12 @@ pub fn rename_tensor(graph: &mut GraphProto, old: &str, new: &str) {
             }
         }
     }
-    for info in graph.input.iter_mut().chain(graph.output.iter_mut()).chain(graph.value_info.iter_mut()) {
+    for info in graph
+        .input
+        .iter_mut()
+        .chain(graph.output.iter_mut())
+        .chain(graph.value_info.iter_mut())
+    {
         if info.name == old {
             info.name = new.to_string();
         }
@@ -179,13 +198,21 @@ pub fn set_metadata<'a>(model: &mut ModelProto, props: impl IntoIterator<Item = 
 
 /// The metadata properties as a sorted map.
 pub fn metadata(model: &ModelProto) -> std::collections::BTreeMap<String, String> {
-    model.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect()
+    model
+        .metadata_props
+        .iter()
+        .map(|p| (p.key.clone(), p.value.clone()))
+        .collect()
 }
 
 /// SHA-256 (hex) over the f32 initializers, in graph order (name, dims, values).
 pub fn weights_sha256(graph: &GraphProto) -> Result<String> {
     let mut hasher = Sha256::new();
-    for tensor in graph.initializer.iter().filter(|t| t.data_type == DataType::Float as i32) {
+    for tensor in graph
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == DataType::Float as i32)
+    {
         hasher.update(tensor.name.as_bytes());
         for d in &tensor.dims {
             hasher.update(d.to_le_bytes());
@@ -240,7 +267,10 @@ fn fold_pair(graph: &mut GraphProto, conv_index: usize, norm_index: usize) -> Re
     let mut w = f32_values(weight)?;
     let out_channels = weight_dims[0];
     if gamma.len() != out_channels {
-        bail!("BatchNorm over {} channels after a conv with {out_channels}", gamma.len());
+        bail!(
+            "BatchNorm over {} channels after a conv with {out_channels}",
+            gamma.len()
+        );
     }
     let mut bias = match conv.input.get(2).filter(|s| !s.is_empty()) {
         Some(name) => f32_values(initializer(graph, name).context("conv bias is not constant")?)?,
@@ -249,7 +279,9 @@ fn fold_pair(graph: &mut GraphProto, conv_index: usize, norm_index: usize) -> Re
     let per_channel = w.len() / out_channels;
     for c in 0..out_channels {
         let scale = gamma[c] / (var[c] + epsilon).sqrt();
-        w[c * per_channel..(c + 1) * per_channel].iter_mut().for_each(|v| *v *= scale);
+        w[c * per_channel..(c + 1) * per_channel]
+            .iter_mut()
+            .for_each(|v| *v *= scale);
         bias[c] = (bias[c] - mean[c]) * scale + beta[c];
     }
     let w_name = format!("{}.folded_weight", conv.output[0]);

@@ -99,7 +99,11 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let device = Device::flex();
     let (model, config) = training::load_checkpoint(&options.checkpoint, &device)?;
     let state: RunState = read_json_or_default(&options.checkpoint.join(training::files::STATE));
-    let evaluation_spec = options.evaluation.clone().or(config.valid.clone()).unwrap_or(config.data.clone());
+    let evaluation_spec = options
+        .evaluation
+        .clone()
+        .or(config.valid.clone())
+        .unwrap_or(config.data.clone());
 
     let calibration = load_calibration(options)?;
     let centers_from_class_means = config.tcl.is_none();
@@ -114,7 +118,10 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let weights_sha256 = graph::weights_sha256(graph::graph(&f32_model)?)?;
     let model_version = format!(
         "{} epoch {}",
-        options.checkpoint.file_name().map_or("run".into(), |n| n.to_string_lossy()),
+        options
+            .checkpoint
+            .file_name()
+            .map_or("run".into(), |n| n.to_string_lossy()),
         state.epochs_done
     );
     let mut props: Vec<(&str, String)> = contract::required_props();
@@ -133,7 +140,12 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
         .samples;
     ensure!(!evaluation.is_empty(), "{evaluation_spec} has no validation images");
     let f32_runner = Runner::new(&f32_model).context("the f32 model does not run in tract")?;
-    let parity = parity(&model, &f32_runner, &evaluation[..options.parity_images.min(evaluation.len())], &device)?;
+    let parity = parity(
+        &model,
+        &f32_runner,
+        &evaluation[..options.parity_images.min(evaluation.len())],
+        &device,
+    )?;
     ensure!(
         parity.logits <= options.max_parity_error,
         "parity check failed: Burn and tract f32 logits differ by {:.3e} (limit {:.0e})",
@@ -141,7 +153,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
         options.max_parity_error
     );
 
-    let inputs: Vec<Vec<f32>> = calibration.iter().map(|s| preprocessed(s)).collect();
+    let inputs: Vec<Vec<f32>> = calibration.iter().map(preprocessed).collect();
     let observed = calibrate::tensors_to_observe(&f32_model)?;
     let ranges = calibrate::observe(&f32_model, &observed, &inputs)?;
     let (mut int8_model, layers) = quantize::quantize(&f32_model, &ranges, options.weight_scales)?;
@@ -303,7 +315,12 @@ struct Parity {
 }
 
 /// Largest differences between Burn's forward pass and the f32 ONNX model in tract.
-fn parity(model: &fer_train::model::ExpressionNet, runner: &Runner, samples: &[Sample], device: &Device) -> Result<Parity> {
+fn parity(
+    model: &fer_train::model::ExpressionNet,
+    runner: &Runner,
+    samples: &[Sample],
+    device: &Device,
+) -> Result<Parity> {
     let mut result = Parity {
         images: samples.len(),
         logits: 0.0,
@@ -316,8 +333,12 @@ fn parity(model: &fer_train::model::ExpressionNet, runner: &Runner, samples: &[S
         let (k, d) = (logits.len() / chunk.len(), embedding.len() / chunk.len());
         for (i, input) in batch.inputs.chunks_exact(INPUT.len()).enumerate() {
             let out = runner.run(input)?;
-            result.logits = result.logits.max(max_abs_diff(&out.logits, &logits[i * k..(i + 1) * k]));
-            result.embedding = result.embedding.max(max_abs_diff(&out.embedding, &embedding[i * d..(i + 1) * d]));
+            result.logits = result
+                .logits
+                .max(max_abs_diff(&out.logits, &logits[i * k..(i + 1) * k]));
+            result.embedding = result
+                .embedding
+                .max(max_abs_diff(&out.embedding, &embedding[i * d..(i + 1) * d]));
             for (a, b) in out.center_distances.iter().zip(&distances[i * k..(i + 1) * k]) {
                 result.distances = result.distances.max((a - b).abs() / b.abs().max(1.0));
             }
@@ -395,7 +416,13 @@ fn golden_set(
     let mut crops: Vec<(String, Expression, usize, usize, Vec<u8>)> = Vec::new();
     for expression in Expression::ALL {
         if let Some((i, s)) = samples.iter().enumerate().find(|(_, s)| s.label == expression) {
-            crops.push((format!("validation image {i}"), s.label, s.width, s.height, s.pixels.clone()));
+            crops.push((
+                format!("validation image {i}"),
+                s.label,
+                s.width,
+                s.height,
+                s.pixels.clone(),
+            ));
         }
     }
     let first = &samples[0];
@@ -405,7 +432,13 @@ fn golden_set(
             .flat_map(|y| (x0..x0 + w).map(move |x| (x, y)))
             .map(|(x, y)| first.pixels[y * first.width + x])
             .collect();
-        crops.push(("validation image 0, cropped to 40x44 at (3, 2)".into(), first.label, w, h, pixels));
+        crops.push((
+            "validation image 0, cropped to 40x44 at (3, 2)".into(),
+            first.label,
+            w,
+            h,
+            pixels,
+        ));
     }
     let mut cases = Vec::new();
     for (name, label, width, height, crop) in crops {

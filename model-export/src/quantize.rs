@@ -188,14 +188,20 @@ pub fn quantize(
         let y_q = format!("{y}.i8");
         let prefix = &node.output[0];
         let w_scale_dims: Vec<usize> = if per_channel { vec![out_channels] } else { vec![] };
-        g.initializer.push(graph::i8_tensor(&format!("{prefix}.w_q"), &w_dims, &w_q));
-        g.initializer.push(graph::f32_tensor(&format!("{prefix}.w_scale"), &w_scale_dims, &w_scales));
+        g.initializer
+            .push(graph::i8_tensor(&format!("{prefix}.w_q"), &w_dims, &w_q));
+        g.initializer.push(graph::f32_tensor(
+            &format!("{prefix}.w_scale"),
+            &w_scale_dims,
+            &w_scales,
+        ));
         g.initializer.push(graph::i8_tensor(
             &format!("{prefix}.w_zero_point"),
             &w_scale_dims,
             &vec![0; w_scales.len()],
         ));
-        g.initializer.push(graph::i32_tensor(&format!("{prefix}.b_q"), &[out_channels], &bias_q));
+        g.initializer
+            .push(graph::i32_tensor(&format!("{prefix}.b_q"), &[out_channels], &bias_q));
         add_affine(g, &y, y_affine);
         let x_name = &x_q;
         let mut conv = graph::node(
@@ -250,8 +256,11 @@ fn add_affine(g: &mut GraphProto, tensor: &str, affine: Affine) {
     let scale = format!("{tensor}.scale");
     if graph::initializer(g, &scale).is_none() {
         g.initializer.push(graph::f32_tensor(&scale, &[], &[affine.scale]));
-        g.initializer
-            .push(graph::i8_tensor(&format!("{tensor}.zero_point"), &[], &[affine.zero_point]));
+        g.initializer.push(graph::i8_tensor(
+            &format!("{tensor}.zero_point"),
+            &[],
+            &[affine.zero_point],
+        ));
     }
 }
 

@@ -19,7 +19,11 @@ pub fn markdown(r: &ExportReport, options: &ExportOptions) -> String {
         "- calibration: {} images of `{}`{}",
         r.calibration_images,
         options.calibration,
-        if r.centers_from_class_means { " (also used for the class-mean centers)" } else { "" }
+        if r.centers_from_class_means {
+            " (also used for the class-mean centers)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(s, "- weight scales: {:?}\n", options.weight_scales);
     let _ = writeln!(s, "## Checks\n");
@@ -54,7 +58,10 @@ pub fn markdown(r: &ExportReport, options: &ExportOptions) -> String {
         r.f32_ms_per_face, r.int8_ms_per_face
     );
     let _ = writeln!(s, "## Convolutions\n");
-    let _ = writeln!(s, "| conv | weight SQNR per-tensor (dB) | per-channel (dB) | scales | ReLU fused |");
+    let _ = writeln!(
+        s,
+        "| conv | weight SQNR per-tensor (dB) | per-channel (dB) | scales | ReLU fused |"
+    );
     let _ = writeln!(s, "| --- | ---: | ---: | --- | --- |");
     for l in &r.layers {
         let _ = writeln!(

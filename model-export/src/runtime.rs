@@ -35,7 +35,10 @@ pub fn argmax(values: &[f32]) -> usize {
     values
         .iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+        )
         .0
 }
 
@@ -49,12 +52,23 @@ impl Runner {
 
     /// Runs one preprocessed face (`INPUT.len()` values).
     pub fn run(&self, input: &[f32]) -> Result<Outputs> {
-        ensure!(input.len() == INPUT.len(), "input has {} values, expected {}", input.len(), INPUT.len());
-        let tensor = tract_ndarray::Array4::from_shape_vec((1, INPUT.channels, INPUT.height, INPUT.width), input.to_vec())?;
+        ensure!(
+            input.len() == INPUT.len(),
+            "input has {} values, expected {}",
+            input.len(),
+            INPUT.len()
+        );
+        let tensor =
+            tract_ndarray::Array4::from_shape_vec((1, INPUT.channels, INPUT.height, INPUT.width), input.to_vec())?;
         let outputs = self.plan.run(tvec!(Tensor::from(tensor).into()))?;
         ensure!(outputs.len() == 3, "model has {} outputs, expected 3", outputs.len());
         let values = |i: usize| -> Result<Vec<f32>> {
-            Ok(outputs[i].cast_to::<f32>()?.to_plain_array_view::<f32>()?.iter().copied().collect())
+            Ok(outputs[i]
+                .cast_to::<f32>()?
+                .to_plain_array_view::<f32>()?
+                .iter()
+                .copied()
+                .collect())
         };
         Ok(Outputs {
             logits: values(0)?,

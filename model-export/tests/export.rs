@@ -62,18 +62,34 @@ fn exports_checked_models_and_golden_vectors() {
     let report = fer_export::export(&options(&data, &run, &out)).unwrap();
 
     assert!(report.parity_images >= 100, "parity on {} images", report.parity_images);
-    assert!(report.parity_max_logit_error <= 1e-4, "{}", report.parity_max_logit_error);
+    assert!(
+        report.parity_max_logit_error <= 1e-4,
+        "{}",
+        report.parity_max_logit_error
+    );
     assert!(!report.centers_from_class_means);
     assert!(report.int8_bytes < report.f32_bytes);
-    assert!(
-        report.int8_plan_ops.iter().all(|(op, _)| !op.contains("Conv") || op.contains("Q")),
-        "an int8 conv runs in float: {:?}",
+    // tract plans float convs through LazyIm2col and integer convs through Im2col.
+    let count = |ops: &[(String, usize)], name: &str| ops.iter().find(|(op, _)| op == name).map_or(0, |(_, n)| *n);
+    assert_eq!(
+        count(&report.int8_plan_ops, "LazyIm2col"),
+        0,
+        "a float conv in {:?}",
         report.int8_plan_ops
     );
+    assert!(
+        count(&report.int8_plan_ops, "Im2col") >= 8,
+        "{:?}",
+        report.int8_plan_ops
+    );
+    assert_eq!(count(&report.f32_plan_ops, "Im2col"), 0, "{:?}", report.f32_plan_ops);
 
     let (f32_model, f32_info) = load_checked(&output_path(&out, "f32.onnx")).unwrap();
     let (int8_model, int8_info) = load_checked(&output_path(&out, "int8.onnx")).unwrap();
-    assert_eq!((f32_info.precision.as_str(), int8_info.precision.as_str()), ("f32", "int8"));
+    assert_eq!(
+        (f32_info.precision.as_str(), int8_info.precision.as_str()),
+        ("f32", "int8")
+    );
     assert_eq!(f32_info.weights_sha256, int8_info.weights_sha256);
     assert_eq!(f32_info.version, "run epoch 1");
     assert!(f32_info.training.contains("ce+tcl"), "{}", f32_info.training);
@@ -89,8 +105,18 @@ fn exports_checked_models_and_golden_vectors() {
         let mut input = vec![0.0; fer_protocol::INPUT.len()];
         fer_protocol::preprocess(&fer_protocol::INPUT, &case.crop, case.width, case.height, &mut input).unwrap();
         assert_eq!(input, case.input, "{}", case.name);
-        assert_eq!(f32_runner.run(&case.input).unwrap().logits, case.f32.logits, "{}", case.name);
-        assert_eq!(int8_runner.run(&case.input).unwrap().logits, case.int8.logits, "{}", case.name);
+        assert_eq!(
+            f32_runner.run(&case.input).unwrap().logits,
+            case.f32.logits,
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            int8_runner.run(&case.input).unwrap().logits,
+            case.int8.logits,
+            "{}",
+            case.name
+        );
     }
     for suffix in ["report.json", "report.md"] {
         assert!(output_path(&out, suffix).is_file());
@@ -128,7 +154,9 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     };
     fails_with(too_few, "calibration needs at least 1000");
 
-    let missing: DatasetSpec = format!("folders:{}", root.path().join("no-data").display()).parse().unwrap();
+    let missing: DatasetSpec = format!("folders:{}", root.path().join("no-data").display())
+        .parse()
+        .unwrap();
     fails_with(
         ExportOptions {
             calibration: missing,

@@ -121,7 +121,11 @@ pub fn check(props: &BTreeMap<String, String>) -> Result<ModelInfo, ContractErro
     for (key, expected) in required_props() {
         let found = get(key)?;
         if *found != expected {
-            return Err(ContractError::Mismatch { key, expected, found: found.clone() });
+            return Err(ContractError::Mismatch {
+                key,
+                expected,
+                found: found.clone(),
+            });
         }
     }
     let precision = get(keys::PRECISION)?.clone();
@@ -149,7 +153,11 @@ mod tests {
     fn valid() -> BTreeMap<String, String> {
         let mut props: BTreeMap<String, String> =
             required_props().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        for (key, value) in [(keys::PRECISION, "int8"), (keys::MODEL_VERSION, "run 6"), (keys::WEIGHTS_SHA256, "ab")] {
+        for (key, value) in [
+            (keys::PRECISION, "int8"),
+            (keys::MODEL_VERSION, "run 6"),
+            (keys::WEIGHTS_SHA256, "ab"),
+        ] {
             props.insert(key.to_string(), value.to_string());
         }
         props
@@ -158,7 +166,10 @@ mod tests {
     #[test]
     fn required_values_spell_out_the_constants() {
         let props: BTreeMap<_, _> = required_props().into_iter().collect();
-        assert_eq!(props[keys::LABELS], "surprise,fear,disgust,happiness,sadness,anger,neutral");
+        assert_eq!(
+            props[keys::LABELS],
+            "surprise,fear,disgust,happiness,sadness,anger,neutral"
+        );
         assert_eq!(props[keys::INPUT], "input NCHW 1x48x48");
         assert_eq!(props[keys::NORMALISATION], "(p/255-0.5)/0.5");
         assert_eq!(props[keys::OUTPUTS], "logits,embedding,center_distances");
@@ -181,6 +192,12 @@ mod tests {
 
         let mut props = valid();
         props.insert(keys::PRECISION.to_string(), "fp16".to_string());
-        assert!(matches!(check(&props), Err(ContractError::Mismatch { key: keys::PRECISION, .. })));
+        assert!(matches!(
+            check(&props),
+            Err(ContractError::Mismatch {
+                key: keys::PRECISION,
+                ..
+            })
+        ));
     }
 }
