@@ -10,6 +10,7 @@ use core::str::FromStr;
 /// onto it by subtracting one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Expression {
     /// Raised brows, open mouth.
     Surprise = 0,

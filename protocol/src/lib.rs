@@ -1,12 +1,13 @@
 //! Shared truths of the facial-expression sensor.
 //!
 //! Everything that training, export and the device must agree on lives here, once: the seven
-//! expression labels and their order, the model's input contract, and the preprocessing that turns
-//! an 8-bit grayscale face crop into the model input. The crate is `no_std` and allocation-free so
+//! expression labels and their order, the model's input contract, the preprocessing that turns
+//! an 8-bit grayscale face crop into the model input, and the serial wire frames ([`wire`]). The crate is `no_std` and allocation-free so
 //! the same code runs in the trainer, on a Raspberry Pi and on a microcontroller receiver.
 //!
 //! The `std` feature adds the host-side pieces that need an allocator: the model contract carried in
-//! ONNX metadata ([`contract`]) and the golden-vector file format ([`golden`]).
+//! ONNX metadata ([`contract`]) and the golden-vector file format ([`golden`]). The `defmt`
+//! feature derives `defmt::Format` for the wire types, for a microcontroller receiver.
 #![no_std]
 #![warn(missing_docs)]
 
@@ -20,7 +21,9 @@ pub mod golden;
 pub mod input;
 pub mod label;
 pub mod preprocess;
+pub mod wire;
 
 pub use input::{INPUT, InputSpec};
 pub use label::{Expression, UnknownLabel};
 pub use preprocess::{PreprocessError, preprocess};
+pub use wire::{Decoder, Frame, FrameError, Reading};

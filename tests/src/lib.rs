@@ -22,16 +22,18 @@ pub const INT8_MODEL: &[u8] = include_bytes!("../../models/ferplus-default.int8.
 pub const GOLDEN: &[u8] = include_bytes!("../../models/ferplus-default.golden.json");
 
 /// Largest |Δ| allowed on an f32 model output. x86 (FMA) and ARM (NEON) kernels sum the products
-/// in different orders and block sizes; over a 1,728-term dot product with values of order 1 the
-/// f32 rounding difference stays around 1e-5, so 1e-3 leaves a wide margin while any real change
-/// of weights, preprocessing or kernel (which moves logits by 0.01 or more) is caught.
-pub const F32_TOLERANCE: f32 = 1e-3;
+/// in different orders and block sizes. Measured against the x86 golden vectors under qemu:
+/// 1.5e-6 on aarch64 and 9.5e-7 on armv7 (`cargo test -p fer-golden --target T -- --nocapture`).
+/// 1e-4 leaves a 70x margin; a real change of weights, preprocessing or kernel moves logits by
+/// 1e-2 or more.
+pub const F32_TOLERANCE: f32 = 1e-4;
 
 /// Largest |Δ| allowed on an int8 model output. The integer convolutions are exact on every
-/// target, but the requantization (i32 → i8, rounding half away from zero vs to even) may differ
-/// by one step of a layer's output scale where the value sits on a tie; one step at the last conv
-/// moves a logit by about 0.02 here, so two steps of margin.
-pub const INT8_TOLERANCE: f32 = 0.05;
+/// target; only the float tail (pooling, attention, linear head) differs, measured at 1.7e-6 on
+/// aarch64 and 8.4e-7 on armv7. The bound is looser than f32's for kernels not exercised here
+/// (the Pi 5's SDOT path): an i32 → i8 requantization tie rounded the other way moves an
+/// activation by one quantization step. 2e-3 is still far below what a real change does.
+pub const INT8_TOLERANCE: f32 = 2e-3;
 
 /// The golden vectors.
 pub fn golden() -> Result<GoldenSet> {
@@ -98,6 +100,20 @@ pub fn top1(values: &[f32]) -> usize {
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
         .0
+}
+
+/// Largest |Δ| between two sets of outputs (distances relative to their size, as in [`compare`]).
+pub fn max_deviation(got: &GoldenOutputs, expected: &GoldenOutputs) -> f32 {
+    let absolute = got
+        .logits
+        .iter()
+        .zip(&expected.logits)
+        .chain(got.embedding.iter().zip(&expected.embedding));
+    let relative = got.center_distances.iter().zip(&expected.center_distances);
+    absolute
+        .map(|(a, b)| (a - b).abs())
+        .chain(relative.map(|(a, b)| (a - b).abs() / b.abs().max(1.0)))
+        .fold(0.0, f32::max)
 }
 
 /// Checks outputs against the expected ones: every value within `tolerance` (distances relative

@@ -1,0 +1,63 @@
+//! The frame decoder survives garbage, arbitrary bytes and byte-by-byte delivery.
+
+use fer_protocol::Expression;
+use fer_protocol::wire::{Decoder, Frame, Reading, START};
+use proptest::prelude::*;
+
+fn frames() -> impl Strategy<Value = Vec<Frame>> {
+    let reading = prop_oneof![
+        (0..Expression::COUNT).prop_map(|i| Reading::Expression(Expression::from_index(i).unwrap())),
+        Just(Reading::Uncertain),
+        Just(Reading::NoFace),
+    ];
+    prop::collection::vec(
+        (any::<u16>(), reading, any::<u8>(), any::<u8>()).prop_map(|(sequence, reading, confidence, faces)| Frame {
+            sequence,
+            reading,
+            confidence,
+            faces,
+        }),
+        1..8,
+    )
+}
+
+proptest! {
+    /// Frames separated by noise (which may hold start-byte look-alikes only as part of real
+    /// frames) all come out, in order, whatever the read sizes.
+    #[test]
+    fn every_frame_survives_noise(
+        sent in frames(),
+        noise in prop::collection::vec(prop::collection::vec(any::<u8>().prop_filter("not a start byte", |b| *b != START), 0..20), 8),
+    ) {
+        let mut stream = Vec::new();
+        for (frame, noise) in sent.iter().zip(&noise) {
+            stream.extend_from_slice(noise);
+            stream.extend_from_slice(&frame.encode());
+        }
+        let mut decoder = Decoder::new();
+        let received: Vec<Frame> = stream.iter().filter_map(|&b| decoder.push(b)).map(Result::unwrap).collect();
+        prop_assert_eq!(received, sent);
+    }
+
+    /// Truncated frames followed by whole ones: the whole ones still decode.
+    #[test]
+    fn truncated_frames_do_not_swallow_the_next(sent in frames(), cut in 1usize..8) {
+        let mut stream = Vec::new();
+        for frame in &sent {
+            stream.extend_from_slice(&frame.encode()[..cut]);
+            stream.extend_from_slice(&frame.encode());
+        }
+        let mut decoder = Decoder::new();
+        let received: Vec<Frame> = stream.iter().filter_map(|&b| decoder.push(b)).filter_map(Result::ok).collect();
+        prop_assert_eq!(received, sent);
+    }
+
+    /// Arbitrary bytes never panic the decoder.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let mut decoder = Decoder::new();
+        for b in bytes {
+            let _ = decoder.push(b);
+        }
+    }
+}
