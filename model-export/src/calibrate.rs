@@ -8,7 +8,6 @@ use tract_onnx::pb::{ModelProto, ValueInfoProto};
 use tract_onnx::prelude::*;
 
 use crate::graph;
-use fer_protocol::INPUT;
 
 /// Observed value range of one tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -29,7 +28,6 @@ pub fn tensors_to_observe(model: &ModelProto) -> Result<Vec<String>> {
         names.push(node.input[0].clone());
         names.push(fused_relu(g, &readers, &node.output[0]).unwrap_or_else(|| node.output[0].clone()));
     }
-    names.dedup();
     names.sort();
     names.dedup();
     Ok(names)
@@ -80,9 +78,7 @@ pub fn observe(model: &ModelProto, tensors: &[String], inputs: &[Vec<f32>]) -> R
             .expect("valid template"),
     );
     for input in bar.wrap_iter(inputs.iter()) {
-        let tensor =
-            tract_ndarray::Array4::from_shape_vec((1, INPUT.channels, INPUT.height, INPUT.width), input.clone())?;
-        let outputs = plan.run(tvec!(Tensor::from(tensor).into()))?;
+        let outputs = plan.run(tvec!(crate::runtime::input_tensor(input)?.into()))?;
         for (range, value) in ranges.iter_mut().zip(outputs.iter()) {
             for &v in value.to_plain_array_view::<f32>()? {
                 range.min = range.min.min(v);

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
 use fer_protocol::contract::{self, keys};
-use fer_protocol::golden::{GoldenCase, GoldenOutputs, GoldenSet};
+use fer_protocol::golden::{GoldenCase, GoldenSet};
 use fer_protocol::{Expression, INPUT};
 use fer_train::batch::eval_batch;
 use fer_train::dataset::{DatasetSpec, LoadOptions, Sample, Split};
@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tract_onnx::pb::ModelProto;
 
 use crate::quantize::{LayerReport, WeightScales};
-use crate::runtime::{Outputs, Runner};
+use crate::runtime::{Runner, argmax};
 use crate::{calibrate, float, graph, quantize};
 
 /// Everything `fer-export` needs to know.
@@ -98,7 +98,8 @@ pub struct ExportReport {
 pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let device = Device::flex();
     let (model, config) = training::load_checkpoint(&options.checkpoint, &device)?;
-    let state: RunState = read_json_or_default(&options.checkpoint.join(training::files::STATE));
+    // A run folder without a readable state.json still exports, as epoch 0.
+    let state: RunState = training::read_json(&options.checkpoint.join(training::files::STATE)).unwrap_or_default();
     let evaluation_spec = options
         .evaluation
         .clone()
@@ -246,13 +247,6 @@ fn write_outputs(
     Ok(())
 }
 
-fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(path: &Path) -> T {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default()
-}
-
 /// The calibration images: up to `calibration_images`, spread evenly over the training split.
 fn load_calibration(options: &ExportOptions) -> Result<Vec<Sample>> {
     let spec = &options.calibration;
@@ -291,11 +285,7 @@ fn training_summary(config: &TrainConfig) -> String {
 }
 
 fn evaluation_summary(run: &Path) -> String {
-    let path = run.join("report.json");
-    match std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| serde_json::from_str::<Metrics>(&t).ok())
-    {
+    match training::read_json::<Metrics>(&run.join("report.json")).ok() {
         Some(m) => format!(
             "checkpoint valid: {} images, accuracy {:.2} %, mean class accuracy {:.2} %, macro-F1 {:.2} %",
             m.count,
@@ -379,9 +369,10 @@ fn compare(f32_runner: &Runner, int8_runner: &Runner, samples: &[Sample]) -> Res
         let b = int8_runner.run(&input)?;
         int8_time += start.elapsed().as_secs_f64();
         let label = sample.label.index();
-        f32_pairs.push((label, a.top1()));
-        int8_pairs.push((label, b.top1()));
-        agree += usize::from(a.top1() == b.top1());
+        let (a_top, b_top) = (argmax(&a.logits), argmax(&b.logits));
+        f32_pairs.push((label, a_top));
+        int8_pairs.push((label, b_top));
+        agree += usize::from(a_top == b_top);
         max_logit_error = max_logit_error.max(max_abs_diff(&a.logits, &b.logits));
     }
     bar.finish_and_clear();
@@ -394,14 +385,6 @@ fn compare(f32_runner: &Runner, int8_runner: &Runner, samples: &[Sample]) -> Res
         f32_ms: f32_time * 1000.0 / n,
         int8_ms: int8_time * 1000.0 / n,
     })
-}
-
-fn golden_outputs(out: Outputs) -> GoldenOutputs {
-    GoldenOutputs {
-        logits: out.logits,
-        embedding: out.embedding,
-        center_distances: out.center_distances,
-    }
 }
 
 /// One face per expression (the first of each class), plus the first face cropped off-centre to
@@ -446,8 +429,8 @@ fn golden_set(
         fer_protocol::preprocess(&INPUT, &crop, width, height, &mut input)
             .map_err(|e| anyhow::anyhow!("golden crop {name}: {e:?}"))?;
         cases.push(GoldenCase {
-            f32: golden_outputs(f32_runner.run(&input)?),
-            int8: golden_outputs(int8_runner.run(&input)?),
+            f32: f32_runner.run(&input)?,
+            int8: int8_runner.run(&input)?,
             name,
             label: label.name().to_string(),
             width,

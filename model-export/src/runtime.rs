@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, ensure};
 use fer_protocol::INPUT;
+use fer_protocol::golden::GoldenOutputs;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
@@ -10,24 +11,6 @@ use crate::graph;
 /// An optimized tract plan for one face at a time (batch 1, fixed shape), as on the device.
 pub struct Runner {
     plan: std::sync::Arc<TypedRunnableModel>,
-}
-
-/// The three outputs for one face.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Outputs {
-    /// Class scores.
-    pub logits: Vec<f32>,
-    /// The embedding.
-    pub embedding: Vec<f32>,
-    /// Squared distances to the class centers.
-    pub center_distances: Vec<f32>,
-}
-
-impl Outputs {
-    /// Index of the largest logit.
-    pub fn top1(&self) -> usize {
-        argmax(&self.logits)
-    }
 }
 
 /// Index of the largest value (the first on ties).
@@ -51,16 +34,8 @@ impl Runner {
     }
 
     /// Runs one preprocessed face (`INPUT.len()` values).
-    pub fn run(&self, input: &[f32]) -> Result<Outputs> {
-        ensure!(
-            input.len() == INPUT.len(),
-            "input has {} values, expected {}",
-            input.len(),
-            INPUT.len()
-        );
-        let tensor =
-            tract_ndarray::Array4::from_shape_vec((1, INPUT.channels, INPUT.height, INPUT.width), input.to_vec())?;
-        let outputs = self.plan.run(tvec!(Tensor::from(tensor).into()))?;
+    pub fn run(&self, input: &[f32]) -> Result<GoldenOutputs> {
+        let outputs = self.plan.run(tvec!(input_tensor(input)?.into()))?;
         ensure!(outputs.len() == 3, "model has {} outputs, expected 3", outputs.len());
         let values = |i: usize| -> Result<Vec<f32>> {
             Ok(outputs[i]
@@ -70,7 +45,7 @@ impl Runner {
                 .copied()
                 .collect())
         };
-        Ok(Outputs {
+        Ok(GoldenOutputs {
             logits: values(0)?,
             embedding: values(1)?,
             center_distances: values(2)?,
@@ -86,6 +61,18 @@ impl Runner {
         }
         counts.into_iter().collect()
     }
+}
+
+/// One preprocessed face (`INPUT.len()` values) as the model's `[1, C, H, W]` input tensor.
+pub fn input_tensor(input: &[f32]) -> Result<Tensor> {
+    ensure!(
+        input.len() == INPUT.len(),
+        "input has {} values, expected {}",
+        input.len(),
+        INPUT.len()
+    );
+    let shape = (1, INPUT.channels, INPUT.height, INPUT.width);
+    Ok(tract_ndarray::Array4::from_shape_vec(shape, input.to_vec())?.into())
 }
 
 /// The model as a typed tract graph with the input fixed to one face.
