@@ -29,37 +29,40 @@ pub fn graph_mut(model: &mut ModelProto) -> Result<&mut GraphProto> {
     model.graph.as_mut().context("ONNX model has no graph")
 }
 
-/// A named f32 tensor.
-pub fn f32_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+/// A named tensor from its little-endian payload.
+fn tensor(name: &str, dims: &[usize], data_type: DataType, raw_data: Vec<u8>) -> TensorProto {
     TensorProto {
         name: name.to_string(),
         dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: DataType::Float as i32,
-        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        data_type: data_type as i32,
+        raw_data,
         ..Default::default()
     }
+}
+
+/// A named f32 tensor.
+pub fn f32_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    tensor(
+        name,
+        dims,
+        DataType::Float,
+        values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
 }
 
 /// A named i8 tensor.
 pub fn i8_tensor(name: &str, dims: &[usize], values: &[i8]) -> TensorProto {
-    TensorProto {
-        name: name.to_string(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: DataType::Int8 as i32,
-        raw_data: values.iter().map(|&v| v as u8).collect(),
-        ..Default::default()
-    }
+    tensor(name, dims, DataType::Int8, values.iter().map(|&v| v as u8).collect())
 }
 
 /// A named i32 tensor.
 pub fn i32_tensor(name: &str, dims: &[usize], values: &[i32]) -> TensorProto {
-    TensorProto {
-        name: name.to_string(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: DataType::Int32 as i32,
-        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    tensor(
+        name,
+        dims,
+        DataType::Int32,
+        values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
 }
 
 /// The values of an f32 tensor, whether stored raw or in `float_data`.
