@@ -1,0 +1,177 @@
+//! Every setting of the sensor, read from a TOML file (CLI flags override), validated at start
+//! with errors that name the key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::align::AlignOptions;
+use crate::decide::DecideOptions;
+use crate::detect::DetectOptions;
+use crate::publish::gpio::GpioOptions;
+use crate::publish::serial::SerialOptions;
+use crate::source::SourceOptions;
+
+/// The whole configuration; every section and key is optional and defaults as documented in
+/// `firmware/fer-sensor.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where frames come from.
+    pub source: SourceOptions,
+    /// The model files.
+    pub model: ModelOptions,
+    /// Face detection.
+    pub detect: DetectOptions,
+    /// Face alignment.
+    pub align: AlignOptions,
+    /// Smoothing and decision.
+    pub decide: DecideOptions,
+    /// Where decisions go.
+    pub publish: PublishOptions,
+    /// The periodic status line.
+    pub status: StatusOptions,
+}
+
+/// The model files, relative to the working directory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelOptions {
+    /// The expression classifier (follows the fer contract; f32 or int8).
+    pub classifier: PathBuf,
+    /// The BlazeFace short-range face detector.
+    pub detector: PathBuf,
+    /// Faces classified per frame at most, largest first (bounds the frame time in a crowd).
+    pub max_faces: usize,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self {
+            classifier: PathBuf::from("models/ferplus-default.int8.onnx"),
+            detector: PathBuf::from("models/blazeface/face_detection_short_range.onnx"),
+            max_faces: 4,
+        }
+    }
+}
+
+/// Publishers; a section's presence turns it on (stdout is on unless `enabled = false`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishOptions {
+    /// JSON lines on stdout.
+    pub stdout: StdoutOptions,
+    /// The serial line.
+    pub serial: Option<SerialOptions>,
+    /// GPIO pins.
+    pub gpio: Option<GpioOptions>,
+}
+
+/// JSON lines on stdout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StdoutOptions {
+    /// Print events at all.
+    pub enabled: bool,
+    /// One line per frame instead of one per change.
+    pub every_frame: bool,
+}
+
+impl Default for StdoutOptions {
+    fn default() -> Self {
+        Self { enabled: true, every_frame: false }
+    }
+}
+
+/// The periodic status line in the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusOptions {
+    /// Seconds between status lines (0 = only the final summary).
+    pub interval_s: f32,
+}
+
+impl Default for StatusOptions {
+    fn default() -> Self {
+        Self { interval_s: 10.0 }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Parses and validates TOML text (unknown keys and wrong types are errors naming the key).
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks value ranges; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        let in_unit = |key: &str, v: f32, zero_ok: bool| {
+            ensure!(v <= 1.0 && (v > 0.0 || (zero_ok && v == 0.0)), "{key} = {v} is out of range ({}0, 1]", if zero_ok { "[" } else { "(" });
+            Ok(())
+        };
+        let s = &self.source;
+        ensure!(!s.input.is_empty(), "source.input is empty");
+        ensure!(s.width >= 64 && s.height >= 64, "source.width/height = {}x{} is too small (64x64 at least)", s.width, s.height);
+        ensure!((1..=240).contains(&s.fps), "source.fps = {} is out of range 1..=240", s.fps);
+        ensure!(s.hold >= 1, "source.hold must be at least 1");
+        ensure!(self.model.max_faces >= 1, "model.max_faces must be at least 1");
+        in_unit("detect.score_threshold", self.detect.score_threshold, false)?;
+        in_unit("detect.iou_threshold", self.detect.iou_threshold, false)?;
+        ensure!((1.0..=4.0).contains(&self.align.scale), "align.scale = {} is out of range 1..=4", self.align.scale);
+        ensure!(self.align.shift.abs() <= 1.0, "align.shift = {} is out of range -1..=1", self.align.shift);
+        let d = &self.decide;
+        in_unit("decide.alpha", d.alpha, false)?;
+        in_unit("decide.hysteresis", d.hysteresis, true)?;
+        in_unit("decide.min_confidence", d.min_confidence, true)?;
+        in_unit("decide.track_iou", d.track_iou, false)?;
+        if let Some(max) = d.max_center_distance {
+            ensure!(max > 0.0, "decide.max_center_distance = {max} must be positive");
+        }
+        if let Some(serial) = &self.publish.serial {
+            ensure!((300..=4_000_000).contains(&serial.baud), "publish.serial.baud = {} is out of range 300..=4000000", serial.baud);
+        }
+        if let Some(gpio) = &self.publish.gpio {
+            gpio.assignment().context("publish.gpio")?;
+        }
+        ensure!(self.status.interval_s >= 0.0, "status.interval_s = {} must not be negative", self.status.interval_s);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_is_valid_and_equals_the_defaults_where_it_does_not_say_otherwise() {
+        let example = Config::parse(include_str!("../fer-sensor.toml")).unwrap();
+        assert_eq!(example.decide, DecideOptions::default());
+        assert_eq!(example.model, ModelOptions::default());
+        assert!(example.publish.serial.is_some() && example.publish.gpio.is_some());
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |text: &str| format!("{:#}", Config::parse(text).unwrap_err());
+        assert!(err("[decide]\nalfa = 0.3\n").contains("unknown field `alfa`"));
+        assert!(err("[decide]\nalpha = 1.5\n").contains("decide.alpha = 1.5"));
+        assert!(err("[source]\nfps = \"fast\"\n").contains("fps"));
+        assert!(err("[publish.serial]\nbaud = 7\n").contains("publish.serial.baud"));
+        assert!(err("[publish.gpio]\npins = { joyful = 17 }\n").contains("unknown expression \"joyful\""));
+        assert!(err("[publish.serial]\nmode = \"morse\"\n").contains("morse"));
+    }
+}

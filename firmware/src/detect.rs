@@ -1,0 +1,256 @@
+//! Face detection with MediaPipe's BlazeFace short-range model (models/blazeface): letterbox to
+//! 128x128, decode the 896 SSD anchors, threshold the scores, weighted non-maximum suppression.
+//! The signature and post-processing follow the model's README.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use image::RgbImage;
+use image::imageops::{self, FilterType};
+use tract_onnx::prelude::*;
+
+/// Side of the detector's square input.
+pub const SIDE: usize = 128;
+/// Number of anchors the model predicts for.
+pub const ANCHORS: usize = 896;
+/// Values per anchor in `regressors`: box (4) and six key points (12).
+const REGRESSORS: usize = 16;
+
+/// A face in frame pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Face {
+    /// Box centre x.
+    pub cx: f32,
+    /// Box centre y.
+    pub cy: f32,
+    /// Box width.
+    pub width: f32,
+    /// Box height.
+    pub height: f32,
+    /// Key points: right eye, left eye (as seen in the image: left, then right), nose tip, mouth
+    /// centre, right ear tragion, left ear tragion.
+    pub keypoints: [[f32; 2]; 6],
+    /// Face score after the sigmoid, in [0, 1].
+    pub score: f32,
+}
+
+impl Face {
+    /// Box area in square pixels.
+    pub fn area(&self) -> f32 {
+        self.width * self.height
+    }
+
+    /// Intersection over union of two boxes.
+    pub fn iou(&self, other: &Face) -> f32 {
+        let overlap = |c0: f32, s0: f32, c1: f32, s1: f32| {
+            ((c0 + s0 / 2.0).min(c1 + s1 / 2.0) - (c0 - s0 / 2.0).max(c1 - s1 / 2.0)).max(0.0)
+        };
+        let inter = overlap(self.cx, self.width, other.cx, other.width) * overlap(self.cy, self.height, other.cy, other.height);
+        let union = self.area() + other.area() - inter;
+        if union > 0.0 { inter / union } else { 0.0 }
+    }
+}
+
+/// Detector settings.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectOptions {
+    /// Minimum face score (after the sigmoid) to keep an anchor.
+    pub score_threshold: f32,
+    /// Anchors overlapping the best one by more than this IoU are merged into it.
+    pub iou_threshold: f32,
+}
+
+impl Default for DetectOptions {
+    /// MediaPipe's values for this model.
+    fn default() -> Self {
+        Self { score_threshold: 0.5, iou_threshold: 0.3 }
+    }
+}
+
+/// The BlazeFace detector with its plan and anchors, built once.
+pub struct Detector {
+    plan: std::sync::Arc<TypedRunnableModel>,
+    anchors: Vec<[f32; 2]>,
+    options: DetectOptions,
+    /// The letterboxed input, reused for every frame.
+    input: Tensor,
+}
+
+/// Where the frame sits inside the square letterbox, to map boxes back.
+#[derive(Clone, Copy, Debug)]
+struct Letterbox {
+    side: f32,
+    pad_x: f32,
+    pad_y: f32,
+}
+
+impl Detector {
+    /// Loads the BlazeFace ONNX file.
+    pub fn load(path: &Path, options: DetectOptions) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading the face detector {}", path.display()))?;
+        Self::from_bytes(&bytes, options).with_context(|| format!("face detector {}", path.display()))
+    }
+
+    /// Loads the BlazeFace model from ONNX bytes and checks its signature.
+    pub fn from_bytes(bytes: &[u8], options: DetectOptions) -> Result<Self> {
+        let shape = [1, SIDE, SIDE, 3];
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .context("loading the ONNX model")?
+            .with_input_fact(0, f32::fact(shape).into())?
+            .into_optimized()
+            .context("optimizing the face detector")?;
+        let outputs: Vec<_> = model.output_outlets()?.iter().map(|o| model.outlet_fact(*o).map(|f| f.shape.to_tvec())).collect::<TractResult<_>>()?;
+        ensure!(
+            outputs.len() == 2
+                && outputs[0].iter().map(|d| d.as_i64()).collect::<Vec<_>>() == [Some(1), Some(ANCHORS as i64), Some(REGRESSORS as i64)]
+                && outputs[1].iter().map(|d| d.as_i64()).collect::<Vec<_>>() == [Some(1), Some(ANCHORS as i64), Some(1)],
+            "not the BlazeFace short-range signature (outputs {outputs:?}, expected [1, 896, 16] and [1, 896, 1])"
+        );
+        Ok(Self { plan: model.into_runnable()?, anchors: anchors(), options, input: Tensor::zero::<f32>(&shape)? })
+    }
+
+    /// Faces in an RGB frame, best first, in frame pixels.
+    pub fn detect(&mut self, frame: &RgbImage) -> Result<Vec<Face>> {
+        let letterbox = self.letterbox(frame)?;
+        let outputs = self.plan.run(tvec!(self.input.clone().into()))?;
+        let regressors = outputs[0].try_as_plain_ram()?.as_slice::<f32>()?;
+        let scores = outputs[1].try_as_plain_ram()?.as_slice::<f32>()?;
+        Ok(self.decode(regressors, scores, letterbox))
+    }
+
+    /// Pads the frame to a square, shrinks it to 128x128 and writes it into the input tensor.
+    fn letterbox(&mut self, frame: &RgbImage) -> Result<Letterbox> {
+        let (w, h) = frame.dimensions();
+        ensure!(w > 0 && h > 0, "empty frame");
+        let side = w.max(h) as f32;
+        let scale = SIDE as f32 / side;
+        let (sw, sh) = (((w as f32 * scale).round() as u32).max(1), ((h as f32 * scale).round() as u32).max(1));
+        let small = imageops::resize(frame, sw, sh, FilterType::Triangle);
+        let (ox, oy) = ((SIDE as u32 - sw) / 2, (SIDE as u32 - sh) / 2);
+        let mut view = self.input.try_as_plain_ram_mut()?;
+        let input = view.as_slice_mut::<f32>()?;
+        // Padding is black, which is -1 after scaling, as in MediaPipe's letterbox.
+        input.fill(-1.0);
+        for (x, y, p) in small.enumerate_pixels() {
+            let at = (((y + oy) as usize) * SIDE + (x + ox) as usize) * 3;
+            for c in 0..3 {
+                input[at + c] = p[c] as f32 / 127.5 - 1.0;
+            }
+        }
+        Ok(Letterbox { side, pad_x: ox as f32 / scale, pad_y: oy as f32 / scale })
+    }
+
+    /// Turns raw outputs into faces: decode anchors above the threshold, then weighted NMS.
+    fn decode(&self, regressors: &[f32], scores: &[f32], letterbox: Letterbox) -> Vec<Face> {
+        let threshold = self.options.score_threshold;
+        let to_frame = |x: f32, y: f32| [x * letterbox.side - letterbox.pad_x, y * letterbox.side - letterbox.pad_y];
+        let mut candidates: Vec<Face> = self
+            .anchors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &[ax, ay])| {
+                let score = sigmoid(scores[i].clamp(-80.0, 80.0));
+                if score < threshold {
+                    return None;
+                }
+                let r = &regressors[i * REGRESSORS..(i + 1) * REGRESSORS];
+                let [cx, cy] = to_frame(ax + r[0] / SIDE as f32, ay + r[1] / SIDE as f32);
+                let mut keypoints = [[0.0; 2]; 6];
+                for (k, kp) in keypoints.iter_mut().enumerate() {
+                    *kp = to_frame(ax + r[4 + 2 * k] / SIDE as f32, ay + r[5 + 2 * k] / SIDE as f32);
+                }
+                let scale = letterbox.side / SIDE as f32;
+                Some(Face { cx, cy, width: r[2] * scale, height: r[3] * scale, keypoints, score })
+            })
+            .collect();
+        weighted_nms(&mut candidates, self.options.iou_threshold)
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// MediaPipe's short-range SSD anchors: a 16x16 grid with 2 anchors per cell, then an 8x8 grid
+/// with 6 per cell (strides 8, 16, 16, 16 with the three stride-16 layers sharing one grid);
+/// centres at cell middles in [0, 1].
+pub fn anchors() -> Vec<[f32; 2]> {
+    let mut anchors = Vec::with_capacity(ANCHORS);
+    for (grid, per_cell) in [(16, 2), (8, 6)] {
+        for y in 0..grid {
+            for x in 0..grid {
+                let centre = [(x as f32 + 0.5) / grid as f32, (y as f32 + 0.5) / grid as f32];
+                anchors.extend(std::iter::repeat_n(centre, per_cell));
+            }
+        }
+    }
+    anchors
+}
+
+/// Weighted non-maximum suppression: the best remaining face absorbs every face overlapping it
+/// by more than `iou_threshold`, and its box and key points become their score-weighted average.
+/// Returns faces best first.
+pub fn weighted_nms(candidates: &mut Vec<Face>, iou_threshold: f32) -> Vec<Face> {
+    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut faces = Vec::new();
+    while let Some(best) = candidates.first().copied() {
+        let (cluster, rest): (Vec<Face>, Vec<Face>) = candidates.drain(..).partition(|f| f.iou(&best) > iou_threshold);
+        *candidates = rest;
+        let total: f32 = cluster.iter().map(|f| f.score).sum();
+        let mut merged = Face { score: best.score, cx: 0.0, cy: 0.0, width: 0.0, height: 0.0, keypoints: [[0.0; 2]; 6] };
+        for f in &cluster {
+            let w = f.score / total;
+            merged.cx += w * f.cx;
+            merged.cy += w * f.cy;
+            merged.width += w * f.width;
+            merged.height += w * f.height;
+            for (m, k) in merged.keypoints.iter_mut().zip(&f.keypoints) {
+                m[0] += w * k[0];
+                m[1] += w * k[1];
+            }
+        }
+        faces.push(merged);
+    }
+    faces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn face(cx: f32, cy: f32, side: f32, score: f32) -> Face {
+        Face { cx, cy, width: side, height: side, keypoints: [[cx, cy]; 6], score }
+    }
+
+    #[test]
+    fn anchors_follow_the_short_range_layout() {
+        let a = anchors();
+        assert_eq!(a.len(), ANCHORS);
+        assert_eq!(a[0], [0.5 / 16.0, 0.5 / 16.0]);
+        assert_eq!(a[1], a[0]);
+        assert_eq!(a[512], [0.5 / 8.0, 0.5 / 8.0]);
+        assert_eq!(a[895], [7.5 / 8.0, 7.5 / 8.0]);
+    }
+
+    #[test]
+    fn iou_of_identical_disjoint_and_half_overlapping_boxes() {
+        let a = face(10.0, 10.0, 10.0, 1.0);
+        assert_eq!(a.iou(&a), 1.0);
+        assert_eq!(a.iou(&face(100.0, 100.0, 10.0, 1.0)), 0.0);
+        // Shifted by half a side: intersection 50, union 150.
+        assert!((a.iou(&face(15.0, 10.0, 10.0, 1.0)) - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn weighted_nms_averages_overlapping_boxes_by_score_and_keeps_separate_faces() {
+        let mut candidates = vec![face(10.0, 10.0, 10.0, 0.9), face(100.0, 50.0, 20.0, 0.6), face(11.0, 10.0, 10.0, 0.3)];
+        let faces = weighted_nms(&mut candidates, 0.3);
+        assert_eq!(faces.len(), 2);
+        assert_eq!(faces[0].score, 0.9);
+        assert!((faces[0].cx - (0.9 * 10.0 + 0.3 * 11.0) / 1.2).abs() < 1e-5);
+        assert!((faces[0].keypoints[0][0] - faces[0].cx).abs() < 1e-5);
+        assert_eq!(faces[1].cx, 100.0);
+    }
+}

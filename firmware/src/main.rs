@@ -1,0 +1,284 @@
+//! `fer-sensor`: the headless facial-expression sensor. See `fer-sensor --help`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use fer_firmware::config::Config;
+use fer_firmware::decide::Select;
+use fer_firmware::publish::gpio::{Gpio, pi};
+use fer_firmware::publish::serial::{self, Mode, Serial, SerialOptions};
+use fer_firmware::publish::{JsonLines, Publisher};
+use fer_firmware::selftest::{self, Check};
+use fer_firmware::sensor::{self, Sensor};
+use fer_firmware::{Stop, source};
+use tracing::info;
+
+/// Reads frames from a camera, an MJPEG stream on stdin or image files, finds faces, classifies
+/// their expression and publishes it as JSON lines on stdout, frames on a serial line and levels
+/// on GPIO pins. Logs go to stderr (RUST_LOG=debug for more).
+///
+/// Examples:
+///   fer-sensor --source samples/ --hold 10                # the bundled sample frames
+///   fer-sensor --config /etc/fer-sensor.toml              # a Pi with a USB camera
+///   rpicam-vid -t 0 --codec mjpeg -o - | fer-sensor --source stdin   # a Pi camera module
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    /// TOML configuration file (every setting; see firmware/fer-sensor.toml).
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    /// Frame source: /dev/videoN, `stdin` (MJPEG), or an image file, directory or glob.
+    #[arg(short, long, global = true)]
+    source: Option<String>,
+    /// Expression classifier (ONNX following the fer contract).
+    #[arg(long, global = true)]
+    classifier: Option<PathBuf>,
+    /// BlazeFace face detector (ONNX).
+    #[arg(long, global = true)]
+    detector: Option<PathBuf>,
+    /// Print a JSON line for every frame, not only on changes.
+    #[arg(long)]
+    every_frame: bool,
+    /// Print nothing on stdout.
+    #[arg(long)]
+    quiet: bool,
+    /// Serial port to publish on (turns the serial output on).
+    #[arg(long, global = true)]
+    serial: Option<PathBuf>,
+    /// Serial line speed.
+    #[arg(long)]
+    baud: Option<u32>,
+    /// Serial format.
+    #[arg(long, value_enum)]
+    serial_mode: Option<Mode>,
+    /// Passes over image files (0 = forever).
+    #[arg(long)]
+    repeat: Option<u32>,
+    /// Frames each image file is shown for (still photos: e.g. 10).
+    #[arg(long)]
+    hold: Option<u32>,
+    /// Which face to publish when there are several.
+    #[arg(long, value_enum)]
+    select: Option<Select>,
+    /// Seconds between status lines (0 = only the final summary).
+    #[arg(long)]
+    status_interval: Option<f32>,
+    /// Validate the configuration, the models and the devices, then exit.
+    #[arg(long)]
+    check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Checks this device: golden vectors through this build's tract, the face detector on a
+    /// fixture frame, GPIO pins, a serial TX→RX loopback and the camera. Prints PASS/FAIL/SKIP
+    /// per check; exits 0 only when none fails.
+    Selftest {
+        /// A jumper from an output pin to an input pin, BCM numbers: `--jumper 17:27`. Each
+        /// configured output pin is driven; jumpered pins are also read back.
+        #[arg(long, value_parser = parse_jumper)]
+        jumper: Vec<(u8, u8)>,
+        /// Send frames through the serial port and expect them back (TX jumpered to RX).
+        #[arg(long)]
+        serial_loopback: bool,
+        /// Frames to grab from the source (0 skips the source check).
+        #[arg(long, default_value_t = 30)]
+        frames: usize,
+    },
+}
+
+fn parse_jumper(s: &str) -> Result<(u8, u8), String> {
+    let (a, b) = s.split_once(':').ok_or("expected OUT:IN, e.g. 17:27")?;
+    Ok((a.parse().map_err(|e| format!("{a}: {e}"))?, b.parse().map_err(|e| format!("{b}: {e}"))?))
+}
+
+impl Cli {
+    /// The file's configuration with the flags applied, validated.
+    fn config(&self) -> Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        let c = &mut config;
+        if let Some(s) = &self.source {
+            c.source.input = s.clone();
+        }
+        if let Some(p) = &self.classifier {
+            c.model.classifier = p.clone();
+        }
+        if let Some(p) = &self.detector {
+            c.model.detector = p.clone();
+        }
+        c.publish.stdout.every_frame |= self.every_frame;
+        c.publish.stdout.enabled &= !self.quiet;
+        if let Some(port) = &self.serial {
+            c.publish.serial.get_or_insert_with(SerialOptions::default).port = port.clone();
+        }
+        if let Some(serial) = &mut c.publish.serial {
+            serial.baud = self.baud.unwrap_or(serial.baud);
+            serial.mode = self.serial_mode.unwrap_or(serial.mode);
+        }
+        c.source.repeat = self.repeat.unwrap_or(c.source.repeat);
+        c.source.hold = self.hold.unwrap_or(c.source.hold);
+        c.decide.select = self.select.unwrap_or(c.decide.select);
+        c.status.interval_s = self.status_interval.unwrap_or(c.status.interval_s);
+        config.validate().context("after applying the command-line flags")?;
+        Ok(config)
+    }
+}
+
+/// Opens every configured publisher.
+fn publishers(config: &Config) -> Result<Vec<Box<dyn Publisher>>> {
+    let mut out: Vec<Box<dyn Publisher>> = Vec::new();
+    let p = &config.publish;
+    if p.stdout.enabled {
+        out.push(Box::new(JsonLines::new(std::io::stdout(), p.stdout.every_frame, "stdout")));
+    }
+    if let Some(s) = &p.serial {
+        let uart = serial::open(&s.port, s.baud)?;
+        out.push(Box::new(Serial::new(uart, s.mode, s.every_frame, &format!("serial {}", s.port.display()))));
+    }
+    if let Some(g) = &p.gpio {
+        let controller = pi::controller()?;
+        let pins = g.assignment()?.into_iter().map(|(pin, role)| Ok((pin, role, pi::output(&controller, pin)?))).collect::<Result<_>>()?;
+        out.push(Box::new(Gpio::new(pins, g.active_low, g.every_frame)?));
+    }
+    Ok(out)
+}
+
+fn run(config: &Config) -> Result<()> {
+    let stop = Stop::default();
+    let handler = stop.clone();
+    ctrlc::set_handler(move || handler.request()).context("installing the SIGINT/SIGTERM handler")?;
+    let mut sensor = Sensor::load(config)?;
+    info!("classifier {} ({}, {})", config.model.classifier.display(), sensor.classifier().info.version, sensor.classifier().info.precision);
+    let mut source = source::open(&config.source, stop.clone())?;
+    let mut publishers = publishers(config)?;
+    let interval = (config.status.interval_s > 0.0).then(|| Duration::from_secs_f32(config.status.interval_s));
+    sensor::run(&mut sensor, source.as_mut(), &mut publishers, &stop, interval)?;
+    Ok(())
+}
+
+/// `--check`: every part the configuration names, opened once.
+fn check(config: &Config) -> Vec<Check> {
+    let mut checks = vec![
+        Check::pass_or_fail("configuration", Ok("valid".into())),
+        Check::pass_or_fail(
+            format!("classifier {}", config.model.classifier.display()),
+            fer_firmware::classify::Classifier::load(&config.model.classifier).map(|c| format!("{} ({})", c.info.version, c.info.precision)),
+        ),
+        Check::pass_or_fail(
+            format!("face detector {}", config.model.detector.display()),
+            fer_firmware::detect::Detector::load(&config.model.detector, config.detect).map(|_| "BlazeFace signature".into()),
+        ),
+        Check::pass_or_fail(format!("source {}", config.source.input), source::open(&config.source, Stop::default()).map(|s| s.describe())),
+    ];
+    if let Some(s) = &config.publish.serial {
+        checks.push(Check::pass_or_fail(format!("serial {}", s.port.display()), serial::open(&s.port, s.baud).map(|_| format!("{} baud", s.baud))));
+    }
+    if let Some(g) = &config.publish.gpio {
+        let pins = (|| -> Result<String> {
+            let controller = pi::controller()?;
+            let pins = g.assignment()?;
+            for (pin, _) in &pins {
+                pi::output(&controller, *pin)?;
+            }
+            Ok(format!("{} pins claimed", pins.len()))
+        })();
+        checks.push(Check::pass_or_fail("gpio", pins));
+    }
+    checks
+}
+
+fn selftest(config: &Config, jumpers: &[(u8, u8)], serial_loopback: bool, frames: usize) -> Vec<Check> {
+    let mut checks = selftest::golden_checks(&config.model.classifier);
+    checks.push(selftest::detector_check(&config.model.detector));
+    match &config.publish.gpio {
+        None if jumpers.is_empty() => checks.push(Check::skip("gpio", "no [publish.gpio] in the configuration and no --jumper")),
+        gpio => match pi::controller() {
+            Err(e) => checks.push(Check::pass_or_fail("gpio", Err(e))),
+            Ok(controller) => {
+                let mut outputs: Vec<u8> = gpio.iter().flat_map(|g| g.assignment().unwrap_or_default()).map(|(p, _)| p).collect();
+                for (out, _) in jumpers {
+                    if !outputs.contains(out) {
+                        outputs.push(*out);
+                    }
+                }
+                for pin in outputs {
+                    let jumper = jumpers.iter().find(|j| j.0 == pin).map(|j| j.1);
+                    let result = (|| {
+                        let mut out = pi::output(&controller, pin)?;
+                        match jumper {
+                            Some(i) => selftest::pin_check(&mut out, Some(&mut pi::input(&controller, i)?)),
+                            None => selftest::pin_check(&mut out, None),
+                        }
+                    })();
+                    let name = match jumper {
+                        Some(i) => format!("gpio {pin} → {i}"),
+                        None => format!("gpio {pin}"),
+                    };
+                    checks.push(Check::pass_or_fail(name, result));
+                }
+            }
+        },
+    }
+    match (&config.publish.serial, serial_loopback) {
+        (Some(s), true) => checks.push(Check::pass_or_fail(
+            format!("serial loopback {}", s.port.display()),
+            serial::open(&s.port, s.baud).and_then(|mut uart| selftest::serial_loopback(&mut uart)),
+        )),
+        (None, true) => checks.push(Check::pass_or_fail("serial loopback", Err(anyhow::anyhow!("no serial port configured (--serial PORT)")))),
+        (_, false) => checks.push(Check::skip("serial loopback", "needs --serial-loopback and a TX→RX jumper")),
+    }
+    if frames == 0 {
+        checks.push(Check::skip("source", "--frames 0"));
+    } else {
+        let result = source::open(&config.source, Stop::default()).and_then(|mut s| selftest::source_check(s.as_mut(), frames));
+        checks.push(Check::pass_or_fail(format!("source {}", config.source.input), result));
+    }
+    checks
+}
+
+fn report(checks: &[Check]) -> ExitCode {
+    for c in checks {
+        println!("{c}");
+    }
+    let failed = checks.iter().filter(|c| c.failed()).count();
+    println!("{} checks, {failed} failed", checks.len());
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let config = match cli.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Selftest { jumper, serial_loopback, frames }) = &cli.command {
+        return report(&selftest(&config, jumper, *serial_loopback, *frames));
+    }
+    if cli.check {
+        return report(&check(&config));
+    }
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

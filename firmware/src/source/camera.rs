@@ -1,0 +1,189 @@
+//! A V4L2 camera (USB/UVC webcams, or a CSI module exposed through a V4L2 driver) read with
+//! memory-mapped streaming. A camera that disappears is reopened with back-off.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use image::RgbImage;
+use tracing::{info, warn};
+use v4l::buffer::Type;
+use v4l::io::mmap::Stream;
+use v4l::io::traits::CaptureStream;
+use v4l::video::Capture;
+use v4l::{Device, FourCC};
+
+use super::{Frame, FrameSource, PixelFormat, SourceOptions};
+use crate::Stop;
+
+const MJPG: FourCC = FourCC { repr: *b"MJPG" };
+const YUYV: FourCC = FourCC { repr: *b"YUYV" };
+/// Memory-mapped buffers queued with the driver.
+const BUFFERS: u32 = 4;
+/// Longest wait between reopen attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// An open capture stream and the format the driver granted.
+struct Open {
+    stream: Stream<'static>,
+    width: u32,
+    height: u32,
+    fourcc: FourCC,
+}
+
+/// A V4L2 camera.
+pub struct Camera {
+    path: PathBuf,
+    options: SourceOptions,
+    open: Option<Open>,
+    stop: Stop,
+    frames: u64,
+    skipped: usize,
+}
+
+impl Camera {
+    /// Opens the camera; a missing or unusable device is an error naming it.
+    pub fn open(path: PathBuf, options: &SourceOptions, stop: Stop) -> Result<Self> {
+        if !path.exists() {
+            bail!("camera {} does not exist (is it plugged in? `v4l2-ctl --list-devices` lists cameras)", path.display());
+        }
+        let open = start(&path, options)?;
+        info!("camera {}: {}x{} {}", path.display(), open.width, open.height, open.fourcc);
+        Ok(Self { path, options: options.clone(), open: Some(open), stop, frames: 0, skipped: 0 })
+    }
+
+    /// Reopens the camera until it answers or the sensor is asked to stop.
+    fn reopen(&mut self) -> Result<bool> {
+        let mut backoff = Duration::from_millis(250);
+        while !self.stop.requested() {
+            match start(&self.path, &self.options) {
+                Ok(open) => {
+                    info!("camera {} is back", self.path.display());
+                    self.open = Some(open);
+                    return Ok(true);
+                }
+                Err(e) => {
+                    warn!("camera {}: {e:#}; retrying in {backoff:?}", self.path.display());
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Sets the format and frame rate and starts streaming.
+fn start(path: &PathBuf, options: &SourceOptions) -> Result<Open> {
+    let device = Device::with_path(path).with_context(|| format!("opening camera {}", path.display()))?;
+    let offered: Vec<FourCC> = device.enum_formats()?.into_iter().map(|f| f.fourcc).collect();
+    let fourcc = match options.format {
+        PixelFormat::Mjpeg => MJPG,
+        PixelFormat::Yuyv => YUYV,
+        PixelFormat::Auto if offered.contains(&MJPG) => MJPG,
+        PixelFormat::Auto => YUYV,
+    };
+    if !offered.contains(&fourcc) {
+        bail!("camera {} does not offer {fourcc} (it offers {offered:?})", path.display());
+    }
+    let mut format = device.format()?;
+    (format.width, format.height, format.fourcc) = (options.width, options.height, fourcc);
+    let format = device.set_format(&format)?;
+    if format.fourcc != fourcc {
+        bail!("camera {} refused {fourcc}", path.display());
+    }
+    device.set_params(&v4l::video::capture::Parameters::with_fps(options.fps))?;
+    let mut stream = Stream::with_buffers(&device, Type::VideoCapture, BUFFERS)?;
+    stream.set_timeout(Duration::from_secs(2));
+    Ok(Open { stream, width: format.width, height: format.height, fourcc })
+}
+
+impl FrameSource for Camera {
+    fn next_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            let Some(open) = &mut self.open else {
+                if !self.reopen()? {
+                    return Ok(None);
+                }
+                continue;
+            };
+            let (width, height, fourcc) = (open.width, open.height, open.fourcc);
+            match open.stream.next() {
+                Ok((buffer, meta)) => {
+                    self.frames += 1;
+                    let data = &buffer[..(meta.bytesused as usize).min(buffer.len())];
+                    let image = if fourcc == MJPG {
+                        image::load_from_memory_with_format(data, image::ImageFormat::Jpeg).map(|i| i.to_rgb8()).map_err(|e| e.to_string())
+                    } else {
+                        yuyv_to_rgb(data, width, height).ok_or_else(|| format!("short YUYV frame ({} bytes)", data.len()))
+                    };
+                    match image {
+                        Ok(image) => return Ok(Some(Frame { image, name: format!("{} #{}", self.path.display(), self.frames) })),
+                        Err(e) => {
+                            self.skipped += 1;
+                            warn!("camera {}: skipping frame {}: {e}", self.path.display(), self.frames);
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!("camera {} stopped answering: {e}", self.path.display());
+                    self.open = None;
+                }
+            }
+            if self.stop.requested() {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    fn describe(&self) -> String {
+        match &self.open {
+            Some(o) => format!("camera {} ({}x{} {})", self.path.display(), o.width, o.height, o.fourcc),
+            None => format!("camera {} (reconnecting)", self.path.display()),
+        }
+    }
+}
+
+/// Converts packed YUYV 4:2:2 (BT.601, limited range, as UVC cameras send) to RGB.
+pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32) -> Option<RgbImage> {
+    let (w, h) = (width as usize, height as usize);
+    if w % 2 != 0 || data.len() < w * h * 2 {
+        return None;
+    }
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for quad in data[..w * h * 2].chunks_exact(4) {
+        let (u, v) = (quad[1] as f32 - 128.0, quad[3] as f32 - 128.0);
+        for y in [quad[0], quad[2]] {
+            let y = 1.164 * (y as f32 - 16.0);
+            rgb.extend([y + 1.596 * v, y - 0.392 * u - 0.813 * v, y + 2.017 * u].map(|c| c.round().clamp(0.0, 255.0) as u8));
+        }
+    }
+    RgbImage::from_raw(width, height, rgb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yuyv_gray_white_and_red() {
+        // Black, white (video levels 16 and 235), then pure red (Y 81, U 90, V 240).
+        let data = [16, 128, 235, 128, 81, 90, 81, 240];
+        let rgb = yuyv_to_rgb(&data, 4, 1).unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [255, 255, 255]);
+        let red = rgb.get_pixel(2, 0).0;
+        assert!(red[0] > 250 && red[1] < 5 && red[2] < 5, "{red:?}");
+        assert!(yuyv_to_rgb(&data[..6], 4, 1).is_none());
+    }
+
+    #[test]
+    fn a_missing_camera_is_an_error_naming_it() {
+        let err = Camera::open("/dev/video-does-not-exist".into(), &SourceOptions::default(), Stop::default()).err().unwrap();
+        assert!(err.to_string().contains("/dev/video-does-not-exist"), "{err}");
+    }
+}

@@ -1,0 +1,112 @@
+//! Image files: one file, a directory (sorted by name), or a glob pattern.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use tracing::warn;
+
+use super::{Frame, FrameSource};
+
+/// Extensions read from a directory.
+const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "ppm"];
+
+/// Image files, read in order, optionally several times over; each may be held for several
+/// frames, like a camera looking at a still scene.
+pub struct Files {
+    hold: u32,
+    held: Option<(Frame, u32)>,
+    paths: Vec<PathBuf>,
+    next: usize,
+    passes_left: Option<u32>,
+    skipped: usize,
+    read_this_pass: usize,
+    pattern: String,
+}
+
+impl Files {
+    /// Lists the images of `pattern` (file, directory or glob); `repeat` passes (0 = forever),
+    /// each image given as `hold` consecutive frames.
+    pub fn open(pattern: &str, repeat: u32, hold: u32) -> Result<Self> {
+        let path = Path::new(pattern);
+        let paths = if path.is_dir() {
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("listing {pattern}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                })
+                .collect();
+            paths.sort();
+            paths
+        } else if path.is_file() {
+            vec![path.to_path_buf()]
+        } else {
+            let mut paths: Vec<PathBuf> = glob::glob(pattern)
+                .with_context(|| format!("source {pattern:?} is neither a file, a directory nor a valid glob"))?
+                .filter_map(|p| p.ok())
+                .filter(|p| p.is_file())
+                .collect();
+            paths.sort();
+            paths
+        };
+        if paths.is_empty() {
+            bail!("source {pattern:?}: no such file, or no images in it (looked for {})", EXTENSIONS.join(", "));
+        }
+        Ok(Self { hold: hold.max(1), held: None, paths, next: 0, passes_left: (repeat > 0).then_some(repeat), skipped: 0, read_this_pass: 0, pattern: pattern.to_string() })
+    }
+
+    /// The listed files.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+}
+
+impl FrameSource for Files {
+    fn next_frame(&mut self) -> Result<Option<Frame>> {
+        if let Some((frame, left)) = &mut self.held
+            && *left > 0
+        {
+            *left -= 1;
+            return Ok(Some(Frame { image: frame.image.clone(), name: frame.name.clone() }));
+        }
+        loop {
+            if self.next == self.paths.len() {
+                if self.read_this_pass == 0 {
+                    bail!("none of the {} files of {:?} could be read", self.paths.len(), self.pattern);
+                }
+                self.read_this_pass = 0;
+                match &mut self.passes_left {
+                    Some(1) => return Ok(None),
+                    Some(n) => *n -= 1,
+                    None => {}
+                }
+                self.next = 0;
+            }
+            let path = &self.paths[self.next];
+            self.next += 1;
+            match image::open(path) {
+                Ok(image) => {
+                    self.read_this_pass += 1;
+                    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+                    let frame = Frame { image: image.to_rgb8(), name };
+                    if self.hold > 1 {
+                        self.held = Some((Frame { image: frame.image.clone(), name: frame.name.clone() }, self.hold - 1));
+                    }
+                    return Ok(Some(frame));
+                }
+                Err(e) => {
+                    self.skipped += 1;
+                    warn!("skipping {}: {e}", path.display());
+                }
+            }
+        }
+    }
+
+    fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    fn describe(&self) -> String {
+        format!("{} image file(s) from {}", self.paths.len(), self.pattern)
+    }
+}
