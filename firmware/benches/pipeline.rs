@@ -16,7 +16,9 @@ fn root(path: &str) -> std::path::PathBuf {
 }
 
 fn bench(c: &mut Criterion) {
-    let frame = image::open(root("samples/04-happiness.png")).expect("sample frame").to_rgb8();
+    let frame = image::open(root("samples/04-happiness.png"))
+        .expect("sample frame")
+        .to_rgb8();
     let detector_path = root("models/blazeface/face_detection_short_range.onnx");
     let mut detector = Detector::load(&detector_path, DetectOptions::default()).unwrap();
     let face = detector.detect(&frame).unwrap()[0];
@@ -26,16 +28,22 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame 640x480, one face");
     group.measurement_time(Duration::from_secs(5));
     group.bench_function("detect", |b| b.iter(|| detector.detect(&frame).unwrap()));
-    group.bench_function("align", |b| b.iter(|| aligner.align(&frame, &face, &mut input).unwrap()));
+    group.bench_function("align", |b| {
+        b.iter(|| aligner.align(&frame, &face, &mut input).unwrap())
+    });
     for precision in ["f32", "int8"] {
         let path = root(&format!("models/ferplus-default.{precision}.onnx"));
         let mut classifier = Classifier::load(&path).unwrap();
-        group.bench_function(format!("classify {precision}"), |b| b.iter(|| classifier.classify(&input).unwrap()));
+        group.bench_function(format!("classify {precision}"), |b| {
+            b.iter(|| classifier.classify(&input).unwrap())
+        });
         let mut config = Config::default();
         config.model.classifier = path;
         config.model.detector = detector_path.clone();
         let mut sensor = Sensor::load(&config).unwrap();
-        group.bench_function(format!("whole frame {precision}"), |b| b.iter(|| sensor.process(&frame, Duration::ZERO).unwrap()));
+        group.bench_function(format!("whole frame {precision}"), |b| {
+            b.iter(|| sensor.process(&frame, Duration::ZERO).unwrap())
+        });
     }
     group.finish();
 }

@@ -22,17 +22,27 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let dir = PathBuf::from(args.get(1).context("usage: crop_geometry FER2013Valid-DIR [COUNT]")?);
     let count: usize = args.get(2).map_or(Ok(600), |c| c.parse())?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
     files.sort();
     files.truncate(count);
-    let mut detector = Detector::load(Path::new("models/blazeface/face_detection_short_range.onnx"), DetectOptions::default())?;
+    let mut detector = Detector::load(
+        Path::new("models/blazeface/face_detection_short_range.onnx"),
+        DetectOptions::default(),
+    )?;
     let mut classifier = Classifier::load(Path::new("models/ferplus-default.f32.onnx"))?;
     let scales = [1.1f32, 1.15, 1.2, 1.25, 1.3];
     let shifts = [-0.1f32, -0.05, 0.0];
     let rotations = [true, false];
     let mut aligners: Vec<(AlignOptions, Aligner)> = scales
         .iter()
-        .flat_map(|&scale| shifts.iter().flat_map(move |&shift| rotations.map(|rotate| AlignOptions { scale, shift, rotate })))
+        .flat_map(|&scale| {
+            shifts
+                .iter()
+                .flat_map(move |&shift| rotations.map(|rotate| AlignOptions { scale, shift, rotate }))
+        })
         .map(|o| (o, Aligner::new(o)))
         .collect();
     let mut agree = vec![0usize; aligners.len()];
@@ -47,7 +57,14 @@ fn main() -> Result<()> {
     let mut input = vec![0.0; INPUT.len()];
     for file in &files {
         let crop = image::open(file)?.to_luma8();
-        fer_protocol::preprocess(&INPUT, crop.as_raw(), crop.width() as usize, crop.height() as usize, &mut input).map_err(|e| anyhow::anyhow!("{e}"))?;
+        fer_protocol::preprocess(
+            &INPUT,
+            crop.as_raw(),
+            crop.width() as usize,
+            crop.height() as usize,
+            &mut input,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let direct = argmax(&classifier.classify(&input)?.probabilities);
         let side = 120 + next(140);
         let (x, y) = (next(640 - side), next(480 - side));
@@ -56,7 +73,9 @@ fn main() -> Result<()> {
         for (u, v, p) in face.enumerate_pixels() {
             frame.put_pixel(x + u, y + v, Rgb([p[0]; 3]));
         }
-        let Some(found) = detector.detect(&frame)?.into_iter().next() else { continue };
+        let Some(found) = detector.detect(&frame)?.into_iter().next() else {
+            continue;
+        };
         let box_side = found.width.max(found.height);
         ratio.push(side as f32 / box_side);
         dx.push((x as f32 + side as f32 / 2.0 - found.cx) / box_side);
@@ -67,12 +86,26 @@ fn main() -> Result<()> {
         }
     }
     let found = ratio.len();
-    println!("faces detected: {found} of {} ({:.1} %)", files.len(), 100.0 * found as f32 / files.len() as f32);
+    println!(
+        "faces detected: {found} of {} ({:.1} %)",
+        files.len(),
+        100.0 * found as f32 / files.len() as f32
+    );
     println!("crop side / box side: median {:.3}", median(&mut ratio));
-    println!("crop centre - box centre: x {:+.3}, y {:+.3} box heights (median)", median(&mut dx), median(&mut dy));
+    println!(
+        "crop centre - box centre: x {:+.3}, y {:+.3} box heights (median)",
+        median(&mut dx),
+        median(&mut dy)
+    );
     println!("top-1 agreement of the camera path with the training crop, by align settings:");
     for ((o, _), n) in aligners.iter().zip(&agree) {
-        println!("  scale {:.2} shift {:+.2} rotate {:5}: {:.1} %", o.scale, o.shift, o.rotate, 100.0 * *n as f32 / found.max(1) as f32);
+        println!(
+            "  scale {:.2} shift {:+.2} rotate {:5}: {:.1} %",
+            o.scale,
+            o.shift,
+            o.rotate,
+            100.0 * *n as f32 / found.max(1) as f32
+        );
     }
     Ok(())
 }

@@ -25,7 +25,11 @@ impl Default for AlignOptions {
     /// sides wide and centred 0.105 box heights above the box centre (docs/results.md,
     /// `cargo run -p fer-firmware --example crop_geometry`).
     fn default() -> Self {
-        Self { scale: 1.2, shift: -0.1, rotate: true }
+        Self {
+            scale: 1.2,
+            shift: -0.1,
+            rotate: true,
+        }
     }
 }
 
@@ -43,7 +47,11 @@ pub struct Aligner {
 impl Aligner {
     /// An aligner with these options.
     pub fn new(options: AlignOptions) -> Self {
-        Self { options, crop: Vec::with_capacity(MAX_CROP * MAX_CROP), side: 0 }
+        Self {
+            options,
+            crop: Vec::with_capacity(MAX_CROP * MAX_CROP),
+            side: 0,
+        }
     }
 
     /// The last grayscale crop (row-major, square) and its side.
@@ -55,7 +63,11 @@ impl Aligner {
     /// ([`INPUT`]`.len()` values).
     pub fn align(&mut self, frame: &RgbImage, face: &Face, input: &mut [f32]) -> Result<()> {
         let [re, le] = [face.keypoints[0], face.keypoints[1]];
-        let angle = if self.options.rotate { (le[1] - re[1]).atan2(le[0] - re[0]) } else { 0.0 };
+        let angle = if self.options.rotate {
+            (le[1] - re[1]).atan2(le[0] - re[0])
+        } else {
+            0.0
+        };
         let (sin, cos) = angle.sin_cos();
         let box_side = face.width.max(face.height);
         let side_px = (box_side * self.options.scale).max(1.0);
@@ -69,13 +81,17 @@ impl Aligner {
         for v in 0..n {
             for u in 0..n {
                 // Crop pixel centre relative to the crop centre, rotated into the frame.
-                let (dx, dy) = ((u as f32 + 0.5) * step - side_px / 2.0, (v as f32 + 0.5) * step - side_px / 2.0);
+                let (dx, dy) = (
+                    (u as f32 + 0.5) * step - side_px / 2.0,
+                    (v as f32 + 0.5) * step - side_px / 2.0,
+                );
                 let x = cx + dx * cos - dy * sin;
                 let y = cy + dx * sin + dy * cos;
                 self.crop.push(luma(bilinear(frame, x, y)));
             }
         }
-        fer_protocol::preprocess(&INPUT, &self.crop, n, n, input).map_err(|e| anyhow::anyhow!("preprocessing the face: {e}"))
+        fer_protocol::preprocess(&INPUT, &self.crop, n, n, input)
+            .map_err(|e| anyhow::anyhow!("preprocessing the face: {e}"))
     }
 }
 
@@ -111,16 +127,35 @@ mod tests {
         let mut keypoints = [[cx, cy]; 6];
         keypoints[0] = [cx - side / 4.0, cy - eye_dy / 2.0];
         keypoints[1] = [cx + side / 4.0, cy + eye_dy / 2.0];
-        Face { cx, cy, width: side, height: side, keypoints, score: 1.0 }
+        Face {
+            cx,
+            cy,
+            width: side,
+            height: side,
+            keypoints,
+            score: 1.0,
+        }
     }
 
     #[test]
     fn level_face_crop_is_the_box_scaled_around_its_centre() {
         // Left half dark, right half bright: the crop must keep that split at its middle.
-        let frame = RgbImage::from_fn(200, 100, |x, _| if x < 100 { image::Rgb([10, 10, 10]) } else { image::Rgb([250, 250, 250]) });
-        let mut aligner = Aligner::new(AlignOptions { scale: 1.0, shift: 0.0, rotate: true });
+        let frame = RgbImage::from_fn(200, 100, |x, _| {
+            if x < 100 {
+                image::Rgb([10, 10, 10])
+            } else {
+                image::Rgb([250, 250, 250])
+            }
+        });
+        let mut aligner = Aligner::new(AlignOptions {
+            scale: 1.0,
+            shift: 0.0,
+            rotate: true,
+        });
         let mut input = vec![0.0; INPUT.len()];
-        aligner.align(&frame, &face_at(100.0, 50.0, 60.0, 0.0), &mut input).unwrap();
+        aligner
+            .align(&frame, &face_at(100.0, 50.0, 60.0, 0.0), &mut input)
+            .unwrap();
         let (crop, n) = aligner.crop();
         assert_eq!(n, 60);
         assert_eq!(crop[30 * n + 5], 10);
@@ -132,13 +167,28 @@ mod tests {
     fn a_tilted_face_is_levelled() {
         // Eyes on a 45° line; the frame is dark above that line and bright below it. Levelled,
         // the crop's top rows are dark and its bottom rows bright.
-        let frame = RgbImage::from_fn(200, 200, |x, y| if (y as i64 - x as i64) < 0 { image::Rgb([0, 0, 0]) } else { image::Rgb([255, 255, 255]) });
-        let mut aligner = Aligner::new(AlignOptions { scale: 1.0, shift: 0.0, rotate: true });
+        let frame = RgbImage::from_fn(200, 200, |x, y| {
+            if (y as i64 - x as i64) < 0 {
+                image::Rgb([0, 0, 0])
+            } else {
+                image::Rgb([255, 255, 255])
+            }
+        });
+        let mut aligner = Aligner::new(AlignOptions {
+            scale: 1.0,
+            shift: 0.0,
+            rotate: true,
+        });
         let mut input = vec![0.0; INPUT.len()];
-        aligner.align(&frame, &face_at(100.0, 100.0, 80.0, 40.0), &mut input).unwrap();
+        aligner
+            .align(&frame, &face_at(100.0, 100.0, 80.0, 40.0), &mut input)
+            .unwrap();
         let (crop, n) = aligner.crop();
         assert!(crop[5 * n..6 * n].iter().all(|&p| p < 20), "top row not dark");
-        assert!(crop[(n - 6) * n..(n - 5) * n].iter().all(|&p| p > 235), "bottom row not bright");
+        assert!(
+            crop[(n - 6) * n..(n - 5) * n].iter().all(|&p| p > 235),
+            "bottom row not bright"
+        );
     }
 
     #[test]

@@ -59,7 +59,10 @@ impl Classifier {
         let mut props = BTreeMap::new();
         for (key, value) in &model.properties {
             if let Some(key) = key.strip_prefix(METADATA_PREFIX) {
-                props.insert(key.to_string(), value.try_as_plain_ram()?.to_scalar::<String>()?.clone());
+                props.insert(
+                    key.to_string(),
+                    value.try_as_plain_ram()?.to_scalar::<String>()?.clone(),
+                );
             }
         }
         let info = contract::check(&props).context("the model breaks the fer contract")?;
@@ -69,16 +72,32 @@ impl Classifier {
             .into_optimized()
             .context("optimizing the classifier")?
             .into_runnable()?;
-        Ok(Self { info, plan, input: Tensor::zero::<f32>(&shape)? })
+        Ok(Self {
+            info,
+            plan,
+            input: Tensor::zero::<f32>(&shape)?,
+        })
     }
 
     /// The three raw outputs for one preprocessed face ([`INPUT`]`.len()` values).
     pub fn outputs(&mut self, input: &[f32]) -> Result<GoldenOutputs> {
-        anyhow::ensure!(input.len() == INPUT.len(), "input has {} values, expected {}", input.len(), INPUT.len());
-        self.input.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?.copy_from_slice(input);
+        anyhow::ensure!(
+            input.len() == INPUT.len(),
+            "input has {} values, expected {}",
+            input.len(),
+            INPUT.len()
+        );
+        self.input
+            .try_as_plain_ram_mut()?
+            .as_slice_mut::<f32>()?
+            .copy_from_slice(input);
         let outputs = self.plan.run(tvec!(self.input.clone().into()))?;
         let values = |i: usize| -> Result<Vec<f32>> { Ok(outputs[i].try_as_plain_ram()?.as_slice::<f32>()?.to_vec()) };
-        Ok(GoldenOutputs { logits: values(0)?, embedding: values(1)?, center_distances: values(2)? })
+        Ok(GoldenOutputs {
+            logits: values(0)?,
+            embedding: values(1)?,
+            center_distances: values(2)?,
+        })
     }
 
     /// Classifies one preprocessed face.
@@ -95,13 +114,22 @@ impl Classifier {
 
     /// The names of the ops in the optimized plan, with the matrix-multiply kernels tract chose.
     pub fn plan_ops(&self) -> Vec<String> {
-        self.plan.model().nodes().iter().map(|n| format!("{} {}", n.op().name(), n.op().info().unwrap_or_default().join(" "))).collect()
+        self.plan
+            .model()
+            .nodes()
+            .iter()
+            .map(|n| format!("{} {}", n.op().name(), n.op().info().unwrap_or_default().join(" ")))
+            .collect()
     }
 }
 
 /// Index of the largest value (the first on ties).
 pub fn argmax(values: &[f32]) -> usize {
-    values.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+    values
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+        .0
 }
 
 /// Numerically stable softmax of `logits` into `out`.

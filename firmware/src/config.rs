@@ -80,7 +80,10 @@ pub struct StdoutOptions {
 
 impl Default for StdoutOptions {
     fn default() -> Self {
-        Self { enabled: true, every_frame: false }
+        Self {
+            enabled: true,
+            every_frame: false,
+        }
     }
 }
 
@@ -115,19 +118,40 @@ impl Config {
     /// Checks value ranges; the error names the key.
     pub fn validate(&self) -> Result<()> {
         let in_unit = |key: &str, v: f32, zero_ok: bool| {
-            ensure!(v <= 1.0 && (v > 0.0 || (zero_ok && v == 0.0)), "{key} = {v} is out of range ({}0, 1]", if zero_ok { "[" } else { "(" });
+            ensure!(
+                v <= 1.0 && (v > 0.0 || (zero_ok && v == 0.0)),
+                "{key} = {v} is out of range ({}0, 1]",
+                if zero_ok { "[" } else { "(" }
+            );
             Ok(())
         };
         let s = &self.source;
         ensure!(!s.input.is_empty(), "source.input is empty");
-        ensure!(s.width >= 64 && s.height >= 64, "source.width/height = {}x{} is too small (64x64 at least)", s.width, s.height);
-        ensure!((1..=240).contains(&s.fps), "source.fps = {} is out of range 1..=240", s.fps);
+        ensure!(
+            s.width >= 64 && s.height >= 64,
+            "source.width/height = {}x{} is too small (64x64 at least)",
+            s.width,
+            s.height
+        );
+        ensure!(
+            (1..=240).contains(&s.fps),
+            "source.fps = {} is out of range 1..=240",
+            s.fps
+        );
         ensure!(s.hold >= 1, "source.hold must be at least 1");
         ensure!(self.model.max_faces >= 1, "model.max_faces must be at least 1");
         in_unit("detect.score_threshold", self.detect.score_threshold, false)?;
         in_unit("detect.iou_threshold", self.detect.iou_threshold, false)?;
-        ensure!((1.0..=4.0).contains(&self.align.scale), "align.scale = {} is out of range 1..=4", self.align.scale);
-        ensure!(self.align.shift.abs() <= 1.0, "align.shift = {} is out of range -1..=1", self.align.shift);
+        ensure!(
+            (1.0..=4.0).contains(&self.align.scale),
+            "align.scale = {} is out of range 1..=4",
+            self.align.scale
+        );
+        ensure!(
+            self.align.shift.abs() <= 1.0,
+            "align.shift = {} is out of range -1..=1",
+            self.align.shift
+        );
         let d = &self.decide;
         in_unit("decide.alpha", d.alpha, false)?;
         in_unit("decide.hysteresis", d.hysteresis, true)?;
@@ -137,12 +161,20 @@ impl Config {
             ensure!(max > 0.0, "decide.max_center_distance = {max} must be positive");
         }
         if let Some(serial) = &self.publish.serial {
-            ensure!((300..=4_000_000).contains(&serial.baud), "publish.serial.baud = {} is out of range 300..=4000000", serial.baud);
+            ensure!(
+                (300..=4_000_000).contains(&serial.baud),
+                "publish.serial.baud = {} is out of range 300..=4000000",
+                serial.baud
+            );
         }
         if let Some(gpio) = &self.publish.gpio {
             gpio.assignment().context("publish.gpio")?;
         }
-        ensure!(self.status.interval_s >= 0.0, "status.interval_s = {} must not be negative", self.status.interval_s);
+        ensure!(
+            self.status.interval_s >= 0.0,
+            "status.interval_s = {} must not be negative",
+            self.status.interval_s
+        );
         Ok(())
     }
 }

@@ -104,7 +104,12 @@ pub struct Decider {
 impl Decider {
     /// A decider with no tracks yet.
     pub fn new(options: DecideOptions) -> Self {
-        Self { options, tracks: Vec::new(), next_id: 0, last: Reading::NoFace }
+        Self {
+            options,
+            tracks: Vec::new(),
+            next_id: 0,
+            last: Reading::NoFace,
+        }
     }
 
     /// The live tracks.
@@ -188,21 +193,34 @@ impl Decider {
         };
         let changed = reading != self.last;
         self.last = reading;
-        Decision { reading, confidence, faces: faces.len(), face, changed }
+        Decision {
+            reading,
+            confidence,
+            faces: faces.len(),
+            face,
+            changed,
+        }
     }
 }
 
 /// The reading of a track given its smoothed probabilities: uncertain when unsure or far from
 /// every center; otherwise the top expression, but a published expression is kept until another
 /// beats it by the hysteresis margin.
-fn decide(options: &DecideOptions, current: Reading, smoothed: &[f32; Expression::COUNT], nearest_center: f32) -> Reading {
+fn decide(
+    options: &DecideOptions,
+    current: Reading,
+    smoothed: &[f32; Expression::COUNT],
+    nearest_center: f32,
+) -> Reading {
     let top = argmax(smoothed);
     let far = options.max_center_distance.is_some_and(|max| nearest_center > max);
     if far || smoothed[top] < options.min_confidence {
         return Reading::Uncertain;
     }
     match current {
-        Reading::Expression(e) if e.index() != top && smoothed[top] < smoothed[e.index()] + options.hysteresis => current,
+        Reading::Expression(e) if e.index() != top && smoothed[top] < smoothed[e.index()] + options.hysteresis => {
+            current
+        }
         _ => Reading::Expression(Expression::ALL[top]),
     }
 }
@@ -212,17 +230,32 @@ mod tests {
     use super::*;
 
     fn face(cx: f32, side: f32) -> Face {
-        Face { cx, cy: 100.0, width: side, height: side, keypoints: [[cx, 100.0]; 6], score: 0.9 }
+        Face {
+            cx,
+            cy: 100.0,
+            width: side,
+            height: side,
+            keypoints: [[cx, 100.0]; 6],
+            score: 0.9,
+        }
     }
 
     fn class(top: Expression, p: f32) -> Classification {
         let mut probabilities = [(1.0 - p) / 6.0; Expression::COUNT];
         probabilities[top.index()] = p;
-        Classification { probabilities, center_distances: [10.0; Expression::COUNT] }
+        Classification {
+            probabilities,
+            center_distances: [10.0; Expression::COUNT],
+        }
     }
 
     fn options() -> DecideOptions {
-        DecideOptions { alpha: 0.5, hysteresis: 0.1, min_confidence: 0.4, ..DecideOptions::default() }
+        DecideOptions {
+            alpha: 0.5,
+            hysteresis: 0.1,
+            min_confidence: 0.4,
+            ..DecideOptions::default()
+        }
     }
 
     #[test]
@@ -248,36 +281,70 @@ mod tests {
 
     #[test]
     fn close_probabilities_keep_the_current_expression() {
-        let mut d = Decider::new(DecideOptions { alpha: 1.0, ..options() });
+        let mut d = Decider::new(DecideOptions {
+            alpha: 1.0,
+            ..options()
+        });
         let f = face(100.0, 50.0);
         d.update(&[(f, class(Expression::Sadness, 0.6))], (640, 480));
         let mut p = class(Expression::Neutral, 0.5);
         p.probabilities[Expression::Sadness.index()] = 0.45;
-        assert_eq!(d.update(&[(f, p.clone())], (640, 480)).reading, Reading::Expression(Expression::Sadness));
+        assert_eq!(
+            d.update(&[(f, p.clone())], (640, 480)).reading,
+            Reading::Expression(Expression::Sadness)
+        );
         p.probabilities[Expression::Sadness.index()] = 0.35;
-        assert_eq!(d.update(&[(f, p)], (640, 480)).reading, Reading::Expression(Expression::Neutral));
+        assert_eq!(
+            d.update(&[(f, p)], (640, 480)).reading,
+            Reading::Expression(Expression::Neutral)
+        );
     }
 
     #[test]
     fn low_confidence_or_far_embedding_is_uncertain() {
-        let mut d = Decider::new(DecideOptions { alpha: 1.0, max_center_distance: Some(50.0), ..options() });
+        let mut d = Decider::new(DecideOptions {
+            alpha: 1.0,
+            max_center_distance: Some(50.0),
+            ..options()
+        });
         let f = face(100.0, 50.0);
-        assert_eq!(d.update(&[(f, class(Expression::Anger, 0.3))], (640, 480)).reading, Reading::Uncertain);
+        assert_eq!(
+            d.update(&[(f, class(Expression::Anger, 0.3))], (640, 480)).reading,
+            Reading::Uncertain
+        );
         let mut far = class(Expression::Anger, 0.9);
         far.center_distances = [60.0; Expression::COUNT];
         assert_eq!(d.update(&[(f, far)], (640, 480)).reading, Reading::Uncertain);
-        assert_eq!(d.update(&[(f, class(Expression::Anger, 0.9))], (640, 480)).reading, Reading::Expression(Expression::Anger));
+        assert_eq!(
+            d.update(&[(f, class(Expression::Anger, 0.9))], (640, 480)).reading,
+            Reading::Expression(Expression::Anger)
+        );
     }
 
     #[test]
     fn tracks_follow_overlapping_boxes_and_the_largest_face_is_published() {
-        let mut d = Decider::new(DecideOptions { alpha: 1.0, ..options() });
+        let mut d = Decider::new(DecideOptions {
+            alpha: 1.0,
+            ..options()
+        });
         let (small, big) = (face(100.0, 40.0), face(400.0, 120.0));
-        let out = d.update(&[(small, class(Expression::Fear, 0.9)), (big, class(Expression::Happiness, 0.9))], (640, 480));
+        let out = d.update(
+            &[
+                (small, class(Expression::Fear, 0.9)),
+                (big, class(Expression::Happiness, 0.9)),
+            ],
+            (640, 480),
+        );
         assert_eq!(out.reading, Reading::Expression(Expression::Happiness));
         assert_eq!(out.faces, 2);
         // Moving a little keeps the ids; a face far away is a new track.
-        d.update(&[(face(105.0, 40.0), class(Expression::Fear, 0.9)), (face(410.0, 120.0), class(Expression::Happiness, 0.9))], (640, 480));
+        d.update(
+            &[
+                (face(105.0, 40.0), class(Expression::Fear, 0.9)),
+                (face(410.0, 120.0), class(Expression::Happiness, 0.9)),
+            ],
+            (640, 480),
+        );
         assert_eq!(d.tracks().iter().map(|t| t.id).collect::<Vec<_>>(), [0, 1]);
         d.update(&[(face(300.0, 40.0), class(Expression::Fear, 0.9))], (640, 480));
         assert_eq!(d.tracks().len(), 3);
@@ -285,21 +352,45 @@ mod tests {
 
     #[test]
     fn selection_policies_pick_different_faces() {
-        let faces = [(face(20.0, 40.0), class(Expression::Fear, 0.9)), (face(330.0, 120.0), class(Expression::Happiness, 0.9))];
-        let mut central = Decider::new(DecideOptions { alpha: 1.0, select: Select::Central, ..options() });
-        assert_eq!(central.update(&faces, (640, 480)).reading, Reading::Expression(Expression::Happiness));
-        let mut oldest = Decider::new(DecideOptions { alpha: 1.0, select: Select::Oldest, ..options() });
+        let faces = [
+            (face(20.0, 40.0), class(Expression::Fear, 0.9)),
+            (face(330.0, 120.0), class(Expression::Happiness, 0.9)),
+        ];
+        let mut central = Decider::new(DecideOptions {
+            alpha: 1.0,
+            select: Select::Central,
+            ..options()
+        });
+        assert_eq!(
+            central.update(&faces, (640, 480)).reading,
+            Reading::Expression(Expression::Happiness)
+        );
+        let mut oldest = Decider::new(DecideOptions {
+            alpha: 1.0,
+            select: Select::Oldest,
+            ..options()
+        });
         oldest.update(&faces[..1], (640, 480));
-        assert_eq!(oldest.update(&faces, (640, 480)).reading, Reading::Expression(Expression::Fear));
+        assert_eq!(
+            oldest.update(&faces, (640, 480)).reading,
+            Reading::Expression(Expression::Fear)
+        );
     }
 
     #[test]
     fn a_face_leaving_gives_no_face_only_after_the_grace_period() {
-        let mut d = Decider::new(DecideOptions { alpha: 1.0, max_missed: 2, ..options() });
+        let mut d = Decider::new(DecideOptions {
+            alpha: 1.0,
+            max_missed: 2,
+            ..options()
+        });
         d.update(&[(face(100.0, 50.0), class(Expression::Happiness, 0.9))], (640, 480));
         for _ in 0..2 {
             let missed = d.update(&[], (640, 480));
-            assert_eq!((missed.reading, missed.faces), (Reading::Expression(Expression::Happiness), 0));
+            assert_eq!(
+                (missed.reading, missed.faces),
+                (Reading::Expression(Expression::Happiness), 0)
+            );
         }
         let gone = d.update(&[], (640, 480));
         assert_eq!((gone.reading, gone.changed), (Reading::NoFace, true));

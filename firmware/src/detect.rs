@@ -45,7 +45,8 @@ impl Face {
         let overlap = |c0: f32, s0: f32, c1: f32, s1: f32| {
             ((c0 + s0 / 2.0).min(c1 + s1 / 2.0) - (c0 - s0 / 2.0).max(c1 - s1 / 2.0)).max(0.0)
         };
-        let inter = overlap(self.cx, self.width, other.cx, other.width) * overlap(self.cy, self.height, other.cy, other.height);
+        let inter =
+            overlap(self.cx, self.width, other.cx, other.width) * overlap(self.cy, self.height, other.cy, other.height);
         let union = self.area() + other.area() - inter;
         if union > 0.0 { inter / union } else { 0.0 }
     }
@@ -64,7 +65,10 @@ pub struct DetectOptions {
 impl Default for DetectOptions {
     /// MediaPipe's values for this model.
     fn default() -> Self {
-        Self { score_threshold: 0.5, iou_threshold: 0.3 }
+        Self {
+            score_threshold: 0.5,
+            iou_threshold: 0.3,
+        }
     }
 }
 
@@ -101,14 +105,25 @@ impl Detector {
             .with_input_fact(0, f32::fact(shape).into())?
             .into_optimized()
             .context("optimizing the face detector")?;
-        let outputs: Vec<_> = model.output_outlets()?.iter().map(|o| model.outlet_fact(*o).map(|f| f.shape.to_tvec())).collect::<TractResult<_>>()?;
+        let outputs: Vec<_> = model
+            .output_outlets()?
+            .iter()
+            .map(|o| model.outlet_fact(*o).map(|f| f.shape.to_tvec()))
+            .collect::<TractResult<_>>()?;
         ensure!(
             outputs.len() == 2
-                && outputs[0].iter().map(|d| d.as_i64()).collect::<Vec<_>>() == [Some(1), Some(ANCHORS as i64), Some(REGRESSORS as i64)]
-                && outputs[1].iter().map(|d| d.as_i64()).collect::<Vec<_>>() == [Some(1), Some(ANCHORS as i64), Some(1)],
+                && outputs[0].iter().map(|d| d.as_i64()).collect::<Vec<_>>()
+                    == [Some(1), Some(ANCHORS as i64), Some(REGRESSORS as i64)]
+                && outputs[1].iter().map(|d| d.as_i64()).collect::<Vec<_>>()
+                    == [Some(1), Some(ANCHORS as i64), Some(1)],
             "not the BlazeFace short-range signature (outputs {outputs:?}, expected [1, 896, 16] and [1, 896, 1])"
         );
-        Ok(Self { plan: model.into_runnable()?, anchors: anchors(), options, input: Tensor::zero::<f32>(&shape)? })
+        Ok(Self {
+            plan: model.into_runnable()?,
+            anchors: anchors(),
+            options,
+            input: Tensor::zero::<f32>(&shape)?,
+        })
     }
 
     /// Faces in an RGB frame, best first, in frame pixels.
@@ -126,7 +141,10 @@ impl Detector {
         ensure!(w > 0 && h > 0, "empty frame");
         let side = w.max(h) as f32;
         let scale = SIDE as f32 / side;
-        let (sw, sh) = (((w as f32 * scale).round() as u32).max(1), ((h as f32 * scale).round() as u32).max(1));
+        let (sw, sh) = (
+            ((w as f32 * scale).round() as u32).max(1),
+            ((h as f32 * scale).round() as u32).max(1),
+        );
         let small = imageops::resize(frame, sw, sh, FilterType::Triangle);
         let (ox, oy) = ((SIDE as u32 - sw) / 2, (SIDE as u32 - sh) / 2);
         let mut view = self.input.try_as_plain_ram_mut()?;
@@ -139,13 +157,22 @@ impl Detector {
                 input[at + c] = p[c] as f32 / 127.5 - 1.0;
             }
         }
-        Ok(Letterbox { side, pad_x: ox as f32 / scale, pad_y: oy as f32 / scale })
+        Ok(Letterbox {
+            side,
+            pad_x: ox as f32 / scale,
+            pad_y: oy as f32 / scale,
+        })
     }
 
     /// Turns raw outputs into faces: decode anchors above the threshold, then weighted NMS.
     fn decode(&self, regressors: &[f32], scores: &[f32], letterbox: Letterbox) -> Vec<Face> {
         let threshold = self.options.score_threshold;
-        let to_frame = |x: f32, y: f32| [x * letterbox.side - letterbox.pad_x, y * letterbox.side - letterbox.pad_y];
+        let to_frame = |x: f32, y: f32| {
+            [
+                x * letterbox.side - letterbox.pad_x,
+                y * letterbox.side - letterbox.pad_y,
+            ]
+        };
         let mut candidates: Vec<Face> = self
             .anchors
             .iter()
@@ -162,7 +189,14 @@ impl Detector {
                     *kp = to_frame(ax + r[4 + 2 * k] / SIDE as f32, ay + r[5 + 2 * k] / SIDE as f32);
                 }
                 let scale = letterbox.side / SIDE as f32;
-                Some(Face { cx, cy, width: r[2] * scale, height: r[3] * scale, keypoints, score })
+                Some(Face {
+                    cx,
+                    cy,
+                    width: r[2] * scale,
+                    height: r[3] * scale,
+                    keypoints,
+                    score,
+                })
             })
             .collect();
         weighted_nms(&mut candidates, self.options.iou_threshold)
@@ -199,7 +233,14 @@ pub fn weighted_nms(candidates: &mut Vec<Face>, iou_threshold: f32) -> Vec<Face>
         let (cluster, rest): (Vec<Face>, Vec<Face>) = candidates.drain(..).partition(|f| f.iou(&best) > iou_threshold);
         *candidates = rest;
         let total: f32 = cluster.iter().map(|f| f.score).sum();
-        let mut merged = Face { score: best.score, cx: 0.0, cy: 0.0, width: 0.0, height: 0.0, keypoints: [[0.0; 2]; 6] };
+        let mut merged = Face {
+            score: best.score,
+            cx: 0.0,
+            cy: 0.0,
+            width: 0.0,
+            height: 0.0,
+            keypoints: [[0.0; 2]; 6],
+        };
         for f in &cluster {
             let w = f.score / total;
             merged.cx += w * f.cx;
@@ -221,7 +262,14 @@ mod tests {
     use super::*;
 
     fn face(cx: f32, cy: f32, side: f32, score: f32) -> Face {
-        Face { cx, cy, width: side, height: side, keypoints: [[cx, cy]; 6], score }
+        Face {
+            cx,
+            cy,
+            width: side,
+            height: side,
+            keypoints: [[cx, cy]; 6],
+            score,
+        }
     }
 
     #[test]
@@ -245,7 +293,11 @@ mod tests {
 
     #[test]
     fn weighted_nms_averages_overlapping_boxes_by_score_and_keeps_separate_faces() {
-        let mut candidates = vec![face(10.0, 10.0, 10.0, 0.9), face(100.0, 50.0, 20.0, 0.6), face(11.0, 10.0, 10.0, 0.3)];
+        let mut candidates = vec![
+            face(10.0, 10.0, 10.0, 0.9),
+            face(100.0, 50.0, 20.0, 0.6),
+            face(11.0, 10.0, 10.0, 0.3),
+        ];
         let faces = weighted_nms(&mut candidates, 0.3);
         assert_eq!(faces.len(), 2);
         assert_eq!(faces[0].score, 0.9);

@@ -91,7 +91,11 @@ pub fn check_all(set: &GoldenSet, classifier: &mut Classifier) -> Result<f32> {
     let mut worst: f32 = 0.0;
     for case in &set.cases {
         let input = preprocess(case)?;
-        ensure!(input == case.input, "{}: preprocessing differs from the golden tensor", case.name);
+        ensure!(
+            input == case.input,
+            "{}: preprocessing differs from the golden tensor",
+            case.name
+        );
         let got = classifier.outputs(&input)?;
         let expected = precision.expected(case);
         compare(&case.name, &got, expected, precision.tolerance())?;
@@ -102,7 +106,11 @@ pub fn check_all(set: &GoldenSet, classifier: &mut Classifier) -> Result<f32> {
 
 /// Largest |Δ| between two sets of outputs (distances relative to their size, as in [`compare`]).
 pub fn max_deviation(got: &GoldenOutputs, expected: &GoldenOutputs) -> f32 {
-    let absolute = got.logits.iter().zip(&expected.logits).chain(got.embedding.iter().zip(&expected.embedding));
+    let absolute = got
+        .logits
+        .iter()
+        .zip(&expected.logits)
+        .chain(got.embedding.iter().zip(&expected.embedding));
     let relative = got.center_distances.iter().zip(&expected.center_distances);
     absolute
         .map(|(a, b)| (a - b).abs())
@@ -116,9 +124,19 @@ pub fn compare(case: &str, got: &GoldenOutputs, expected: &GoldenOutputs, tolera
     for (name, a, b, relative) in [
         ("logits", &got.logits, &expected.logits, false),
         ("embedding", &got.embedding, &expected.embedding, false),
-        ("center_distances", &got.center_distances, &expected.center_distances, true),
+        (
+            "center_distances",
+            &got.center_distances,
+            &expected.center_distances,
+            true,
+        ),
     ] {
-        ensure!(a.len() == b.len(), "{case}: {name} has {} values, expected {}", a.len(), b.len());
+        ensure!(
+            a.len() == b.len(),
+            "{case}: {name} has {} values, expected {}",
+            a.len(),
+            b.len()
+        );
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             let scale = if relative { y.abs().max(1.0) } else { 1.0 };
             if (x - y).abs() > tolerance * scale {
@@ -127,6 +145,9 @@ pub fn compare(case: &str, got: &GoldenOutputs, expected: &GoldenOutputs, tolera
         }
     }
     let (got_top, expected_top) = (argmax(&got.logits), argmax(&expected.logits));
-    ensure!(got_top == expected_top, "{case}: top-1 expression changed from {expected_top} to {got_top}");
+    ensure!(
+        got_top == expected_top,
+        "{case}: top-1 expression changed from {expected_top} to {got_top}"
+    );
     Ok(())
 }

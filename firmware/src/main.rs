@@ -95,7 +95,10 @@ enum Command {
 
 fn parse_jumper(s: &str) -> Result<(u8, u8), String> {
     let (a, b) = s.split_once(':').ok_or("expected OUT:IN, e.g. 17:27")?;
-    Ok((a.parse().map_err(|e| format!("{a}: {e}"))?, b.parse().map_err(|e| format!("{b}: {e}"))?))
+    Ok((
+        a.parse().map_err(|e| format!("{a}: {e}"))?,
+        b.parse().map_err(|e| format!("{b}: {e}"))?,
+    ))
 }
 
 impl Cli {
@@ -138,15 +141,28 @@ fn publishers(config: &Config) -> Result<Vec<Box<dyn Publisher>>> {
     let mut out: Vec<Box<dyn Publisher>> = Vec::new();
     let p = &config.publish;
     if p.stdout.enabled {
-        out.push(Box::new(JsonLines::new(std::io::stdout(), p.stdout.every_frame, "stdout")));
+        out.push(Box::new(JsonLines::new(
+            std::io::stdout(),
+            p.stdout.every_frame,
+            "stdout",
+        )));
     }
     if let Some(s) = &p.serial {
         let uart = serial::open(&s.port, s.baud)?;
-        out.push(Box::new(Serial::new(uart, s.mode, s.every_frame, &format!("serial {}", s.port.display()))));
+        out.push(Box::new(Serial::new(
+            uart,
+            s.mode,
+            s.every_frame,
+            &format!("serial {}", s.port.display()),
+        )));
     }
     if let Some(g) = &p.gpio {
         let controller = pi::controller()?;
-        let pins = g.assignment()?.into_iter().map(|(pin, role)| Ok((pin, role, pi::output(&controller, pin)?))).collect::<Result<_>>()?;
+        let pins = g
+            .assignment()?
+            .into_iter()
+            .map(|(pin, role)| Ok((pin, role, pi::output(&controller, pin)?)))
+            .collect::<Result<_>>()?;
         out.push(Box::new(Gpio::new(pins, g.active_low, g.every_frame)?));
     }
     Ok(out)
@@ -157,7 +173,12 @@ fn run(config: &Config) -> Result<()> {
     let handler = stop.clone();
     ctrlc::set_handler(move || handler.request()).context("installing the SIGINT/SIGTERM handler")?;
     let mut sensor = Sensor::load(config)?;
-    info!("classifier {} ({}, {})", config.model.classifier.display(), sensor.classifier().info.version, sensor.classifier().info.precision);
+    info!(
+        "classifier {} ({}, {})",
+        config.model.classifier.display(),
+        sensor.classifier().info.version,
+        sensor.classifier().info.precision
+    );
     let mut source = source::open(&config.source, stop.clone())?;
     let mut publishers = publishers(config)?;
     let interval = (config.status.interval_s > 0.0).then(|| Duration::from_secs_f32(config.status.interval_s));
@@ -171,16 +192,24 @@ fn check(config: &Config) -> Vec<Check> {
         Check::pass_or_fail("configuration", Ok("valid".into())),
         Check::pass_or_fail(
             format!("classifier {}", config.model.classifier.display()),
-            fer_firmware::classify::Classifier::load(&config.model.classifier).map(|c| format!("{} ({})", c.info.version, c.info.precision)),
+            fer_firmware::classify::Classifier::load(&config.model.classifier)
+                .map(|c| format!("{} ({})", c.info.version, c.info.precision)),
         ),
         Check::pass_or_fail(
             format!("face detector {}", config.model.detector.display()),
-            fer_firmware::detect::Detector::load(&config.model.detector, config.detect).map(|_| "BlazeFace signature".into()),
+            fer_firmware::detect::Detector::load(&config.model.detector, config.detect)
+                .map(|_| "BlazeFace signature".into()),
         ),
-        Check::pass_or_fail(format!("source {}", config.source.input), source::open(&config.source, Stop::default()).map(|s| s.describe())),
+        Check::pass_or_fail(
+            format!("source {}", config.source.input),
+            source::open(&config.source, Stop::default()).map(|s| s.describe()),
+        ),
     ];
     if let Some(s) = &config.publish.serial {
-        checks.push(Check::pass_or_fail(format!("serial {}", s.port.display()), serial::open(&s.port, s.baud).map(|_| format!("{} baud", s.baud))));
+        checks.push(Check::pass_or_fail(
+            format!("serial {}", s.port.display()),
+            serial::open(&s.port, s.baud).map(|_| format!("{} baud", s.baud)),
+        ));
     }
     if let Some(g) = &config.publish.gpio {
         let pins = (|| -> Result<String> {
@@ -200,11 +229,18 @@ fn selftest(config: &Config, jumpers: &[(u8, u8)], serial_loopback: bool, frames
     let mut checks = selftest::golden_checks(&config.model.classifier);
     checks.push(selftest::detector_check(&config.model.detector));
     match &config.publish.gpio {
-        None if jumpers.is_empty() => checks.push(Check::skip("gpio", "no [publish.gpio] in the configuration and no --jumper")),
+        None if jumpers.is_empty() => checks.push(Check::skip(
+            "gpio",
+            "no [publish.gpio] in the configuration and no --jumper",
+        )),
         gpio => match pi::controller() {
             Err(e) => checks.push(Check::pass_or_fail("gpio", Err(e))),
             Ok(controller) => {
-                let mut outputs: Vec<u8> = gpio.iter().flat_map(|g| g.assignment().unwrap_or_default()).map(|(p, _)| p).collect();
+                let mut outputs: Vec<u8> = gpio
+                    .iter()
+                    .flat_map(|g| g.assignment().unwrap_or_default())
+                    .map(|(p, _)| p)
+                    .collect();
                 for (out, _) in jumpers {
                     if !outputs.contains(out) {
                         outputs.push(*out);
@@ -233,13 +269,20 @@ fn selftest(config: &Config, jumpers: &[(u8, u8)], serial_loopback: bool, frames
             format!("serial loopback {}", s.port.display()),
             serial::open(&s.port, s.baud).and_then(|mut uart| selftest::serial_loopback(&mut uart)),
         )),
-        (None, true) => checks.push(Check::pass_or_fail("serial loopback", Err(anyhow::anyhow!("no serial port configured (--serial PORT)")))),
-        (_, false) => checks.push(Check::skip("serial loopback", "needs --serial-loopback and a TX→RX jumper")),
+        (None, true) => checks.push(Check::pass_or_fail(
+            "serial loopback",
+            Err(anyhow::anyhow!("no serial port configured (--serial PORT)")),
+        )),
+        (_, false) => checks.push(Check::skip(
+            "serial loopback",
+            "needs --serial-loopback and a TX→RX jumper",
+        )),
     }
     if frames == 0 {
         checks.push(Check::skip("source", "--frames 0"));
     } else {
-        let result = source::open(&config.source, Stop::default()).and_then(|mut s| selftest::source_check(s.as_mut(), frames));
+        let result =
+            source::open(&config.source, Stop::default()).and_then(|mut s| selftest::source_check(s.as_mut(), frames));
         checks.push(Check::pass_or_fail(format!("source {}", config.source.input), result));
     }
     checks
@@ -251,7 +294,11 @@ fn report(checks: &[Check]) -> ExitCode {
     }
     let failed = checks.iter().filter(|c| c.failed()).count();
     println!("{} checks, {failed} failed", checks.len());
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn main() -> ExitCode {
@@ -268,7 +315,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Selftest { jumper, serial_loopback, frames }) = &cli.command {
+    if let Some(Command::Selftest {
+        jumper,
+        serial_loopback,
+        frames,
+    }) = &cli.command
+    {
         return report(&selftest(&config, jumper, *serial_loopback, *frames));
     }
     if cli.check {

@@ -55,12 +55,18 @@ impl Check {
             Ok(detail) => Outcome::Pass(detail),
             Err(e) => Outcome::Fail(format!("{e:#}")),
         };
-        Self { name: name.into(), outcome }
+        Self {
+            name: name.into(),
+            outcome,
+        }
     }
 
     /// A skipped check.
     pub fn skip(name: impl Into<String>, why: impl Into<String>) -> Self {
-        Self { name: name.into(), outcome: Outcome::Skip(why.into()) }
+        Self {
+            name: name.into(),
+            outcome: Outcome::Skip(why.into()),
+        }
     }
 
     /// Whether it failed.
@@ -83,28 +89,44 @@ impl fmt::Display for Check {
 /// `NAME.golden.json`, and the model pair's two files.
 pub fn model_family(classifier: &Path) -> Option<(PathBuf, [PathBuf; 2])> {
     let file = classifier.file_name()?.to_str()?;
-    let stem = file.strip_suffix(".int8.onnx").or_else(|| file.strip_suffix(".f32.onnx"))?;
+    let stem = file
+        .strip_suffix(".int8.onnx")
+        .or_else(|| file.strip_suffix(".f32.onnx"))?;
     let sibling = |suffix: &str| classifier.with_file_name(format!("{stem}.{suffix}"));
-    Some((sibling(fer_protocol::golden::FILE_SUFFIX), [sibling("f32.onnx"), sibling("int8.onnx")]))
+    Some((
+        sibling(fer_protocol::golden::FILE_SUFFIX),
+        [sibling("f32.onnx"), sibling("int8.onnx")],
+    ))
 }
 
 /// Runs the golden vectors through both models of the classifier's pair (those present).
 pub fn golden_checks(classifier: &Path) -> Vec<Check> {
     let Some((golden_path, models)) = model_family(classifier) else {
-        return vec![Check::skip("golden vectors", format!("{} is not named NAME.int8.onnx or NAME.f32.onnx", classifier.display()))];
+        return vec![Check::skip(
+            "golden vectors",
+            format!("{} is not named NAME.int8.onnx or NAME.f32.onnx", classifier.display()),
+        )];
     };
-    let set = match std::fs::read(&golden_path).context("reading").and_then(|b| golden::parse(&b)) {
+    let set = match std::fs::read(&golden_path)
+        .context("reading")
+        .and_then(|b| golden::parse(&b))
+    {
         Ok(set) => set,
-        Err(e) => return vec![Check::pass_or_fail(format!("golden vectors {}", golden_path.display()), Err(e))],
+        Err(e) => {
+            return vec![Check::pass_or_fail(
+                format!("golden vectors {}", golden_path.display()),
+                Err(e),
+            )];
+        }
     };
     models
         .iter()
         .filter(|m| m.exists() || m.as_path() == classifier)
         .map(|model| {
             Check::pass_or_fail(format!("golden {}", model.display()), {
-                Classifier::load(model).and_then(|mut c| golden::check_all(&set, &mut c)).map(|worst| {
-                    format!("{} faces, max |Δ| {worst:.1e}, top-1 identical", set.cases.len())
-                })
+                Classifier::load(model)
+                    .and_then(|mut c| golden::check_all(&set, &mut c))
+                    .map(|worst| format!("{} faces, max |Δ| {worst:.1e}, top-1 identical", set.cases.len()))
             })
         })
         .collect()
@@ -130,24 +152,50 @@ pub struct FaceJson {
 impl From<FaceJson> for Face {
     fn from(f: FaceJson) -> Self {
         let [cx, cy, width, height] = f.r#box;
-        Face { cx, cy, width, height, keypoints: f.keypoints, score: f.score }
+        Face {
+            cx,
+            cy,
+            width,
+            height,
+            keypoints: f.keypoints,
+            score: f.score,
+        }
     }
 }
 
 impl From<&Face> for FaceJson {
     fn from(f: &Face) -> Self {
-        Self { r#box: [f.cx, f.cy, f.width, f.height], keypoints: f.keypoints, score: f.score }
+        Self {
+            r#box: [f.cx, f.cy, f.width, f.height],
+            keypoints: f.keypoints,
+            score: f.score,
+        }
     }
 }
 
 /// Largest difference between two face lists (coordinates in pixels, scores), or an error when
 /// the counts differ.
 pub fn face_deviation(got: &[Face], expected: &[Face]) -> Result<f32> {
-    ensure!(got.len() == expected.len(), "found {} faces, expected {}", got.len(), expected.len());
+    ensure!(
+        got.len() == expected.len(),
+        "found {} faces, expected {}",
+        got.len(),
+        expected.len()
+    );
     let mut worst: f32 = 0.0;
     for (g, e) in got.iter().zip(expected) {
-        let coords = [g.cx - e.cx, g.cy - e.cy, g.width - e.width, g.height - e.height, g.score - e.score];
-        let points = g.keypoints.iter().zip(&e.keypoints).flat_map(|(a, b)| [a[0] - b[0], a[1] - b[1]]);
+        let coords = [
+            g.cx - e.cx,
+            g.cy - e.cy,
+            g.width - e.width,
+            g.height - e.height,
+            g.score - e.score,
+        ];
+        let points = g
+            .keypoints
+            .iter()
+            .zip(&e.keypoints)
+            .flat_map(|(a, b)| [a[0] - b[0], a[1] - b[1]]);
         worst = coords.into_iter().chain(points).map(f32::abs).fold(worst, f32::max);
     }
     Ok(worst)
@@ -155,14 +203,23 @@ pub fn face_deviation(got: &[Face], expected: &[Face]) -> Result<f32> {
 
 /// Runs the detector on the fixture frame and compares with the host's faces.
 pub fn detector_check(detector_path: &Path) -> Check {
-    Check::pass_or_fail(format!("face detector {}", detector_path.display()), (|| {
-        let mut detector = Detector::load(detector_path, DetectOptions::default())?;
-        let frame = image::load_from_memory(FIXTURE_FRAME)?.to_rgb8();
-        let faces = detector.detect(&frame)?;
-        let worst = face_deviation(&faces, &fixture_faces()?)?;
-        ensure!(worst <= FIXTURE_TOLERANCE, "fixture faces moved by {worst:.2e} (tolerance {FIXTURE_TOLERANCE})");
-        Ok(format!("{} face(s) on the fixture frame, max |Δ| {worst:.1e}", faces.len()))
-    })())
+    Check::pass_or_fail(
+        format!("face detector {}", detector_path.display()),
+        (|| {
+            let mut detector = Detector::load(detector_path, DetectOptions::default())?;
+            let frame = image::load_from_memory(FIXTURE_FRAME)?.to_rgb8();
+            let faces = detector.detect(&frame)?;
+            let worst = face_deviation(&faces, &fixture_faces()?)?;
+            ensure!(
+                worst <= FIXTURE_TOLERANCE,
+                "fixture faces moved by {worst:.2e} (tolerance {FIXTURE_TOLERANCE})"
+            );
+            Ok(format!(
+                "{} face(s) on the fixture frame, max |Δ| {worst:.1e}",
+                faces.len()
+            ))
+        })(),
+    )
 }
 
 /// Drives an output pin high and low; with a jumpered input, reads both levels back.
@@ -177,7 +234,12 @@ pub fn pin_check(out: &mut dyn OutputPin, input: Option<&mut dyn InputPin>) -> R
             for level in [true, false, true, false] {
                 out.write(level)?;
                 std::thread::sleep(Duration::from_millis(1));
-                ensure!(input.read()? == level, "drove {}, read back {}", level_name(level), level_name(!level));
+                ensure!(
+                    input.read()? == level,
+                    "drove {}, read back {}",
+                    level_name(level),
+                    level_name(!level)
+                );
             }
             Ok("driven and read back high and low".into())
         }
@@ -190,8 +252,19 @@ fn level_name(high: bool) -> &'static str {
 
 /// Sends one frame per reading through a TX→RX loopback and decodes what comes back.
 pub fn serial_loopback(port: &mut dyn SerialPort) -> Result<String> {
-    let readings = Expression::ALL.map(Reading::Expression).into_iter().chain([Reading::Uncertain, Reading::NoFace]);
-    let sent: Vec<Frame> = readings.enumerate().map(|(i, reading)| Frame { sequence: 1000 + i as u16, reading, confidence: 200, faces: 1 }).collect();
+    let readings = Expression::ALL
+        .map(Reading::Expression)
+        .into_iter()
+        .chain([Reading::Uncertain, Reading::NoFace]);
+    let sent: Vec<Frame> = readings
+        .enumerate()
+        .map(|(i, reading)| Frame {
+            sequence: 1000 + i as u16,
+            reading,
+            confidence: 200,
+            faces: 1,
+        })
+        .collect();
     let start = Instant::now();
     for frame in &sent {
         port.send(&frame.encode())?;
@@ -201,11 +274,28 @@ pub fn serial_loopback(port: &mut dyn SerialPort) -> Result<String> {
     let mut buffer = [0u8; 64];
     while received.len() < sent.len() && start.elapsed() < Duration::from_secs(2) {
         let n = port.receive(&mut buffer, Duration::from_millis(100))?;
-        received.extend(buffer[..n].iter().filter_map(|&b| decoder.push(b)).filter_map(|r| r.ok()));
+        received.extend(
+            buffer[..n]
+                .iter()
+                .filter_map(|&b| decoder.push(b))
+                .filter_map(|r| r.ok()),
+        );
     }
-    ensure!(!received.is_empty(), "nothing came back within 2 s (is TX jumpered to RX?)");
-    ensure!(received == sent, "sent {} frames, decoded {} that differ: {received:?}", sent.len(), received.len());
-    Ok(format!("{} frames sent and decoded in {:.0} ms", sent.len(), start.elapsed().as_secs_f64() * 1e3))
+    ensure!(
+        !received.is_empty(),
+        "nothing came back within 2 s (is TX jumpered to RX?)"
+    );
+    ensure!(
+        received == sent,
+        "sent {} frames, decoded {} that differ: {received:?}",
+        sent.len(),
+        received.len()
+    );
+    Ok(format!(
+        "{} frames sent and decoded in {:.0} ms",
+        sent.len(),
+        start.elapsed().as_secs_f64() * 1e3
+    ))
 }
 
 /// Grabs `frames` frames from a source and reports their size and rate.
@@ -213,11 +303,17 @@ pub fn source_check(source: &mut dyn crate::source::FrameSource, frames: usize) 
     let start = Instant::now();
     let mut size = None;
     for i in 0..frames {
-        let frame = source.next_frame()?.with_context(|| format!("the source ended after {i} frames"))?;
+        let frame = source
+            .next_frame()?
+            .with_context(|| format!("the source ended after {i} frames"))?;
         size = Some(frame.image.dimensions());
     }
     let (w, h) = size.unwrap_or_default();
-    Ok(format!("{}: {frames} frames of {w}x{h} at {:.1} frames/s", source.describe(), frames as f64 / start.elapsed().as_secs_f64()))
+    Ok(format!(
+        "{}: {frames} frames of {w}x{h} at {:.1} frames/s",
+        source.describe(),
+        frames as f64 / start.elapsed().as_secs_f64()
+    ))
 }
 
 #[cfg(test)]

@@ -36,12 +36,18 @@ pub struct Stats {
 impl Stats {
     /// Mean milliseconds per frame of each stage.
     pub fn per_frame_ms(&self) -> [f64; 5] {
-        self.stage_time.map(|t| t.as_secs_f64() * 1e3 / self.frames.max(1) as f64)
+        self.stage_time
+            .map(|t| t.as_secs_f64() * 1e3 / self.frames.max(1) as f64)
     }
 
     /// "capture 1.2 ms, detect 3.4 ms, …".
     pub fn stage_line(&self) -> String {
-        STAGES.iter().zip(self.per_frame_ms()).map(|(s, ms)| format!("{s} {ms:.1} ms")).collect::<Vec<_>>().join(", ")
+        STAGES
+            .iter()
+            .zip(self.per_frame_ms())
+            .map(|(s, ms)| format!("{s} {ms:.1} ms"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -108,7 +114,12 @@ impl Sensor {
         self.stats.classified += self.faces.len() as u64;
         let decision = self.decider.update(&self.faces, frame.dimensions());
         self.stats.frames += 1;
-        for (total, t) in self.stats.stage_time.iter_mut().zip([capture, t1 - t0, align, classify]) {
+        for (total, t) in self
+            .stats
+            .stage_time
+            .iter_mut()
+            .zip([capture, t1 - t0, align, classify])
+        {
             *total += t;
         }
         Ok(decision)
@@ -177,7 +188,13 @@ fn run_inner(
         }
         sensor.stats.stage_time[4] += p.elapsed();
         if decision.changed {
-            info!("{}: {} ({:.2}), {} face(s)", event.source, reading_name(decision.reading), decision.confidence, decision.faces);
+            info!(
+                "{}: {} ({:.2}), {} face(s)",
+                event.source,
+                reading_name(decision.reading),
+                decision.confidence,
+                decision.faces
+            );
         }
         if let Some(interval) = status_interval
             && last_status.0.elapsed() >= interval
@@ -202,6 +219,18 @@ fn run_inner(
     let elapsed = start.elapsed();
     let stats = sensor.stats.clone();
     let fps = stats.frames as f64 / elapsed.as_secs_f64().max(1e-9);
-    info!("done: {} frames in {:.1} s ({fps:.1} frames/s), {} faces, {} skipped; per frame: {}", stats.frames, elapsed.as_secs_f64(), stats.faces, source.skipped(), stats.stage_line());
-    Ok(Summary { stats, elapsed, skipped: source.skipped(), fps })
+    info!(
+        "done: {} frames in {:.1} s ({fps:.1} frames/s), {} faces, {} skipped; per frame: {}",
+        stats.frames,
+        elapsed.as_secs_f64(),
+        stats.faces,
+        source.skipped(),
+        stats.stage_line()
+    );
+    Ok(Summary {
+        stats,
+        elapsed,
+        skipped: source.skipped(),
+        fps,
+    })
 }

@@ -44,7 +44,10 @@ fn events(out: &Output) -> Vec<(String, String)> {
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
-            (v["source"].as_str().unwrap().to_string(), v["reading"].as_str().unwrap().to_string())
+            (
+                v["source"].as_str().unwrap().to_string(),
+                v["reading"].as_str().unwrap().to_string(),
+            )
         })
         .collect()
 }
@@ -71,7 +74,9 @@ fn samples() -> Vec<Sample> {
 fn faces_are_found_where_they_were_pasted_and_nowhere_else() {
     let mut detector = Detector::load(&root().join(DETECTOR), DetectOptions::default()).unwrap();
     for sample in samples() {
-        let frame = image::open(root().join("samples").join(&sample.file)).unwrap().to_rgb8();
+        let frame = image::open(root().join("samples").join(&sample.file))
+            .unwrap()
+            .to_rgb8();
         let faces = detector.detect(&frame).unwrap();
         assert_eq!(faces.len(), sample.faces.len(), "{}", sample.file);
         for placed in &sample.faces {
@@ -87,7 +92,11 @@ fn faces_are_found_where_they_were_pasted_and_nowhere_else() {
             assert!((0.8..1.5).contains(&ratio), "{}: crop/box ratio {ratio}", sample.file);
             // Eyes in the upper half of the box, left of the image before right.
             let [re, le] = [found.keypoints[0], found.keypoints[1]];
-            assert!(re[0] < le[0] && re[1] < found.cy && le[1] < found.cy, "{}: eyes {re:?} {le:?}", sample.file);
+            assert!(
+                re[0] < le[0] && re[1] < found.cy && le[1] < found.cy,
+                "{}: eyes {re:?} {le:?}",
+                sample.file
+            );
         }
     }
 }
@@ -116,7 +125,10 @@ fn the_sensor_reports_each_sample_as_the_model_sees_the_original_crop() {
         }
     }
     assert!(checked >= 6, "only {checked} confident samples");
-    assert_eq!(events.last().unwrap(), &("10-no-face.png".to_string(), "no_face".to_string()));
+    assert_eq!(
+        events.last().unwrap(),
+        &("10-no-face.png".to_string(), "no_face".to_string())
+    );
 }
 
 #[test]
@@ -138,7 +150,10 @@ fn one_odd_frame_does_not_flip_the_reading_but_a_sustained_change_does_once() {
     assert_eq!(readings.len(), 21);
     assert!(readings[..13].iter().all(|r| r == "happiness"), "{readings:?}");
     // The moving average (alpha 0.3) plus the hysteresis margin needs a few frames to switch.
-    let switch = readings.iter().position(|r| r == "surprise").expect("switches to surprise");
+    let switch = readings
+        .iter()
+        .position(|r| r == "surprise")
+        .expect("switches to surprise");
     assert!((14..19).contains(&switch), "switched at frame {switch}: {readings:?}");
     assert!(readings[switch..].iter().all(|r| r == "surprise"), "{readings:?}");
 }
@@ -153,7 +168,11 @@ fn unreadable_images_are_skipped_and_counted() {
     std::fs::write(dir.path().join("c.png"), truncated).unwrap();
     let out = sensor(&["--source", dir.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("1 frames") && stderr(&out).contains("2 skipped"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 frames") && stderr(&out).contains("2 skipped"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(events(&out).len(), 1);
 }
 
@@ -162,14 +181,30 @@ fn bad_input_gives_clear_errors() {
     let cases: [(&[&str], i32, &str); 5] = [
         (&["--source", "no/such/frames"], 1, "\"no/such/frames\": no such file"),
         (&["--source", "/dev/video77"], 1, "camera /dev/video77 does not exist"),
-        (&["--source", "samples", "--classifier", DETECTOR], 1, "the model breaks the fer contract"),
-        (&["--source", "samples", "--serial", "/dev/ttyNOPE"], 1, "opening serial port /dev/ttyNOPE"),
-        (&["--config", "firmware/tests/data/bad-key.toml"], 2, "unknown field `treshold`"),
+        (
+            &["--source", "samples", "--classifier", DETECTOR],
+            1,
+            "the model breaks the fer contract",
+        ),
+        (
+            &["--source", "samples", "--serial", "/dev/ttyNOPE"],
+            1,
+            "opening serial port /dev/ttyNOPE",
+        ),
+        (
+            &["--config", "firmware/tests/data/bad-key.toml"],
+            2,
+            "unknown field `treshold`",
+        ),
     ];
     for (args, code, message) in cases {
         let out = sensor(args);
         assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(message), "{args:?}: expected {message:?} in {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(message),
+            "{args:?}: expected {message:?} in {}",
+            stderr(&out)
+        );
     }
 }
 
@@ -178,7 +213,10 @@ fn check_validates_and_selftest_passes_on_the_host() {
     let ok = sensor(&["--source", "samples", "--check"]);
     let text = String::from_utf8_lossy(&ok.stdout).into_owned();
     assert!(ok.status.success(), "{text}");
-    assert!(text.contains("PASS  classifier") && text.contains("4 checks, 0 failed"), "{text}");
+    assert!(
+        text.contains("PASS  classifier") && text.contains("4 checks, 0 failed"),
+        "{text}"
+    );
 
     let bad = sensor(&["--source", "samples", "--classifier", DETECTOR, "--check"]);
     assert_eq!(bad.status.code(), Some(1));
@@ -187,7 +225,14 @@ fn check_validates_and_selftest_passes_on_the_host() {
     let selftest = sensor(&["selftest", "--source", "samples", "--frames", "3"]);
     let text = String::from_utf8_lossy(&selftest.stdout).into_owned();
     assert!(selftest.status.success(), "{text}\n{}", stderr(&selftest));
-    for line in ["PASS  golden models/ferplus-default.f32.onnx", "PASS  golden models/ferplus-default.int8.onnx", "PASS  face detector", "SKIP  gpio", "SKIP  serial loopback", "PASS  source samples"] {
+    for line in [
+        "PASS  golden models/ferplus-default.f32.onnx",
+        "PASS  golden models/ferplus-default.int8.onnx",
+        "PASS  face detector",
+        "SKIP  gpio",
+        "SKIP  serial loopback",
+        "PASS  source samples",
+    ] {
         assert!(text.contains(line), "{line:?} missing in\n{text}");
     }
 }

@@ -25,7 +25,13 @@ fn event(sequence: u64, reading: Reading, changed: bool) -> Event {
         sequence,
         time_ms: sequence * 33,
         source: "test".into(),
-        decision: Decision { reading, confidence: 0.75, faces: 1, face: None, changed },
+        decision: Decision {
+            reading,
+            confidence: 0.75,
+            faces: 1,
+            face: None,
+            changed,
+        },
     }
 }
 
@@ -37,7 +43,12 @@ fn read_frames(master: &mut File, n: usize) -> Vec<Frame> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while frames.len() < n && std::time::Instant::now() < deadline {
         let k = master.read(&mut buf).expect("reading the pty");
-        frames.extend(buf[..k].iter().filter_map(|&b| decoder.push(b)).map(|r| r.expect("a valid frame")));
+        frames.extend(
+            buf[..k]
+                .iter()
+                .filter_map(|&b| decoder.push(b))
+                .map(|r| r.expect("a valid frame")),
+        );
     }
     frames
 }
@@ -46,23 +57,39 @@ fn read_frames(master: &mut File, n: usize) -> Vec<Frame> {
 fn binary_frames_arrive_exactly_over_a_pty() {
     let (path, mut master, _slave) = pty();
     let mut publisher = Serial::new(serial::open(&path, 115_200).unwrap(), Mode::Binary, true, "pty");
-    let readings = [Reading::Expression(Expression::Happiness), Reading::Uncertain, Reading::NoFace, Reading::Expression(Expression::Anger)];
-    let events: Vec<Event> = readings.iter().enumerate().map(|(i, &r)| event(65_530 + i as u64, r, i % 2 == 0)).collect();
+    let readings = [
+        Reading::Expression(Expression::Happiness),
+        Reading::Uncertain,
+        Reading::NoFace,
+        Reading::Expression(Expression::Anger),
+    ];
+    let events: Vec<Event> = readings
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| event(65_530 + i as u64, r, i % 2 == 0))
+        .collect();
     for e in &events {
         publisher.publish(e).unwrap();
     }
     let frames = read_frames(&mut master, events.len());
     assert_eq!(frames, events.iter().map(Event::frame).collect::<Vec<_>>());
     // The sequence number wraps at 16 bits.
-    assert_eq!(frames.iter().map(|f| f.sequence).collect::<Vec<_>>(), [65_530, 65_531, 65_532, 65_533]);
+    assert_eq!(
+        frames.iter().map(|f| f.sequence).collect::<Vec<_>>(),
+        [65_530, 65_531, 65_532, 65_533]
+    );
 }
 
 #[test]
 fn json_mode_sends_changes_only_as_lines() {
     let (path, mut master, _slave) = pty();
     let mut publisher = Serial::new(serial::open(&path, 9600).unwrap(), Mode::Json, false, "pty");
-    publisher.publish(&event(0, Reading::Expression(Expression::Sadness), true)).unwrap();
-    publisher.publish(&event(1, Reading::Expression(Expression::Sadness), false)).unwrap();
+    publisher
+        .publish(&event(0, Reading::Expression(Expression::Sadness), true))
+        .unwrap();
+    publisher
+        .publish(&event(1, Reading::Expression(Expression::Sadness), false))
+        .unwrap();
     publisher.publish(&event(2, Reading::NoFace, true)).unwrap();
     let mut text = String::new();
     let mut buf = [0u8; 512];
@@ -70,7 +97,15 @@ fn json_mode_sends_changes_only_as_lines() {
         let k = master.read(&mut buf).unwrap();
         text.push_str(std::str::from_utf8(&buf[..k]).unwrap());
     }
-    let readings: Vec<String> = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reading"].as_str().unwrap().to_string()).collect();
+    let readings: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["reading"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     assert_eq!(readings, ["sadness", "no_face"]);
 }
 

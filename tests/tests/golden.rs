@@ -16,7 +16,11 @@ fn preprocessing_is_bit_exact() {
     for case in golden().unwrap().cases {
         let input = preprocess(&case).unwrap();
         let same = input.iter().zip(&case.input).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same && input.len() == case.input.len(), "{}: preprocessing drifted", case.name);
+        assert!(
+            same && input.len() == case.input.len(),
+            "{}: preprocessing drifted",
+            case.name
+        );
     }
 }
 
@@ -26,7 +30,10 @@ fn models_follow_the_contract_of_their_golden_vectors() {
     for (bytes, precision) in [(F32_MODEL, "f32"), (INT8_MODEL, "int8")] {
         let info = Classifier::from_bytes(bytes).unwrap().info;
         assert_eq!(info.precision, precision);
-        assert_eq!(info.weights_sha256, golden.weights_sha256, "model and golden vectors are from different exports");
+        assert_eq!(
+            info.weights_sha256, golden.weights_sha256,
+            "model and golden vectors are from different exports"
+        );
         assert_eq!(info.version, golden.model_version);
     }
     assert_eq!(golden.contract, fer_protocol::contract::CONTRACT_VERSION);
@@ -68,16 +75,43 @@ fn the_face_detector_finds_the_fixture_faces_in_place() {
     // A moved face is caught: shift the frame by one pixel.
     let shifted = image::imageops::crop_imm(&frame, 1, 0, frame.width() - 1, frame.height()).to_image();
     let moved = face_deviation(&detector.detect(&shifted).unwrap(), &expected).unwrap();
-    assert!(moved > FIXTURE_TOLERANCE, "a one-pixel shift moved the faces by only {moved}");
+    assert!(
+        moved > FIXTURE_TOLERANCE,
+        "a one-pixel shift moved the faces by only {moved}"
+    );
 }
 
 /// Serial frames and their exact bytes, computed independently of the Rust code (a ten-line
 /// Python CRC-16/IBM-3740, checked against the standard "123456789" → 0x29B1) from the format
 /// in `fer_protocol::wire`: CRC over bytes 1..7, little-endian.
 const WIRE_FIXTURES: [(Frame, [u8; 9]); 3] = [
-    (Frame { sequence: 0, reading: Reading::Expression(Expression::Happiness), confidence: 230, faces: 1 }, [0xA5, 0x01, 0x00, 0x00, 0x03, 0xE6, 0x01, 0xD5, 0xB8]),
-    (Frame { sequence: 0x1234, reading: Reading::Uncertain, confidence: 77, faces: 2 }, [0xA5, 0x01, 0x34, 0x12, 0xFE, 0x4D, 0x02, 0x16, 0x9B]),
-    (Frame { sequence: 0xFFFF, reading: Reading::NoFace, confidence: 0, faces: 0 }, [0xA5, 0x01, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0xDF, 0x95]),
+    (
+        Frame {
+            sequence: 0,
+            reading: Reading::Expression(Expression::Happiness),
+            confidence: 230,
+            faces: 1,
+        },
+        [0xA5, 0x01, 0x00, 0x00, 0x03, 0xE6, 0x01, 0xD5, 0xB8],
+    ),
+    (
+        Frame {
+            sequence: 0x1234,
+            reading: Reading::Uncertain,
+            confidence: 77,
+            faces: 2,
+        },
+        [0xA5, 0x01, 0x34, 0x12, 0xFE, 0x4D, 0x02, 0x16, 0x9B],
+    ),
+    (
+        Frame {
+            sequence: 0xFFFF,
+            reading: Reading::NoFace,
+            confidence: 0,
+            faces: 0,
+        },
+        [0xA5, 0x01, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0xDF, 0x95],
+    ),
 ];
 
 #[test]
@@ -108,6 +142,9 @@ fn tract_runs_the_simd_kernels_of_this_cpu() {
             .collect();
         eprintln!("{} kernels: {kernels:?}", model.info.precision);
         assert!(kernels.len() >= 8, "one kernel per conv at least: {kernels:?}");
-        assert!(kernels.iter().all(|k| expected.iter().any(|e| k.starts_with(e))), "not all {expected:?}: {kernels:?}");
+        assert!(
+            kernels.iter().all(|k| expected.iter().any(|e| k.starts_with(e))),
+            "not all {expected:?}: {kernels:?}"
+        );
     }
 }

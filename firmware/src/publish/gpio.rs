@@ -39,16 +39,18 @@ impl GpioOptions {
     pub fn assignment(&self) -> Result<Vec<(u8, Role)>> {
         let mut pins = Vec::new();
         for (name, &pin) in &self.pins {
-            let e = Expression::parse(name).map_err(|_| {
-                anyhow::anyhow!("gpio.pins: unknown expression {name:?} (expected one of {})", names())
-            })?;
+            let e = Expression::parse(name)
+                .map_err(|_| anyhow::anyhow!("gpio.pins: unknown expression {name:?} (expected one of {})", names()))?;
             pins.push((pin, Role::Expression(e)));
         }
         pins.extend(self.face_pin.map(|p| (p, Role::Face)));
         let mut seen = std::collections::BTreeSet::new();
         for (pin, _) in &pins {
             anyhow::ensure!(seen.insert(*pin), "gpio: pin {pin} is assigned twice");
-            anyhow::ensure!(*pin <= 27, "gpio: pin {pin} is not a BCM GPIO of the 40-pin header (0..=27)");
+            anyhow::ensure!(
+                *pin <= 27,
+                "gpio: pin {pin} is not a BCM GPIO of the 40-pin header (0..=27)"
+            );
         }
         Ok(pins)
     }
@@ -87,14 +89,20 @@ pub struct Gpio<P: OutputPin> {
 impl<P: OutputPin> Gpio<P> {
     /// Takes the pins with their roles and drives them all to idle.
     pub fn new(pins: Vec<(u8, Role, P)>, active_low: bool, every_frame: bool) -> Result<Self> {
-        let mut gpio = Self { pins, active_low, every_frame, idle: false };
+        let mut gpio = Self {
+            pins,
+            active_low,
+            every_frame,
+            idle: false,
+        };
         gpio.set_idle()?;
         Ok(gpio)
     }
 
     fn set_idle(&mut self) -> Result<()> {
         for (pin, _, p) in &mut self.pins {
-            p.write(self.active_low).with_context(|| format!("gpio: driving pin {pin} to idle"))?;
+            p.write(self.active_low)
+                .with_context(|| format!("gpio: driving pin {pin} to idle"))?;
         }
         self.idle = true;
         Ok(())
@@ -137,7 +145,8 @@ pub mod pi {
 
     /// Opens the GPIO controller (fails off a Pi, or without access to /dev/gpiomem).
     pub fn controller() -> Result<rppal::gpio::Gpio> {
-        rppal::gpio::Gpio::new().context("opening the GPIO controller (is this a Raspberry Pi, and is the user in the gpio group?)")
+        rppal::gpio::Gpio::new()
+            .context("opening the GPIO controller (is this a Raspberry Pi, and is the user in the gpio group?)")
     }
 
     /// A real output pin.
@@ -148,7 +157,10 @@ pub mod pi {
 
     /// Claims `pin` as an output.
     pub fn output(gpio: &rppal::gpio::Gpio, pin: u8) -> Result<Output> {
-        let mut out = gpio.get(pin).with_context(|| format!("gpio: claiming pin {pin}"))?.into_output();
+        let mut out = gpio
+            .get(pin)
+            .with_context(|| format!("gpio: claiming pin {pin}"))?
+            .into_output();
         // We drive the idle level ourselves on exit; rppal's reset would float the pin instead.
         out.set_reset_on_drop(false);
         Ok(Output(out))
@@ -156,7 +168,11 @@ pub mod pi {
 
     /// Claims `pin` as an input with its pull-down.
     pub fn input(gpio: &rppal::gpio::Gpio, pin: u8) -> Result<Input> {
-        Ok(Input(gpio.get(pin).with_context(|| format!("gpio: claiming pin {pin}"))?.into_input_pulldown()))
+        Ok(Input(
+            gpio.get(pin)
+                .with_context(|| format!("gpio: claiming pin {pin}"))?
+                .into_input_pulldown(),
+        ))
     }
 
     impl super::OutputPin for Output {
@@ -194,15 +210,20 @@ mod tests {
 
     fn setup(active_low: bool) -> (Gpio<Probe>, Probe, Probe) {
         let (happy, face) = (Probe::default(), Probe::default());
-        let pins = vec![(17, Role::Expression(Expression::Happiness), happy.clone()), (27, Role::Face, face.clone())];
+        let pins = vec![
+            (17, Role::Expression(Expression::Happiness), happy.clone()),
+            (27, Role::Face, face.clone()),
+        ];
         (Gpio::new(pins, active_low, false).unwrap(), happy, face)
     }
 
     #[test]
     fn pins_follow_the_reading_and_return_to_idle() {
         let (mut gpio, happy, face) = setup(false);
-        gpio.publish(&event(0, Reading::Expression(Expression::Happiness), true)).unwrap();
-        gpio.publish(&event(1, Reading::Expression(Expression::Happiness), false)).unwrap();
+        gpio.publish(&event(0, Reading::Expression(Expression::Happiness), true))
+            .unwrap();
+        gpio.publish(&event(1, Reading::Expression(Expression::Happiness), false))
+            .unwrap();
         gpio.publish(&event(2, Reading::Uncertain, true)).unwrap();
         gpio.publish(&event(3, Reading::NoFace, true)).unwrap();
         gpio.shutdown().unwrap();
@@ -214,7 +235,8 @@ mod tests {
     #[test]
     fn active_low_inverts_and_drop_restores_idle() {
         let (mut gpio, happy, _) = setup(true);
-        gpio.publish(&event(0, Reading::Expression(Expression::Happiness), true)).unwrap();
+        gpio.publish(&event(0, Reading::Expression(Expression::Happiness), true))
+            .unwrap();
         drop(gpio);
         assert_eq!(*happy.0.borrow(), [true, false, true]);
     }
@@ -223,11 +245,23 @@ mod tests {
     fn bad_assignments_name_the_problem() {
         let mut options = GpioOptions::default();
         options.pins.insert("bored".into(), 17);
-        assert!(options.assignment().unwrap_err().to_string().contains("unknown expression \"bored\""));
+        assert!(
+            options
+                .assignment()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown expression \"bored\"")
+        );
         options.pins.clear();
         options.pins.insert("happy".into(), 17);
         options.face_pin = Some(17);
-        assert!(options.assignment().unwrap_err().to_string().contains("pin 17 is assigned twice"));
+        assert!(
+            options
+                .assignment()
+                .unwrap_err()
+                .to_string()
+                .contains("pin 17 is assigned twice")
+        );
         options.face_pin = Some(40);
         assert!(options.assignment().unwrap_err().to_string().contains("pin 40"));
         options.face_pin = Some(27);

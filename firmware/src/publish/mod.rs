@@ -109,7 +109,11 @@ pub struct JsonLines<W: Write> {
 impl<W: Write> JsonLines<W> {
     /// Writes to `out`; `label` names it in logs.
     pub fn new(out: W, every_frame: bool, label: &str) -> Self {
-        Self { out, every_frame, label: label.to_string() }
+        Self {
+            out,
+            every_frame,
+            label: label.to_string(),
+        }
     }
 }
 
@@ -138,7 +142,13 @@ pub(crate) mod tests {
             sequence,
             time_ms: 40 * sequence,
             source: "frame.jpg".into(),
-            decision: Decision { reading, confidence: 0.8, faces: 1, face: None, changed },
+            decision: Decision {
+                reading,
+                confidence: 0.8,
+                faces: 1,
+                face: None,
+                changed,
+            },
         }
     }
 
@@ -165,6 +175,9 @@ pub(crate) mod tests {
         let mut e = event(65_537, Reading::Uncertain, true);
         e.decision.faces = 300;
         let f = e.frame();
-        assert_eq!((f.sequence, f.reading, f.confidence, f.faces), (1, Reading::Uncertain, 204, 255));
+        assert_eq!(
+            (f.sequence, f.reading, f.confidence, f.faces),
+            (1, Reading::Uncertain, 204, 255)
+        );
     }
 }

@@ -38,7 +38,12 @@ pub struct SerialOptions {
 
 impl Default for SerialOptions {
     fn default() -> Self {
-        Self { port: PathBuf::from("/dev/serial0"), baud: 115_200, mode: Mode::Binary, every_frame: true }
+        Self {
+            port: PathBuf::from("/dev/serial0"),
+            baud: 115_200,
+            mode: Mode::Binary,
+            every_frame: true,
+        }
     }
 }
 
@@ -85,7 +90,12 @@ pub struct Serial<S: SerialPort> {
 impl<S: SerialPort> Serial<S> {
     /// Publishes on `port`; `label` names it in logs.
     pub fn new(port: S, mode: Mode, every_frame: bool, label: &str) -> Self {
-        Self { port, mode, every_frame, label: label.to_string() }
+        Self {
+            port,
+            mode,
+            every_frame,
+            label: label.to_string(),
+        }
     }
 }
 

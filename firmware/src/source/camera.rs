@@ -45,11 +45,27 @@ impl Camera {
     /// Opens the camera; a missing or unusable device is an error naming it.
     pub fn open(path: PathBuf, options: &SourceOptions, stop: Stop) -> Result<Self> {
         if !path.exists() {
-            bail!("camera {} does not exist (is it plugged in? `v4l2-ctl --list-devices` lists cameras)", path.display());
+            bail!(
+                "camera {} does not exist (is it plugged in? `v4l2-ctl --list-devices` lists cameras)",
+                path.display()
+            );
         }
         let open = start(&path, options)?;
-        info!("camera {}: {}x{} {}", path.display(), open.width, open.height, open.fourcc);
-        Ok(Self { path, options: options.clone(), open: Some(open), stop, frames: 0, skipped: 0 })
+        info!(
+            "camera {}: {}x{} {}",
+            path.display(),
+            open.width,
+            open.height,
+            open.fourcc
+        );
+        Ok(Self {
+            path,
+            options: options.clone(),
+            open: Some(open),
+            stop,
+            frames: 0,
+            skipped: 0,
+        })
     }
 
     /// Reopens the camera until it answers or the sensor is asked to stop.
@@ -84,7 +100,10 @@ fn start(path: &PathBuf, options: &SourceOptions) -> Result<Open> {
         PixelFormat::Auto => YUYV,
     };
     if !offered.contains(&fourcc) {
-        bail!("camera {} does not offer {fourcc} (it offers {offered:?})", path.display());
+        bail!(
+            "camera {} does not offer {fourcc} (it offers {offered:?})",
+            path.display()
+        );
     }
     let mut format = device.format()?;
     (format.width, format.height, format.fourcc) = (options.width, options.height, fourcc);
@@ -95,7 +114,12 @@ fn start(path: &PathBuf, options: &SourceOptions) -> Result<Open> {
     device.set_params(&v4l::video::capture::Parameters::with_fps(options.fps))?;
     let mut stream = Stream::with_buffers(&device, Type::VideoCapture, BUFFERS)?;
     stream.set_timeout(Duration::from_secs(2));
-    Ok(Open { stream, width: format.width, height: format.height, fourcc })
+    Ok(Open {
+        stream,
+        width: format.width,
+        height: format.height,
+        fourcc,
+    })
 }
 
 impl FrameSource for Camera {
@@ -113,12 +137,20 @@ impl FrameSource for Camera {
                     self.frames += 1;
                     let data = &buffer[..(meta.bytesused as usize).min(buffer.len())];
                     let image = if fourcc == MJPG {
-                        image::load_from_memory_with_format(data, image::ImageFormat::Jpeg).map(|i| i.to_rgb8()).map_err(|e| e.to_string())
+                        image::load_from_memory_with_format(data, image::ImageFormat::Jpeg)
+                            .map(|i| i.to_rgb8())
+                            .map_err(|e| e.to_string())
                     } else {
-                        yuyv_to_rgb(data, width, height).ok_or_else(|| format!("short YUYV frame ({} bytes)", data.len()))
+                        yuyv_to_rgb(data, width, height)
+                            .ok_or_else(|| format!("short YUYV frame ({} bytes)", data.len()))
                     };
                     match image {
-                        Ok(image) => return Ok(Some(Frame { image, name: format!("{} #{}", self.path.display(), self.frames) })),
+                        Ok(image) => {
+                            return Ok(Some(Frame {
+                                image,
+                                name: format!("{} #{}", self.path.display(), self.frames),
+                            }));
+                        }
                         Err(e) => {
                             self.skipped += 1;
                             warn!("camera {}: skipping frame {}: {e}", self.path.display(), self.frames);
@@ -159,7 +191,9 @@ pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32) -> Option<RgbImage> {
         let (u, v) = (quad[1] as f32 - 128.0, quad[3] as f32 - 128.0);
         for y in [quad[0], quad[2]] {
             let y = 1.164 * (y as f32 - 16.0);
-            rgb.extend([y + 1.596 * v, y - 0.392 * u - 0.813 * v, y + 2.017 * u].map(|c| c.round().clamp(0.0, 255.0) as u8));
+            rgb.extend(
+                [y + 1.596 * v, y - 0.392 * u - 0.813 * v, y + 2.017 * u].map(|c| c.round().clamp(0.0, 255.0) as u8),
+            );
         }
     }
     RgbImage::from_raw(width, height, rgb)
@@ -183,7 +217,13 @@ mod tests {
 
     #[test]
     fn a_missing_camera_is_an_error_naming_it() {
-        let err = Camera::open("/dev/video-does-not-exist".into(), &SourceOptions::default(), Stop::default()).err().unwrap();
+        let err = Camera::open(
+            "/dev/video-does-not-exist".into(),
+            &SourceOptions::default(),
+            Stop::default(),
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("/dev/video-does-not-exist"), "{err}");
     }
 }

@@ -33,7 +33,9 @@ impl Files {
                 .with_context(|| format!("listing {pattern}"))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
-                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                    p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
                 })
                 .collect();
             paths.sort();
@@ -50,9 +52,21 @@ impl Files {
             paths
         };
         if paths.is_empty() {
-            bail!("source {pattern:?}: no such file, or no images in it (looked for {})", EXTENSIONS.join(", "));
+            bail!(
+                "source {pattern:?}: no such file, or no images in it (looked for {})",
+                EXTENSIONS.join(", ")
+            );
         }
-        Ok(Self { hold: hold.max(1), held: None, paths, next: 0, passes_left: (repeat > 0).then_some(repeat), skipped: 0, read_this_pass: 0, pattern: pattern.to_string() })
+        Ok(Self {
+            hold: hold.max(1),
+            held: None,
+            paths,
+            next: 0,
+            passes_left: (repeat > 0).then_some(repeat),
+            skipped: 0,
+            read_this_pass: 0,
+            pattern: pattern.to_string(),
+        })
     }
 
     /// The listed files.
@@ -67,12 +81,19 @@ impl FrameSource for Files {
             && *left > 0
         {
             *left -= 1;
-            return Ok(Some(Frame { image: frame.image.clone(), name: frame.name.clone() }));
+            return Ok(Some(Frame {
+                image: frame.image.clone(),
+                name: frame.name.clone(),
+            }));
         }
         loop {
             if self.next == self.paths.len() {
                 if self.read_this_pass == 0 {
-                    bail!("none of the {} files of {:?} could be read", self.paths.len(), self.pattern);
+                    bail!(
+                        "none of the {} files of {:?} could be read",
+                        self.paths.len(),
+                        self.pattern
+                    );
                 }
                 self.read_this_pass = 0;
                 match &mut self.passes_left {
@@ -87,10 +108,21 @@ impl FrameSource for Files {
             match image::open(path) {
                 Ok(image) => {
                     self.read_this_pass += 1;
-                    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-                    let frame = Frame { image: image.to_rgb8(), name };
+                    let name = path
+                        .file_name()
+                        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+                    let frame = Frame {
+                        image: image.to_rgb8(),
+                        name,
+                    };
                     if self.hold > 1 {
-                        self.held = Some((Frame { image: frame.image.clone(), name: frame.name.clone() }, self.hold - 1));
+                        self.held = Some((
+                            Frame {
+                                image: frame.image.clone(),
+                                name: frame.name.clone(),
+                            },
+                            self.hold - 1,
+                        ));
                     }
                     return Ok(Some(frame));
                 }

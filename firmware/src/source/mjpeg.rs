@@ -31,7 +31,15 @@ pub struct MjpegStream<R: Read> {
 impl<R: Read> MjpegStream<R> {
     /// Reads JPEGs from `reader`; `label` names it in frame names and logs.
     pub fn new(reader: R, label: &str) -> Self {
-        Self { reader, buffer: Vec::new(), chunk: vec![0; 64 << 10].into_boxed_slice(), frames: 0, skipped: 0, label: label.into(), eof: false }
+        Self {
+            reader,
+            buffer: Vec::new(),
+            chunk: vec![0; 64 << 10].into_boxed_slice(),
+            frames: 0,
+            skipped: 0,
+            label: label.into(),
+            eof: false,
+        }
     }
 
     /// The next complete JPEG's bytes, or `None` at the end of the stream.
@@ -44,7 +52,11 @@ impl<R: Read> MjpegStream<R> {
                     return Ok(Some(jpeg));
                 }
                 if self.buffer.len() - start > MAX_JPEG {
-                    warn!("{}: no end marker within {} MB, dropping the data", self.label, MAX_JPEG >> 20);
+                    warn!(
+                        "{}: no end marker within {} MB, dropping the data",
+                        self.label,
+                        MAX_JPEG >> 20
+                    );
                     self.skipped += 1;
                     self.buffer.clear();
                 }
@@ -56,7 +68,10 @@ impl<R: Read> MjpegStream<R> {
             if self.eof {
                 return Ok(None);
             }
-            let n = self.reader.read(&mut self.chunk).with_context(|| format!("reading {}", self.label))?;
+            let n = self
+                .reader
+                .read(&mut self.chunk)
+                .with_context(|| format!("reading {}", self.label))?;
             if n == 0 {
                 self.eof = true;
             }
@@ -66,7 +81,11 @@ impl<R: Read> MjpegStream<R> {
 }
 
 fn find(haystack: &[u8], needle: &[u8; 2], from: usize) -> Option<usize> {
-    haystack.get(from..)?.windows(2).position(|w| w == needle).map(|i| i + from)
+    haystack
+        .get(from..)?
+        .windows(2)
+        .position(|w| w == needle)
+        .map(|i| i + from)
 }
 
 impl<R: Read> FrameSource for MjpegStream<R> {
@@ -74,7 +93,12 @@ impl<R: Read> FrameSource for MjpegStream<R> {
         while let Some(jpeg) = self.next_jpeg()? {
             self.frames += 1;
             match image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg) {
-                Ok(image) => return Ok(Some(Frame { image: image.to_rgb8(), name: format!("{} #{}", self.label, self.frames) })),
+                Ok(image) => {
+                    return Ok(Some(Frame {
+                        image: image.to_rgb8(),
+                        name: format!("{} #{}", self.label, self.frames),
+                    }));
+                }
                 Err(e) => {
                     self.skipped += 1;
                     warn!("{}: skipping frame {}: {e}", self.label, self.frames);
@@ -110,7 +134,9 @@ mod tests {
 
     impl Read for Trickle<'_> {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            let Some((&b, rest)) = self.0.split_first() else { return Ok(0) };
+            let Some((&b, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
             buf[0] = b;
             self.0 = rest;
             Ok(1)
@@ -128,7 +154,10 @@ mod tests {
         stream.extend(jpeg(250));
         let mut source = MjpegStream::new(Trickle(&stream), "test");
         let first = source.next_frame().unwrap().unwrap();
-        assert_eq!((first.image.dimensions(), first.image.get_pixel(3, 3)[0] < 30), ((16, 8), true));
+        assert_eq!(
+            (first.image.dimensions(), first.image.get_pixel(3, 3)[0] < 30),
+            ((16, 8), true)
+        );
         let second = source.next_frame().unwrap().unwrap();
         assert!(second.image.get_pixel(3, 3)[0] > 230);
         assert_eq!(second.name, "test #3");

@@ -88,7 +88,15 @@ pub struct SourceOptions {
 
 impl Default for SourceOptions {
     fn default() -> Self {
-        Self { input: "/dev/video0".into(), width: 640, height: 480, fps: 30, format: PixelFormat::Auto, repeat: 1, hold: 1 }
+        Self {
+            input: "/dev/video0".into(),
+            width: 640,
+            height: 480,
+            fps: 30,
+            format: PixelFormat::Auto,
+            repeat: 1,
+            hold: 1,
+        }
     }
 }
 
