@@ -145,6 +145,8 @@ impl Detector {
             ((w as f32 * scale).round() as u32).max(1),
             ((h as f32 * scale).round() as u32).max(1),
         );
+        // A triangle filter: integer area averaging (`imageops::thumbnail`) halves this step's
+        // 11 ms but found 375 instead of 380 of 400 pasted FER+ faces (crop_geometry example).
         let small = imageops::resize(frame, sw, sh, FilterType::Triangle);
         let (ox, oy) = ((SIDE as u32 - sw) / 2, (SIDE as u32 - sh) / 2);
         let mut view = self.input.try_as_plain_ram_mut()?;
