@@ -76,11 +76,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Checks this device: golden vectors through this build's tract, the face detector on a
-    /// fixture frame, GPIO pins, a serial TX→RX loopback and the camera. Prints PASS/FAIL/SKIP
-    /// per check; exits 0 only when none fails.
+    /// Checks this device (hardware in the loop); exit status 0 only when no check fails.
+    ///
+    /// Runs the golden vectors through this build's tract, the face detector on a fixture frame,
+    /// drives the GPIO pins (reading jumpered ones back), sends serial frames through a TX→RX
+    /// loopback and grabs camera frames. Prints PASS, FAIL or SKIP per check.
     Selftest {
-        /// A jumper from an output pin to an input pin, BCM numbers: `--jumper 17:27`. Each
+        /// A jumper from an output pin to an input pin, BCM numbers: `--jumper 17:5`. Each
         /// configured output pin is driven; jumpered pins are also read back.
         #[arg(long, value_parser = parse_jumper)]
         jumper: Vec<(u8, u8)>,
