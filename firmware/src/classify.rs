@@ -79,8 +79,8 @@ impl Classifier {
         })
     }
 
-    /// The three raw outputs for one preprocessed face ([`INPUT`]`.len()` values).
-    pub fn outputs(&mut self, input: &[f32]) -> Result<GoldenOutputs> {
+    /// Runs the plan on one preprocessed face ([`INPUT`]`.len()` values).
+    fn run(&mut self, input: &[f32]) -> Result<TVec<TValue>> {
         anyhow::ensure!(
             input.len() == INPUT.len(),
             "input has {} values, expected {}",
@@ -91,7 +91,12 @@ impl Classifier {
             .try_as_plain_ram_mut()?
             .as_slice_mut::<f32>()?
             .copy_from_slice(input);
-        let outputs = self.plan.run(tvec!(self.input.clone().into()))?;
+        self.plan.run(tvec!(self.input.clone().into()))
+    }
+
+    /// The three raw outputs for one preprocessed face ([`INPUT`]`.len()` values).
+    pub fn outputs(&mut self, input: &[f32]) -> Result<GoldenOutputs> {
+        let outputs = self.run(input)?;
         let values = |i: usize| -> Result<Vec<f32>> { Ok(outputs[i].try_as_plain_ram()?.as_slice::<f32>()?.to_vec()) };
         Ok(GoldenOutputs {
             logits: values(0)?,
@@ -100,15 +105,25 @@ impl Classifier {
         })
     }
 
-    /// Classifies one preprocessed face.
+    /// Classifies one preprocessed face, reading the outputs in place (no copies per face).
     pub fn classify(&mut self, input: &[f32]) -> Result<Classification> {
-        let outputs = self.outputs(input)?;
+        let outputs = self.run(input)?;
+        let logits = outputs[0].try_as_plain_ram()?;
+        let distances = outputs[2].try_as_plain_ram()?;
+        let (logits, distances) = (logits.as_slice::<f32>()?, distances.as_slice::<f32>()?);
+        anyhow::ensure!(
+            logits.len() == Expression::COUNT && distances.len() == Expression::COUNT,
+            "the model gives {} logits and {} center distances, expected {}",
+            logits.len(),
+            distances.len(),
+            Expression::COUNT
+        );
         let mut result = Classification {
             probabilities: [0.0; Expression::COUNT],
             center_distances: [0.0; Expression::COUNT],
         };
-        softmax(&outputs.logits, &mut result.probabilities);
-        result.center_distances.copy_from_slice(&outputs.center_distances);
+        softmax(logits, &mut result.probabilities);
+        result.center_distances.copy_from_slice(distances);
         Ok(result)
     }
 
