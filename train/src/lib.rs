@@ -9,6 +9,7 @@ pub mod attention;
 pub mod augment;
 pub mod batch;
 pub mod bench;
+pub mod compare;
 pub mod dataset;
 pub mod loss;
 pub mod metrics;

@@ -53,6 +53,12 @@ enum Command {
         #[arg(long)]
         skip_bad: bool,
     },
+    /// Print a markdown table comparing finished runs (mean ± spread over seeds per configuration).
+    Compare {
+        /// Run folders written by `fer-train train`, all with the same budget.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+    },
     /// Print the network's parameter count and multiply-adds per face.
     Info {
         /// Network without the selective attention module.
@@ -246,6 +252,9 @@ fn run(cli: Cli) -> Result<()> {
                     eprintln!("{split}: {error}");
                 }
             }
+        }
+        Command::Compare { runs } => {
+            print!("{}", fer_train::compare::table(&runs)?);
         }
         Command::Info { attention } => {
             let config = NetworkConfig {

@@ -160,6 +160,8 @@ pub mod files {
     pub const STATE: &str = "state.json";
     /// Per-epoch metrics.
     pub const METRICS: &str = "metrics.jsonl";
+    /// The final evaluation on the valid split.
+    pub const REPORT: &str = "report.json";
 }
 
 /// Set by Ctrl-C; the loop stops after the current batch and saves a checkpoint.
@@ -527,7 +529,7 @@ fn append_record(path: &Path, record: &EpochRecord) -> Result<()> {
 pub fn write_report(run: &Path, valid: &Metrics, records: &[EpochRecord]) -> Result<()> {
     std::fs::write(run.join("report.txt"), format!("{valid}\n"))
         .with_context(|| format!("writing report in {}", run.display()))?;
-    write_json(&run.join("report.json"), valid)?;
+    write_json(&run.join(files::REPORT), valid)?;
     for result in [
         plot_curves(records, &run.join("curves.png")),
         plot_confusion(valid, &run.join("confusion.png")),

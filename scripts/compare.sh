@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Reruns the paper's comparison (issue 6): the cross-entropy baseline and CE + triplet-center loss
+# with each negative strategy, each with and without the selective attention module, on one
+# budget and the same seeds, then prints the table (`fer-train compare`).
+#
+#   scripts/compare.sh ferplus:../shared/data/ferplus                 # FER+, 6 epochs, seeds 42 43
+#   scripts/compare.sh rafdb:/data/RAF-DB --epochs 30 --seeds "1 2 3"  # a RAF-DB copy (the paper's data)
+#   scripts/compare.sh ferplus:../shared/data/ferplus --smoke          # the whole flow in a minute
+#
+# Runs go to runs/compare/<configuration>-seed<S>; a finished run is kept, an interrupted one is
+# resumed, so the command can be rerun after a stop. The table is also written to
+# runs/compare/comparison.md. Each FER+ run of 6 epochs takes about 53 min on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+[ $# -ge 1 ] || usage 2
+[ "$1" = "-h" ] || [ "$1" = "--help" ] && usage 0
+data=$1; shift
+epochs=6 seeds="42 43" out=runs/compare extra=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --epochs) epochs=$2; shift 2 ;;
+    --seeds) seeds=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --smoke) extra+=(--smoke); shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "unknown option $1" >&2; usage 2 ;;
+  esac
+done
+
+cargo build -q -p fer-train
+fer_train=${CARGO_TARGET_DIR:-target}/debug/fer-train
+configs=(
+  "ce:--loss ce"
+  "tcl-fully:--loss tcl --negatives fully"
+  "tcl-semi:--loss tcl --negatives semi"
+  "tcl-prediction:--loss tcl --negatives prediction"
+)
+runs=()
+for seed in $seeds; do
+  for entry in "${configs[@]}"; do
+    for attention in on off; do
+      name=${entry%%:*}-attention-$attention-seed$seed
+      run=$out/$name
+      runs+=("$run")
+      if [ -f "$run/report.json" ]; then
+        echo "== $name: done, kept"
+      elif [ -f "$run/config.json" ]; then
+        echo "== $name: resuming"
+        "$fer_train" train --resume "$run"
+      else
+        echo "== $name"
+        # shellcheck disable=SC2086 # the configuration's flags are meant to split
+        "$fer_train" train --data "$data" --out "$run" ${entry#*:} --attention "$attention" \
+          --epochs "$epochs" --seed "$seed" "${extra[@]}"
+      fi
+    done
+  done
+done
+"$fer_train" compare "${runs[@]}" | tee "$out/comparison.md"
