@@ -146,18 +146,17 @@ impl Decider {
                     track.reading = decide(&self.options, track.reading, &track.smoothed, track.nearest_center);
                 }
                 None => {
-                    let track = Track {
+                    let nearest_center = class.nearest_center();
+                    self.tracks.push(Track {
                         id: self.next_id,
                         face: *face,
                         smoothed: class.probabilities,
-                        nearest_center: class.nearest_center(),
-                        reading: Reading::Uncertain,
+                        nearest_center,
+                        reading: decide(&self.options, Reading::Uncertain, &class.probabilities, nearest_center),
                         age: 1,
                         missed: 0,
-                    };
+                    });
                     self.next_id += 1;
-                    let reading = decide(&self.options, Reading::Uncertain, &track.smoothed, track.nearest_center);
-                    self.tracks.push(Track { reading, ..track });
                     matched.push(true);
                 }
             }
