@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use fer_firmware::classify::Classifier;
+use fer_firmware::classify::{Classifier, preprocess};
 use fer_protocol::INPUT;
 
 fn main() -> Result<()> {
@@ -13,23 +13,12 @@ fn main() -> Result<()> {
     let dir = PathBuf::from(args.get(1).context("usage: center_distances CROPS-DIR [MODEL]")?);
     let model = args.get(2).map_or("models/ferplus-default.f32.onnx", String::as_str);
     let mut classifier = Classifier::load(Path::new(model))?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    files.sort();
+    let files = fer_firmware::source::files::list(&format!("{}/*.png", dir.display()))?;
     let mut input = vec![0.0; INPUT.len()];
     let mut nearest = Vec::with_capacity(files.len());
     for file in &files {
         let crop = image::open(file)?.to_luma8();
-        fer_protocol::preprocess(
-            &INPUT,
-            crop.as_raw(),
-            crop.width() as usize,
-            crop.height() as usize,
-            &mut input,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        preprocess(crop.as_raw(), crop.width() as usize, crop.height() as usize, &mut input)?;
         nearest.push(classifier.classify(&input)?.nearest_center());
     }
     nearest.sort_by(f32::total_cmp);

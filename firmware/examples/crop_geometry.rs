@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use fer_firmware::align::{AlignOptions, Aligner};
-use fer_firmware::classify::{Classifier, argmax};
+use fer_firmware::classify::{Classifier, argmax, preprocess};
 use fer_firmware::detect::{DetectOptions, Detector};
 use fer_protocol::INPUT;
 use image::imageops::{self, FilterType};
@@ -22,11 +22,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let dir = PathBuf::from(args.get(1).context("usage: crop_geometry FER2013Valid-DIR [COUNT]")?);
     let count: usize = args.get(2).map_or(Ok(600), |c| c.parse())?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    files.sort();
+    let mut files = fer_firmware::source::files::list(&format!("{}/*.png", dir.display()))?;
     files.truncate(count);
     let mut detector = Detector::load(
         Path::new("models/blazeface/face_detection_short_range.onnx"),
@@ -57,14 +53,7 @@ fn main() -> Result<()> {
     let mut input = vec![0.0; INPUT.len()];
     for file in &files {
         let crop = image::open(file)?.to_luma8();
-        fer_protocol::preprocess(
-            &INPUT,
-            crop.as_raw(),
-            crop.width() as usize,
-            crop.height() as usize,
-            &mut input,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        preprocess(crop.as_raw(), crop.width() as usize, crop.height() as usize, &mut input)?;
         let direct = argmax(&classifier.classify(&input)?.probabilities);
         let side = 120 + next(140);
         let (x, y) = (next(640 - side), next(480 - side));

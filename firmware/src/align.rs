@@ -90,8 +90,7 @@ impl Aligner {
                 self.crop.push(luma(bilinear(frame, x, y)));
             }
         }
-        fer_protocol::preprocess(&INPUT, &self.crop, n, n, input)
-            .map_err(|e| anyhow::anyhow!("preprocessing the face: {e}"))
+        crate::classify::preprocess(&self.crop, n, n, input)
     }
 }
 

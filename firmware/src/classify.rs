@@ -138,6 +138,13 @@ impl Classifier {
     }
 }
 
+/// Preprocesses an 8-bit grayscale crop (row-major) into the model input with the shared
+/// preprocessing, as an error value instead of the `no_std` error type.
+pub fn preprocess(pixels: &[u8], width: usize, height: usize, input: &mut [f32]) -> Result<()> {
+    fer_protocol::preprocess(&INPUT, pixels, width, height, input)
+        .map_err(|e| anyhow::anyhow!("preprocessing a {width}x{height} crop: {e}"))
+}
+
 /// Index of the largest value (the first on ties).
 pub fn argmax(values: &[f32]) -> usize {
     values

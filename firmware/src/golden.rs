@@ -65,8 +65,7 @@ pub fn parse(bytes: &[u8]) -> Result<GoldenSet> {
 /// Preprocesses a golden crop with the shared preprocessing.
 pub fn preprocess(case: &GoldenCase) -> Result<Vec<f32>> {
     let mut input = vec![0.0; INPUT.len()];
-    fer_protocol::preprocess(&INPUT, &case.crop, case.width, case.height, &mut input)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", case.name))?;
+    crate::classify::preprocess(&case.crop, case.width, case.height, &mut input).with_context(|| case.name.clone())?;
     Ok(input)
 }
 

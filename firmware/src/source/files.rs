@@ -23,40 +23,47 @@ pub struct Files {
     pattern: String,
 }
 
+/// The image files of `pattern` (a file, a directory read by name order, or a glob), sorted; an
+/// error when there are none.
+pub fn list(pattern: &str) -> Result<Vec<PathBuf>> {
+    let path = Path::new(pattern);
+    let paths = if path.is_dir() {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("listing {pattern}"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            })
+            .collect();
+        paths.sort();
+        paths
+    } else if path.is_file() {
+        vec![path.to_path_buf()]
+    } else {
+        let mut paths: Vec<PathBuf> = glob::glob(pattern)
+            .with_context(|| format!("source {pattern:?} is neither a file, a directory nor a valid glob"))?
+            .filter_map(|p| p.ok())
+            .filter(|p| p.is_file())
+            .collect();
+        paths.sort();
+        paths
+    };
+    if paths.is_empty() {
+        bail!(
+            "source {pattern:?}: no such file, or no images in it (looked for {})",
+            EXTENSIONS.join(", ")
+        );
+    }
+    Ok(paths)
+}
+
 impl Files {
-    /// Lists the images of `pattern` (file, directory or glob); `repeat` passes (0 = forever),
-    /// each image given as `hold` consecutive frames.
+    /// Lists the images of `pattern` (see [`list`]); `repeat` passes (0 = forever), each image
+    /// given as `hold` consecutive frames.
     pub fn open(pattern: &str, repeat: u32, hold: u32) -> Result<Self> {
-        let path = Path::new(pattern);
-        let paths = if path.is_dir() {
-            let mut paths: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("listing {pattern}"))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-                })
-                .collect();
-            paths.sort();
-            paths
-        } else if path.is_file() {
-            vec![path.to_path_buf()]
-        } else {
-            let mut paths: Vec<PathBuf> = glob::glob(pattern)
-                .with_context(|| format!("source {pattern:?} is neither a file, a directory nor a valid glob"))?
-                .filter_map(|p| p.ok())
-                .filter(|p| p.is_file())
-                .collect();
-            paths.sort();
-            paths
-        };
-        if paths.is_empty() {
-            bail!(
-                "source {pattern:?}: no such file, or no images in it (looked for {})",
-                EXTENSIONS.join(", ")
-            );
-        }
+        let paths = list(pattern)?;
         Ok(Self {
             hold: hold.max(1),
             held: None,
