@@ -23,8 +23,8 @@ pub struct Run {
     pub config: TrainConfig,
     /// Its final evaluation.
     pub report: Metrics,
-    /// Training wall time, seconds (sum over epochs).
-    pub seconds: f64,
+    /// Its epochs, in order.
+    pub records: Vec<EpochRecord>,
 }
 
 impl Run {
@@ -34,18 +34,22 @@ impl Run {
         let report: Metrics = read_json(&path.join(files::REPORT)).context("is the run finished?")?;
         let metrics = path.join(files::METRICS);
         let text = std::fs::read_to_string(&metrics).with_context(|| format!("reading {}", metrics.display()))?;
-        let mut seconds = 0.0;
-        for (i, line) in text.lines().enumerate() {
-            let record: EpochRecord =
-                serde_json::from_str(line).with_context(|| format!("{}:{}", metrics.display(), i + 1))?;
-            seconds += record.seconds;
-        }
+        let records = text
+            .lines()
+            .enumerate()
+            .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{}:{}", metrics.display(), i + 1)))
+            .collect::<Result<_>>()?;
         Ok(Self {
             path: path.to_path_buf(),
             config,
             report,
-            seconds,
+            records,
         })
+    }
+
+    /// Training wall time, seconds (sum over epochs).
+    pub fn seconds(&self) -> f64 {
+        self.records.iter().map(|r| r.seconds).sum()
     }
 
     /// The configuration's name in the table, without the seed.
@@ -134,7 +138,7 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
             let recalls: Option<Vec<f64>> = runs.iter().map(|r| r.report.per_class_recall[i]).collect();
             write!(out, " {} |", recalls.map_or_else(|| "–".to_string(), |r| cell(&r)))?;
         }
-        let minutes = runs.iter().map(|r| r.seconds).sum::<f64>() / 60.0 / runs.len() as f64;
+        let minutes = runs.iter().map(|r| r.seconds()).sum::<f64>() / 60.0 / runs.len() as f64;
         writeln!(out, " {minutes:.0} min |")?;
     }
     Ok(out)

@@ -8,6 +8,7 @@ use anyhow::Result;
 use burn::module::Module;
 use clap::{Parser, Subcommand, ValueEnum};
 use fer_train::dataset::{DatasetSpec, LoadOptions, Split};
+use fer_train::embedding;
 use fer_train::loss::Negatives;
 use fer_train::model::{ExpressionNet, NetworkConfig};
 use fer_train::training::{self, Backend, TclConfig, TrainConfig};
@@ -58,6 +59,27 @@ enum Command {
         /// Run folders written by `fer-train train`, all with the same budget.
         #[arg(required = true)]
         runs: Vec<PathBuf>,
+    },
+    /// Draw several finished runs' valid accuracy per epoch in one image.
+    Curves {
+        /// Run folders written by `fer-train train`; each line is named after its configuration.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// PNG file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Project a run's embeddings of the valid split onto 2-D (PCA), draw them coloured by class
+    /// and print how tight and separate the classes are.
+    Embedding {
+        /// Run folder written by `fer-train train`.
+        checkpoint: PathBuf,
+        /// Data set whose valid split to embed (default: the run's valid data).
+        #[arg(long)]
+        data: Option<DatasetSpec>,
+        /// PNG file to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Print the network's parameter count and multiply-adds per face.
     Info {
@@ -255,6 +277,42 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Compare { runs } => {
             print!("{}", fer_train::compare::table(&runs)?);
+        }
+        Command::Curves { runs, out } => {
+            let runs = runs
+                .iter()
+                .map(|path| fer_train::compare::Run::load(path).map(|run| (run.label(), run.records)))
+                .collect::<Result<Vec<_>>>()?;
+            fer_train::report::plot_runs(&runs, &out)?;
+            println!("wrote {}", out.display());
+        }
+        Command::Embedding { checkpoint, data, out } => {
+            let device = Backend::Flex.device();
+            let (model, config) = training::load_checkpoint(&checkpoint, &device)?;
+            let spec = data.or(config.valid).unwrap_or(config.data);
+            let samples = spec.load_verbose(Split::Valid, LoadOptions::default())?.samples;
+            let embedded = embedding::embed(&model, &samples, &device);
+            let separation = embedding::Separation::measure(&embedded);
+            println!(
+                "{} faces: within-class {:.3}, nearest other class {:.3}, ratio {:.3}, nearest class mean right for {:.1} %",
+                embedded.points.len(),
+                separation.within,
+                separation.between,
+                separation.ratio(),
+                100.0 * separation.nearest_mean_accuracy
+            );
+            let projected = embedding::pca2(&embedded.points);
+            let title = format!(
+                "{} ({}), within/between {:.3}",
+                fer_train::compare::Run::load(&checkpoint)
+                    .map_or_else(|_| checkpoint.display().to_string(), |r| r.label()),
+                checkpoint
+                    .file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+                separation.ratio()
+            );
+            fer_train::report::plot_embedding(&projected, &embedded.labels, &title, &out)?;
+            println!("wrote {}", out.display());
         }
         Command::Info { attention } => {
             let config = NetworkConfig {

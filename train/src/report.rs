@@ -52,8 +52,8 @@ fn no_font() -> anyhow::Error {
     anyhow::anyhow!("no TrueType font found (install fonts-dejavu-core); plots skipped")
 }
 
-/// One line of a chart: its legend, its value per epoch, its colour.
-type Series = (&'static str, fn(&EpochRecord) -> f64, RGBColor);
+/// One line of a chart: its legend, its points, its colour.
+type Line = (String, Vec<(f64, f64)>, RGBColor);
 
 /// Draws training loss and valid accuracy / mean class accuracy per epoch.
 pub fn plot_curves(records: &[EpochRecord], path: &Path) -> Result<()> {
@@ -61,37 +61,42 @@ pub fn plot_curves(records: &[EpochRecord], path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(500);
+    let line = |name: &str, value: fn(&EpochRecord) -> f64, color: RGBColor| -> Line {
+        (
+            name.to_owned(),
+            records.iter().map(|r| (r.epoch as f64, value(r))).collect(),
+            color,
+        )
+    };
     let max_loss = records
         .iter()
         .flat_map(|r| [r.train_loss, r.train_tcl])
         .fold(0.0, f64::max)
         .max(1e-3)
         * 1.05;
-    let losses: [Series; 3] = [
-        ("total", |r| r.train_loss, BLUE),
-        ("cross-entropy", |r| r.train_ce, GREEN),
-        ("TCL", |r| r.train_tcl, RED),
+    let losses = [
+        line("total", |r| r.train_loss, BLUE),
+        line("cross-entropy", |r| r.train_ce, GREEN),
+        line("TCL", |r| r.train_tcl, RED),
     ];
     line_chart(
         &left,
         font,
         "training loss",
         max_loss,
-        records,
         &losses,
         SeriesLabelPosition::UpperRight,
     )?;
-    let accuracies: [Series; 3] = [
-        ("accuracy", |r| 100.0 * r.valid.accuracy, BLUE),
-        ("mean class accuracy", |r| 100.0 * r.valid.mean_class_accuracy, RED),
-        ("train accuracy", |r| 100.0 * r.train_accuracy, BLACK),
+    let accuracies = [
+        line("accuracy", |r| 100.0 * r.valid.accuracy, BLUE),
+        line("mean class accuracy", |r| 100.0 * r.valid.mean_class_accuracy, RED),
+        line("train accuracy", |r| 100.0 * r.train_accuracy, BLACK),
     ];
     line_chart(
         &right,
         font,
         "valid accuracy (%)",
         100.0,
-        records,
         &accuracies,
         SeriesLabelPosition::LowerRight,
     )?;
@@ -99,16 +104,66 @@ pub fn plot_curves(records: &[EpochRecord], path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Draws several runs' valid accuracy and mean class accuracy per epoch side by side.
+pub fn plot_runs(runs: &[(String, Vec<EpochRecord>)], path: &Path) -> Result<()> {
+    let font = font_family().ok_or_else(no_font)?;
+    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(500);
+    let lines = |value: fn(&EpochRecord) -> f64| -> Vec<Line> {
+        runs.iter()
+            .zip(PALETTE.iter().cycle())
+            .map(|((name, records), &color)| {
+                let points = records.iter().map(|r| (r.epoch as f64, 100.0 * value(r))).collect();
+                (name.clone(), points, color)
+            })
+            .collect()
+    };
+    let accuracy = lines(|r| r.valid.accuracy);
+    line_chart(
+        &left,
+        font,
+        "valid accuracy (%)",
+        100.0,
+        &accuracy,
+        SeriesLabelPosition::LowerRight,
+    )?;
+    let mean_class = lines(|r| r.valid.mean_class_accuracy);
+    line_chart(
+        &right,
+        font,
+        "valid mean class accuracy (%)",
+        100.0,
+        &mean_class,
+        SeriesLabelPosition::LowerRight,
+    )?;
+    root.present().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Distinct colours, one per expression in [`Expression`] order (and per run in [`plot_runs`]).
+const PALETTE: [RGBColor; Expression::COUNT] = [
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(0, 158, 115),
+    RGBColor(0, 114, 178),
+    RGBColor(204, 121, 167),
+    RGBColor(213, 94, 0),
+    RGBColor(160, 160, 160),
+];
+
 fn line_chart(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
     font: &str,
     title: &str,
     y_max: f64,
-    records: &[EpochRecord],
-    series: &[Series],
+    lines: &[Line],
     legend: SeriesLabelPosition,
 ) -> Result<()> {
-    let epochs = records.len().max(2) as f64;
+    let epochs = lines
+        .iter()
+        .flat_map(|(_, points, _)| points.iter().map(|p| p.0))
+        .fold(2.0, f64::max);
     let mut chart = ChartBuilder::on(area)
         .caption(title, (font, 20))
         .margin(12)
@@ -116,13 +171,11 @@ fn line_chart(
         .y_label_area_size(50)
         .build_cartesian_2d(1.0..epochs, 0.0..y_max)?;
     chart.configure_mesh().x_desc("epoch").label_style((font, 13)).draw()?;
-    for &(name, value, color) in series {
+    for (name, points, color) in lines {
+        let color = *color;
         chart
-            .draw_series(LineSeries::new(
-                records.iter().map(|r| (r.epoch as f64, value(r))),
-                color.stroke_width(2),
-            ))?
-            .label(name)
+            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+            .label(name.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
     }
     chart
@@ -132,6 +185,59 @@ fn line_chart(
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
+    Ok(())
+}
+
+/// Draws a 2-D projection of embeddings, one colour per true class.
+pub fn plot_embedding(points: &[[f64; 2]], labels: &[usize], title: &str, path: &Path) -> Result<()> {
+    let font = font_family().ok_or_else(no_font)?;
+    let root = BitMapBackend::new(path, (640, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let range = |axis: usize| {
+        let (lo, hi) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+            (lo.min(p[axis]), hi.max(p[axis]))
+        });
+        let pad = (hi - lo).max(1e-6) * 0.05;
+        lo - pad..hi + pad
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (font, 16))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(range(0), range(1))?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc("principal component 1")
+        .y_desc("principal component 2")
+        .label_style((font, 12))
+        .draw()?;
+    // The largest classes first, so the rare ones stay visible on top.
+    let mut order: Vec<usize> = (0..Expression::COUNT).collect();
+    order.sort_by_key(|&c| std::cmp::Reverse(labels.iter().filter(|&&l| l == c).count()));
+    for class in order {
+        let color = PALETTE[class];
+        let name = Expression::from_index(class).map_or("?", |e| e.name());
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .zip(labels)
+                    .filter(|&(_, &l)| l == class)
+                    .map(|(p, _)| Circle::new((p[0], p[1]), 2, color.mix(0.6).filled())),
+            )?
+            .label(name)
+            .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((font, 12))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -219,7 +325,15 @@ mod tests {
             .collect();
         plot_curves(&records, &dir.path().join("curves.png")).unwrap();
         plot_confusion(&valid, &dir.path().join("confusion.png")).unwrap();
-        for file in ["curves.png", "confusion.png"] {
+        plot_runs(
+            &[("a".into(), records.clone()), ("b".into(), records)],
+            &dir.path().join("runs.png"),
+        )
+        .unwrap();
+        let points: Vec<[f64; 2]> = (0..70).map(|i| [i as f64, (i % 7) as f64]).collect();
+        let labels: Vec<usize> = (0..70).map(|i| i % 7).collect();
+        plot_embedding(&points, &labels, "embedding", &dir.path().join("embedding.png")).unwrap();
+        for file in ["curves.png", "confusion.png", "runs.png", "embedding.png"] {
             let image = image::open(dir.path().join(file)).unwrap();
             assert!(image.width() > 500);
         }
