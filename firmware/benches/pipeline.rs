@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| aligner.align(&frame, &face, &mut input).unwrap())
     });
     for precision in ["f32", "int8"] {
-        let path = root(&format!("models/ferplus-default.{precision}.onnx"));
+        let path = root(&format!("models/fer.{precision}.onnx"));
         let mut classifier = Classifier::load(&path).unwrap();
         group.bench_function(format!("classify {precision}"), |b| {
             b.iter(|| classifier.classify(&input).unwrap())

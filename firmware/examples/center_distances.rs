@@ -1,7 +1,7 @@
 //! Percentiles of the distance from a face's embedding to its nearest class center, over a
 //! folder of face crops: the basis of `decide.max_center_distance`.
 //!
-//!   cargo run -p fer-firmware --example center_distances -- ../shared/data/ferplus/FER2013Valid models/ferplus-default.int8.onnx
+//!   cargo run -p fer-firmware --example center_distances -- ../shared/data/ferplus/FER2013Valid models/fer.int8.onnx
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -11,7 +11,7 @@ use fer_protocol::INPUT;
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let dir = PathBuf::from(args.get(1).context("usage: center_distances CROPS-DIR [MODEL]")?);
-    let model = args.get(2).map_or("models/ferplus-default.f32.onnx", String::as_str);
+    let model = args.get(2).map_or("models/fer.f32.onnx", String::as_str);
     let mut classifier = Classifier::load(Path::new(model))?;
     let files = fer_firmware::source::files::list(&format!("{}/*.png", dir.display()))?;
     let mut input = vec![0.0; INPUT.len()];

@@ -28,7 +28,7 @@ fn main() -> Result<()> {
         Path::new("models/blazeface/face_detection_short_range.onnx"),
         DetectOptions::default(),
     )?;
-    let mut classifier = Classifier::load(Path::new("models/ferplus-default.f32.onnx"))?;
+    let mut classifier = Classifier::load(Path::new("models/fer.f32.onnx"))?;
     let scales = [1.1f32, 1.15, 1.2, 1.25, 1.3];
     let shifts = [-0.1f32, -0.05, 0.0];
     let rotations = [true, false];

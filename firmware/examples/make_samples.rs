@@ -55,7 +55,7 @@ fn paste(frame: &mut RgbImage, case: &fer_protocol::golden::GoldenCase, x: u32, 
 
 fn main() -> Result<()> {
     let golden = fer_firmware::golden::parse(
-        &std::fs::read("models/ferplus-default.golden.json").context("run from the repository root")?,
+        &std::fs::read("models/fer.golden.json").context("run from the repository root")?,
     )?;
     let out = Path::new("samples");
     std::fs::create_dir_all(out)?;

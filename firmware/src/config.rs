@@ -49,7 +49,7 @@ pub struct ModelOptions {
 impl Default for ModelOptions {
     fn default() -> Self {
         Self {
-            classifier: PathBuf::from("models/ferplus-default.int8.onnx"),
+            classifier: PathBuf::from("models/fer.int8.onnx"),
             detector: PathBuf::from("models/blazeface/face_detection_short_range.onnx"),
             max_faces: 4,
         }

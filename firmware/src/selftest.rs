@@ -322,9 +322,9 @@ mod tests {
 
     #[test]
     fn model_family_finds_the_golden_file_and_both_models() {
-        let (golden, models) = model_family(Path::new("models/ferplus-default.int8.onnx")).unwrap();
-        assert_eq!(golden, Path::new("models/ferplus-default.golden.json"));
-        assert_eq!(models[0], Path::new("models/ferplus-default.f32.onnx"));
+        let (golden, models) = model_family(Path::new("models/fer.int8.onnx")).unwrap();
+        assert_eq!(golden, Path::new("models/fer.golden.json"));
+        assert_eq!(models[0], Path::new("models/fer.f32.onnx"));
         assert!(model_family(Path::new("models/other.onnx")).is_none());
     }
 

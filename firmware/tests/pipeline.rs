@@ -16,7 +16,7 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-const F32: &str = "models/ferplus-default.f32.onnx";
+const F32: &str = "models/fer.f32.onnx";
 const DETECTOR: &str = "models/blazeface/face_detection_short_range.onnx";
 
 /// Runs fer-sensor from the repository root, with the f32 classifier unless `args` name one.
@@ -105,7 +105,7 @@ fn faces_are_found_where_they_were_pasted_and_nowhere_else() {
 fn the_sensor_reports_each_sample_as_the_model_sees_the_original_crop() {
     // The expected expression of each sample is what the f32 model says on the original 48x48
     // crop (the golden vectors), when it is sure of it (> 0.5): the camera path must agree.
-    let golden = golden::parse(&std::fs::read(root().join("models/ferplus-default.golden.json")).unwrap()).unwrap();
+    let golden = golden::parse(&std::fs::read(root().join("models/fer.golden.json")).unwrap()).unwrap();
     let mut classifier = Classifier::load(&root().join(F32)).unwrap();
     // Held for 6 frames: the last scene has no face, and "no face" comes once the track has been
     // missed for more than `decide.max_missed` (5) frames.
@@ -226,8 +226,8 @@ fn check_validates_and_selftest_passes_on_the_host() {
     let text = String::from_utf8_lossy(&selftest.stdout).into_owned();
     assert!(selftest.status.success(), "{text}\n{}", stderr(&selftest));
     for line in [
-        "PASS  golden models/ferplus-default.f32.onnx",
-        "PASS  golden models/ferplus-default.int8.onnx",
+        "PASS  golden models/fer.f32.onnx",
+        "PASS  golden models/fer.int8.onnx",
         "PASS  face detector",
         "SKIP  gpio",
         "SKIP  serial loopback",

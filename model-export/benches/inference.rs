@@ -1,6 +1,6 @@
 //! Per-face inference in tract, batch 1, f32 vs int8: what the device pays per face.
 //!
-//! Uses `models/ferplus-default.{f32,int8}.onnx` (or the prefix in `FER_BENCH_MODEL`); without
+//! Uses `models/fer.{f32,int8}.onnx` (or the prefix in `FER_BENCH_MODEL`); without
 //! them it exports a freshly initialised default network, whose speed is the same.
 
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use tract_onnx::pb::ModelProto;
 fn models() -> (ModelProto, ModelProto) {
     let prefix = std::env::var_os("FER_BENCH_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ferplus-default"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/fer"));
     let load = |suffix| {
         std::fs::read(pipeline::output_path(&prefix, suffix))
             .ok()

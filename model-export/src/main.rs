@@ -20,7 +20,7 @@ use fer_train::dataset::DatasetSpec;
 /// Data sets are KIND:PATH as in fer-train (ferplus:DIR, rafdb:DIR, fer2013:FILE, folders:DIR).
 ///
 /// Example: fer-export --checkpoint runs/ferplus-default --calibration ferplus:../shared/data/ferplus
-///          --out models/ferplus-default
+///          --out models/fer
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {

@@ -11,11 +11,11 @@ use anyhow::Result;
 use fer_protocol::golden::GoldenSet;
 
 /// The shipped f32 model.
-pub const F32_MODEL: &[u8] = include_bytes!("../../models/ferplus-default.f32.onnx");
+pub const F32_MODEL: &[u8] = include_bytes!("../../models/fer.f32.onnx");
 /// The shipped int8 model.
-pub const INT8_MODEL: &[u8] = include_bytes!("../../models/ferplus-default.int8.onnx");
+pub const INT8_MODEL: &[u8] = include_bytes!("../../models/fer.int8.onnx");
 /// Their golden vectors, written by fer-export together with the models.
-pub const GOLDEN: &[u8] = include_bytes!("../../models/ferplus-default.golden.json");
+pub const GOLDEN: &[u8] = include_bytes!("../../models/fer.golden.json");
 /// The BlazeFace face detector.
 pub const DETECTOR: &[u8] = include_bytes!("../../models/blazeface/face_detection_short_range.onnx");
 
