@@ -54,9 +54,8 @@ fn paste(frame: &mut RgbImage, case: &fer_protocol::golden::GoldenCase, x: u32, 
 }
 
 fn main() -> Result<()> {
-    let golden = fer_firmware::golden::parse(
-        &std::fs::read("models/fer.golden.json").context("run from the repository root")?,
-    )?;
+    let golden =
+        fer_firmware::golden::parse(&std::fs::read("models/fer.golden.json").context("run from the repository root")?)?;
     let out = Path::new("samples");
     std::fs::create_dir_all(out)?;
     let mut samples = Vec::new();

@@ -190,6 +190,10 @@ struct TrainArgs {
     /// A tiny network and 64 images for 2 epochs: checks a setup in seconds.
     #[arg(long)]
     smoke: bool,
+    /// Fine-tune: start from this run folder's weights (same network) with a fresh optimizer
+    /// and schedule, e.g. a few more epochs at a lower --lr.
+    #[arg(long)]
+    init: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -213,6 +217,7 @@ impl TrainArgs {
         config.epochs = self.epochs.unwrap_or(config.epochs);
         config.batch_size = self.batch_size.unwrap_or(config.batch_size);
         config.lr = self.lr.unwrap_or(config.lr);
+        config.init = self.init.clone();
         config.seed = self.seed.unwrap_or(config.seed);
         config.backend = self.backend;
         if self.no_augment {

@@ -6,7 +6,7 @@
 //! (`report.txt`, `report.json`, `curves.png`, `confusion.png`).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -100,6 +100,10 @@ pub struct TrainConfig {
     pub limit: Option<usize>,
     /// Skip and count bad rows and images instead of stopping.
     pub skip_bad: bool,
+    /// Start from this run folder's weights instead of a random network (fine-tuning); the
+    /// optimizer and the learning-rate schedule start afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -120,6 +124,7 @@ impl TrainConfig {
             augment: Some(Augment::default()),
             limit: None,
             skip_bad: false,
+            init: None,
         }
     }
 
@@ -314,7 +319,22 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
     } else {
         write_json(&run.join(files::CONFIG), config)?;
         let _ = std::fs::remove_file(run.join(files::METRICS));
-        let model = ExpressionNet::new(&config.network, &device);
+        let model = match &config.init {
+            None => ExpressionNet::new(&config.network, &device),
+            Some(init) => {
+                let (model, init_config) = load_checkpoint(init, &device)?;
+                if init_config.network != config.network {
+                    bail!(
+                        "{}: its network ({:?}) differs from this run's ({:?})",
+                        init.display(),
+                        init_config.network,
+                        config.network
+                    );
+                }
+                eprintln!("starting from the weights of {}", init.display());
+                model
+            }
+        };
         let optimizer = AdamWConfig::new().with_weight_decay(config.weight_decay).init();
         (model, optimizer, RunState::default())
     };

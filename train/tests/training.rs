@@ -151,6 +151,44 @@ fn learns_a_separable_fixture() {
 }
 
 #[test]
+fn fine_tuning_starts_from_a_runs_weights() {
+    let data = tempfile::tempdir().unwrap();
+    fixture(data.path(), 4);
+    let runs = tempfile::tempdir().unwrap();
+    let (first, second) = (runs.path().join("first"), runs.path().join("second"));
+    let config = smoke_config(data.path());
+    training::train(&config, &first, false).unwrap();
+    // At learning rate 0 nothing moves, so the second run must hold the first run's trained centers.
+    let tuned = TrainConfig {
+        init: Some(first.clone()),
+        lr: 0.0,
+        ..config.clone()
+    };
+    training::train(&tuned, &second, false).unwrap();
+    let centers = |run: &Path| {
+        let (model, _) = training::load_checkpoint(run, &Device::flex()).unwrap();
+        model.centers.val().into_data().try_to_vec::<f32>().unwrap()
+    };
+    assert_eq!(centers(&first), centers(&second));
+    let device = Device::flex();
+    device.seed(config.seed);
+    let fresh = ExpressionNet::new(&config.network, &device).centers.val().into_data();
+    assert_ne!(
+        fresh.try_to_vec::<f32>().unwrap(),
+        centers(&first),
+        "training moved no center"
+    );
+
+    let mut other = tuned.clone();
+    other.network.attention = !other.network.attention;
+    let error = training::train(&other, &runs.path().join("third"), false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("differs"), "{error}");
+}
+
+#[test]
 fn bad_checkpoints_are_clear_errors() {
     let runs = tempfile::tempdir().unwrap();
     let error = training::load_checkpoint(runs.path(), &Device::flex())
