@@ -6,14 +6,17 @@
 #   scripts/compare.sh ferplus:../shared/data/ferplus                 # FER+, 6 epochs, seeds 42 43
 #   scripts/compare.sh rafdb:/data/RAF-DB --epochs 30 --seeds "1 2 3"  # a RAF-DB copy (the paper's data)
 #   scripts/compare.sh ferplus:../shared/data/ferplus --smoke          # the whole flow in a minute
-#   scripts/compare.sh ferplus:../shared/data/ferplus --epochs 3 --limit 8000 --out runs/compare-quick
-#                                   # a quicker look: about 8 min per run at the 66 images/s measured
+#   scripts/compare.sh ferplus:../shared/data/ferplus --epochs 3 --limit 5000
+#                                   # the budget of docs/results.md: about 5 min per run, 90 min in all
 # Do not go below 3 epochs: the learning rate warms up over the whole first epoch, and one epoch
 # of 6000 images left every configuration answering "surprise" (13-23 % accuracy).
 #
 # Runs go to runs/compare/<configuration>-seed<S>; a finished run is kept, an interrupted one is
 # resumed, so the command can be rerun after a stop. The table is also written to
-# runs/compare/comparison.md. Each FER+ run of 6 epochs takes about 53 min on 2 CPU cores.
+# runs/compare/comparison.md. For the first seed it also draws every configuration's valid
+# accuracy per epoch (figures/curves.png) and each one's embedding of the valid split projected
+# by PCA (figures/embedding-<run>.png), and writes how tight and separate the classes are
+# (figures/separation.txt). Each FER+ run of 6 epochs takes about 53 min on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,3 +68,15 @@ for seed in $seeds; do
   done
 done
 "$fer_train" compare "${runs[@]}" | tee "$out/comparison.md"
+
+first=${seeds%% *}
+first_runs=()
+for run in "${runs[@]}"; do [[ $run == *-seed$first ]] && first_runs+=("$run"); done
+mkdir -p "$out/figures"
+"$fer_train" curves "${first_runs[@]}" --out "$out/figures/curves.png"
+: > "$out/figures/separation.txt"
+for run in "${first_runs[@]}"; do
+  name=$(basename "$run")
+  line=$("$fer_train" embedding "$run" --out "$out/figures/embedding-$name.png" 2>/dev/null | grep 'faces:')
+  echo "$name: $line" | tee -a "$out/figures/separation.txt"
+done

@@ -141,8 +141,9 @@ pub fn plot_runs(runs: &[(String, Vec<EpochRecord>)], path: &Path) -> Result<()>
     Ok(())
 }
 
-/// Distinct colours, one per expression in [`Expression`] order (and per run in [`plot_runs`]).
-const PALETTE: [RGBColor; Expression::COUNT] = [
+/// Distinct colours (Okabe-Ito), one per expression in [`Expression`] order, and one per run in
+/// [`plot_runs`], which has room for the comparison's eight configurations.
+const PALETTE: [RGBColor; 8] = [
     RGBColor(230, 159, 0),
     RGBColor(86, 180, 233),
     RGBColor(0, 158, 115),
@@ -150,6 +151,7 @@ const PALETTE: [RGBColor; Expression::COUNT] = [
     RGBColor(204, 121, 167),
     RGBColor(213, 94, 0),
     RGBColor(160, 160, 160),
+    RGBColor(0, 0, 0),
 ];
 
 fn line_chart(
