@@ -54,20 +54,19 @@ impl Run {
 
     /// The configuration's name in the table, without the seed.
     pub fn label(&self) -> String {
-        let loss = match &self.config.tcl {
-            None => "CE".to_string(),
+        label(&self.loss(), self.config.network.attention)
+    }
+
+    /// The loss part of the name.
+    fn loss(&self) -> String {
+        match &self.config.tcl {
+            None => BASELINE.to_string(),
             Some(tcl) => match tcl.negatives {
                 Negatives::FullySynthesized => "CE + TCL fully-synth.".into(),
                 Negatives::SemiSynthesized { .. } => "CE + TCL semi-synth.".into(),
                 Negatives::PredictionBased => "CE + TCL prediction".into(),
             },
-        };
-        let attention = if self.config.network.attention {
-            "attention"
-        } else {
-            "no attention"
-        };
-        format!("{loss}, {attention}")
+        }
     }
 
     /// Everything but the seed, so runs of one configuration group together.
@@ -80,17 +79,50 @@ impl Run {
     }
 }
 
+/// The cross-entropy baseline's name.
+const BASELINE: &str = "CE";
+
+fn label(loss: &str, attention: bool) -> String {
+    format!("{loss}, {}", if attention { "attention" } else { "no attention" })
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+fn range(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+        (lo.min(v), hi.max(v))
+    })
+}
+
 /// "mean ± spread" in percent; spread is half the range over the seeds (0 for one seed).
 fn cell(values: &[f64]) -> String {
-    let mean = values.iter().sum::<f64>() / values.len() as f64;
-    let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) = range(values);
     if values.len() > 1 {
-        format!("{:.2} ± {:.2}", 100.0 * mean, 50.0 * (hi - lo))
+        format!("{:.2} ± {:.2}", 100.0 * mean(values), 50.0 * (hi - lo))
     } else {
-        format!("{:.2}", 100.0 * mean)
+        format!("{:.2}", 100.0 * mean(values))
     }
+}
+
+/// The difference of two configurations' means in points, and whether it exceeds the
+/// seed-to-seed spread: it does when the two ranges over seeds do not overlap.
+fn difference(a: &[f64], b: &[f64]) -> String {
+    let delta = 100.0 * (mean(a) - mean(b));
+    if a.len() < 2 || b.len() < 2 {
+        return format!("{delta:+.2} (one seed: spread unknown)");
+    }
+    let ((a_lo, a_hi), (b_lo, b_hi)) = (range(a), range(b));
+    let beyond = a_lo > b_hi || b_lo > a_hi;
+    format!(
+        "{delta:+.2} ({})",
+        if beyond {
+            "**beyond the spread**"
+        } else {
+            "within the spread"
+        }
+    )
 }
 
 /// The markdown table of the runs; every run must share one training budget.
@@ -110,9 +142,12 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
             runs[0].path.display()
         );
     }
-    let mut groups: BTreeMap<String, Vec<&Run>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, bool), Vec<&Run>> = BTreeMap::new();
     for run in &runs {
-        groups.entry(run.label()).or_default().push(run);
+        groups
+            .entry((run.loss(), run.config.network.attention))
+            .or_default()
+            .push(run);
     }
     let mut out = format!("Budget: {budget}. Values in % as mean ± half the range over the seeds.\n\n");
     out.push_str("| configuration | seeds | accuracy | mean class acc. | macro-F1 |");
@@ -122,7 +157,8 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
     out.push_str(" train time |\n|---|---:|---:|---:|---:|");
     out.push_str(&"---:|".repeat(Expression::COUNT));
     out.push_str("---:|\n");
-    for (label, runs) in &groups {
+    for ((loss, attention), runs) in &groups {
+        let label = label(loss, *attention);
         let metric = |f: &dyn Fn(&Metrics) -> f64| cell(&runs.iter().map(|r| f(&r.report)).collect::<Vec<_>>());
         let seeds: Vec<String> = runs.iter().map(|r| r.config.seed.to_string()).collect();
         write!(
@@ -141,6 +177,44 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
         let minutes = runs.iter().map(|r| r.seconds()).sum::<f64>() / 60.0 / runs.len() as f64;
         writeln!(out, " {minutes:.0} min |")?;
     }
+
+    // Each TCL configuration against the baseline, and attention against none, per loss.
+    let mut pairs = Vec::new();
+    for (loss, attention) in groups.keys() {
+        if loss != BASELINE {
+            pairs.push(((loss.clone(), *attention), (BASELINE.to_string(), *attention)));
+        }
+        if *attention {
+            pairs.push(((loss.clone(), true), (loss.clone(), false)));
+        }
+    }
+    let pairs: Vec<_> = pairs
+        .into_iter()
+        .filter_map(|(a, b)| Some((a.clone(), b.clone(), groups.get(&a)?, groups.get(&b)?)))
+        .collect();
+    if !pairs.is_empty() {
+        out.push_str(
+            "\nDifferences in points; beyond the spread when the two configurations' ranges over the seeds do not overlap.\n\n",
+        );
+        out.push_str(
+            "| configuration | against | Δ accuracy | Δ mean class acc. | Δ macro-F1 |\n|---|---|---:|---:|---:|\n",
+        );
+        for (a, b, runs_a, runs_b) in pairs {
+            let delta = |f: fn(&Metrics) -> f64| {
+                let values = |runs: &[&Run]| runs.iter().map(|r| f(&r.report)).collect::<Vec<_>>();
+                difference(&values(runs_a), &values(runs_b))
+            };
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                label(&a.0, a.1),
+                label(&b.0, b.1),
+                delta(|m| m.accuracy),
+                delta(|m| m.mean_class_accuracy),
+                delta(|m| m.macro_f1)
+            )?;
+        }
+    }
     Ok(out)
 }
 
@@ -152,6 +226,20 @@ mod tests {
     fn cells_show_mean_and_half_range() {
         assert_eq!(cell(&[0.80, 0.84]), "82.00 ± 2.00");
         assert_eq!(cell(&[0.5]), "50.00");
+    }
+
+    #[test]
+    fn differences_say_whether_they_exceed_the_seed_spread() {
+        assert_eq!(
+            difference(&[0.80, 0.82], &[0.70, 0.72]),
+            "+10.00 (**beyond the spread**)"
+        );
+        assert_eq!(difference(&[0.80, 0.84], &[0.81, 0.83]), "+0.00 (within the spread)");
+        assert_eq!(
+            difference(&[0.70, 0.71], &[0.72, 0.80]),
+            "-5.50 (**beyond the spread**)"
+        );
+        assert_eq!(difference(&[0.8], &[0.7, 0.72]), "+9.00 (one seed: spread unknown)");
     }
 
     /// Writes a finished-looking run folder: config, final report, one epoch of metrics.
@@ -191,18 +279,28 @@ mod tests {
             fake_run(dir.path(), "tcl-1", 1, true, 9),
         ];
         let table = table(&runs).unwrap();
-        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| CE")).collect();
+        let (results, differences) = table.split_once("Differences").unwrap();
+        let rows: Vec<&str> = results.lines().filter(|l| l.starts_with("| CE")).collect();
         assert_eq!(rows.len(), 2, "{table}");
         assert!(
-            rows[0].starts_with("| CE + TCL semi-synth., attention | 1 | 90.00 |"),
+            rows[0].starts_with("| CE, attention | 1, 2 | 70.00 ± 10.00 |"),
             "{table}"
         );
         assert!(
-            rows[1].starts_with("| CE, attention | 1, 2 | 70.00 ± 10.00 |"),
+            rows[1].starts_with("| CE + TCL semi-synth., attention | 1 | 90.00 |"),
             "{table}"
         );
         // Surprise recall is shown, fear's is "–" (no fear face), time is per run.
-        assert!(rows[1].ends_with("| 2 min |") && rows[1].contains("| – |"), "{table}");
+        assert!(rows[0].ends_with("| 2 min |") && rows[0].contains("| – |"), "{table}");
+        let rows: Vec<&str> = differences.lines().filter(|l| l.starts_with("| CE")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| CE + TCL semi-synth., attention | CE, attention | +20.00 (one seed: spread unknown) \
+              | +20.00 (one seed: spread unknown) | +12.79 (one seed: spread unknown) |"
+            ],
+            "{table}"
+        );
     }
 
     #[test]
