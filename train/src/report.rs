@@ -83,7 +83,7 @@ pub fn plot_curves(records: &[EpochRecord], path: &Path) -> Result<()> {
         &left,
         font,
         "training loss",
-        max_loss,
+        0.0..max_loss,
         &losses,
         SeriesLabelPosition::UpperRight,
     )?;
@@ -96,7 +96,7 @@ pub fn plot_curves(records: &[EpochRecord], path: &Path) -> Result<()> {
         &right,
         font,
         "valid accuracy (%)",
-        100.0,
+        0.0..100.0,
         &accuracies,
         SeriesLabelPosition::LowerRight,
     )?;
@@ -119,24 +119,34 @@ pub fn plot_runs(runs: &[(String, Vec<EpochRecord>)], path: &Path) -> Result<()>
             })
             .collect()
     };
-    let accuracy = lines(|r| r.valid.accuracy);
-    line_chart(
-        &left,
-        font,
-        "valid accuracy (%)",
-        100.0,
-        &accuracy,
-        SeriesLabelPosition::LowerRight,
-    )?;
-    let mean_class = lines(|r| r.valid.mean_class_accuracy);
-    line_chart(
-        &right,
-        font,
-        "valid mean class accuracy (%)",
-        100.0,
-        &mean_class,
-        SeriesLabelPosition::LowerRight,
-    )?;
+    // Runs of one budget differ by a few points: zoom onto the data and keep the top part of
+    // each chart free for the legend.
+    let zoomed = |lines: &[Line]| {
+        let (lo, hi) = lines
+            .iter()
+            .flat_map(|(_, points, _)| points.iter().map(|p| p.1))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let span = (hi - lo).max(1.0);
+        (lo - 0.05 * span).max(0.0)..hi + 0.9 * span
+    };
+    for (area, title, value) in [
+        (
+            &left,
+            "valid accuracy (%)",
+            (|r| r.valid.accuracy) as fn(&EpochRecord) -> f64,
+        ),
+        (&right, "valid mean class accuracy (%)", |r| r.valid.mean_class_accuracy),
+    ] {
+        let lines = lines(value);
+        line_chart(
+            area,
+            font,
+            title,
+            zoomed(&lines),
+            &lines,
+            SeriesLabelPosition::UpperLeft,
+        )?;
+    }
     root.present().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
@@ -158,7 +168,7 @@ fn line_chart(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
     font: &str,
     title: &str,
-    y_max: f64,
+    y: std::ops::Range<f64>,
     lines: &[Line],
     legend: SeriesLabelPosition,
 ) -> Result<()> {
@@ -171,8 +181,13 @@ fn line_chart(
         .margin(12)
         .x_label_area_size(35)
         .y_label_area_size(50)
-        .build_cartesian_2d(1.0..epochs, 0.0..y_max)?;
-    chart.configure_mesh().x_desc("epoch").label_style((font, 13)).draw()?;
+        .build_cartesian_2d(1.0..epochs, y)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc("epoch")
+        .label_style((font, 13))
+        .draw()?;
     for (name, points, color) in lines {
         let color = *color;
         chart
