@@ -5,7 +5,7 @@
 #
 #   scripts/compare.sh ferplus:../shared/data/ferplus                 # FER+, 6 epochs, seeds 42 43
 #   scripts/compare.sh rafdb:/data/RAF-DB --epochs 30 --seeds "1 2 3"  # a RAF-DB copy (the paper's data)
-#   scripts/compare.sh ferplus:../shared/data/ferplus --smoke          # the whole flow in a minute
+#   scripts/compare.sh ferplus:../shared/data/ferplus --smoke          # the whole flow in about two minutes
 #   scripts/compare.sh ferplus:../shared/data/ferplus --epochs 3 --limit 5000
 #                                   # the budget of docs/results.md: about 5 min per run, 90 min in all
 # Do not go below 3 epochs: the learning rate warms up over the whole first epoch, and one epoch
