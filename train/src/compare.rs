@@ -54,19 +54,7 @@ impl Run {
 
     /// The configuration's name in the table, without the seed.
     pub fn label(&self) -> String {
-        label(&self.loss(), self.config.network.attention)
-    }
-
-    /// The loss part of the name.
-    fn loss(&self) -> String {
-        match &self.config.tcl {
-            None => BASELINE.to_string(),
-            Some(tcl) => match tcl.negatives {
-                Negatives::FullySynthesized => "CE + TCL fully-synth.".into(),
-                Negatives::SemiSynthesized { .. } => "CE + TCL semi-synth.".into(),
-                Negatives::PredictionBased => "CE + TCL prediction".into(),
-            },
-        }
+        configuration(&self.config)
     }
 
     /// Everything but the seed, so runs of one configuration group together.
@@ -81,6 +69,23 @@ impl Run {
 
 /// The cross-entropy baseline's name.
 const BASELINE: &str = "CE";
+
+/// A run's configuration as the tables name it (loss, negatives, attention), without the seed.
+pub fn configuration(config: &TrainConfig) -> String {
+    label(&loss(config), config.network.attention)
+}
+
+/// The loss part of a configuration's name.
+fn loss(config: &TrainConfig) -> String {
+    match &config.tcl {
+        None => BASELINE.to_string(),
+        Some(tcl) => match tcl.negatives {
+            Negatives::FullySynthesized => "CE + TCL fully-synth.".into(),
+            Negatives::SemiSynthesized { .. } => "CE + TCL semi-synth.".into(),
+            Negatives::PredictionBased => "CE + TCL prediction".into(),
+        },
+    }
+}
 
 fn label(loss: &str, attention: bool) -> String {
     format!("{loss}, {}", if attention { "attention" } else { "no attention" })
@@ -145,7 +150,7 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
     let mut groups: BTreeMap<(String, bool), Vec<&Run>> = BTreeMap::new();
     for run in &runs {
         groups
-            .entry((run.loss(), run.config.network.attention))
+            .entry((loss(&run.config), run.config.network.attention))
             .or_default()
             .push(run);
     }

@@ -294,6 +294,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Embedding { checkpoint, data, out } => {
             let device = Backend::Flex.device();
             let (model, config) = training::load_checkpoint(&checkpoint, &device)?;
+            let name = fer_train::compare::configuration(&config);
             let spec = data.or(config.valid).unwrap_or(config.data);
             let samples = spec.load_verbose(Split::Valid, LoadOptions::default())?.samples;
             let embedded = embedding::embed(&model, &samples, &device);
@@ -308,9 +309,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             let projected = embedding::pca2(&embedded.points);
             let title = format!(
-                "{} ({}), within/between {:.3}",
-                fer_train::compare::Run::load(&checkpoint)
-                    .map_or_else(|_| checkpoint.display().to_string(), |r| r.label()),
+                "{name} ({}), within/between {:.3}",
                 checkpoint
                     .file_name()
                     .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
