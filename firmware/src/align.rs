@@ -136,6 +136,18 @@ mod tests {
         }
     }
 
+    /// Aligns with the crop exactly the box (no scale, no shift): the aligner and the model input.
+    fn align_unscaled(frame: &RgbImage, face: &Face) -> (Aligner, Vec<f32>) {
+        let mut aligner = Aligner::new(AlignOptions {
+            scale: 1.0,
+            shift: 0.0,
+            rotate: true,
+        });
+        let mut input = vec![0.0; INPUT.len()];
+        aligner.align(frame, face, &mut input).unwrap();
+        (aligner, input)
+    }
+
     #[test]
     fn level_face_crop_is_the_box_scaled_around_its_centre() {
         // Left half dark, right half bright: the crop must keep that split at its middle.
@@ -146,15 +158,7 @@ mod tests {
                 image::Rgb([250, 250, 250])
             }
         });
-        let mut aligner = Aligner::new(AlignOptions {
-            scale: 1.0,
-            shift: 0.0,
-            rotate: true,
-        });
-        let mut input = vec![0.0; INPUT.len()];
-        aligner
-            .align(&frame, &face_at(100.0, 50.0, 60.0, 0.0), &mut input)
-            .unwrap();
+        let (aligner, input) = align_unscaled(&frame, &face_at(100.0, 50.0, 60.0, 0.0));
         let (crop, n) = aligner.crop();
         assert_eq!(n, 60);
         assert_eq!(crop[30 * n + 5], 10);
@@ -173,15 +177,7 @@ mod tests {
                 image::Rgb([255, 255, 255])
             }
         });
-        let mut aligner = Aligner::new(AlignOptions {
-            scale: 1.0,
-            shift: 0.0,
-            rotate: true,
-        });
-        let mut input = vec![0.0; INPUT.len()];
-        aligner
-            .align(&frame, &face_at(100.0, 100.0, 80.0, 40.0), &mut input)
-            .unwrap();
+        let (aligner, _) = align_unscaled(&frame, &face_at(100.0, 100.0, 80.0, 40.0));
         let (crop, n) = aligner.crop();
         assert!(crop[5 * n..6 * n].iter().all(|&p| p < 20), "top row not dark");
         assert!(
