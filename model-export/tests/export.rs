@@ -8,17 +8,25 @@ use fer_export::quantize::WeightScales;
 use fer_export::runtime::Runner;
 use fer_protocol::golden::GoldenSet;
 use fer_train::dataset::{DatasetSpec, write_synthetic};
+use fer_train::model::NetworkConfig;
 use fer_train::training::{self, TrainConfig, files};
 
-/// A synthetic data set and a tiny run trained on it for one epoch (about a second).
+/// A synthetic data set and a small run trained on it for one epoch (about a second).
 fn trained_run(root: &Path, tcl: bool) -> (DatasetSpec, PathBuf) {
     let data_dir = root.join("data");
     write_synthetic(&data_dir, 16).unwrap();
     let data: DatasetSpec = format!("folders:{}", data_dir.display()).parse().unwrap();
+    let smoke = TrainConfig::smoke(data.clone());
     let mut config = TrainConfig {
         epochs: 1,
         limit: None,
-        ..TrainConfig::smoke(data.clone())
+        // The v2 (depthwise-separable) blocks, wide enough that the weights outweigh the int8
+        // graph's per-tensor scales and names.
+        network: NetworkConfig {
+            widths: [8, 16, 32, 64],
+            ..smoke.network.clone()
+        },
+        ..smoke
     };
     if !tcl {
         config.tcl = None;

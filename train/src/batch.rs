@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use burn::prelude::*;
-use fer_protocol::INPUT;
+use fer_protocol::{Expression, INPUT};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 
 use crate::augment::Augment;
 use crate::dataset::Sample;
+use crate::loss::Targets;
 
 /// A batch of model inputs and labels as plain vectors, ready to become tensors.
 pub struct HostBatch {
@@ -23,6 +24,8 @@ pub struct HostBatch {
     pub inputs: Vec<f32>,
     /// Class indices, one per input.
     pub labels: Vec<i64>,
+    /// Cross-entropy target rows, `[n, 7]` (training batches; empty in evaluation batches).
+    pub targets: Vec<f32>,
 }
 
 impl HostBatch {
@@ -46,6 +49,14 @@ impl HostBatch {
         let labels = Tensor::from_data(TensorData::new(self.labels.clone(), [n]), device);
         (inputs, labels)
     }
+
+    /// The cross-entropy targets on `device`, `[n, 7]`.
+    pub fn targets(&self, device: &Device) -> Tensor<2> {
+        Tensor::from_data(
+            TensorData::new(self.targets.clone(), [self.len(), Expression::COUNT]),
+            device,
+        )
+    }
 }
 
 /// Preprocesses one crop into `out` (one model input).
@@ -63,6 +74,7 @@ pub fn eval_batch(samples: &[Sample]) -> HostBatch {
     HostBatch {
         inputs,
         labels: samples.iter().map(|s| s.label.index() as i64).collect(),
+        targets: Vec::new(),
     }
 }
 
@@ -70,6 +82,7 @@ pub fn eval_batch(samples: &[Sample]) -> HostBatch {
 /// The last incomplete batch is dropped so batch statistics stay stable.
 pub fn train_epoch(
     samples: Arc<Vec<Sample>>,
+    targets: Targets,
     batch_size: usize,
     augment: Option<Augment>,
     seed: u64,
@@ -98,7 +111,15 @@ pub fn train_epoch(
                 }
             }
             let labels = chunk.iter().map(|&i| samples[i].label.index() as i64).collect();
-            if sender.send(HostBatch { inputs, labels }).is_err() {
+            let targets = chunk.iter().flat_map(|&i| targets.of(&samples[i])).collect();
+            if sender
+                .send(HostBatch {
+                    inputs,
+                    labels,
+                    targets,
+                })
+                .is_err()
+            {
                 return; // the trainer stopped early (Ctrl-C)
             }
         }

@@ -57,12 +57,20 @@ impl Run {
         configuration(&self.config)
     }
 
-    /// Everything but the seed, so runs of one configuration group together.
+    /// What every compared run must share: budget, backbone and the cross-entropy's targets.
     fn budget_key(&self) -> String {
         let c = &self.config;
         format!(
-            "{} epochs, batch {}, lr {}, limit {:?}",
-            c.epochs, c.batch_size, c.lr, c.limit
+            "{} epochs, batch {}, lr {}, limit {:?}, {:?} backbone, vote labels {}, smoothing {}, logit adjustment {}, class weight power {}",
+            c.epochs,
+            c.batch_size,
+            c.lr,
+            c.limit,
+            c.network.backbone,
+            c.vote_labels,
+            c.label_smoothing,
+            c.logit_adjustment,
+            c.class_weight_power
         )
     }
 }

@@ -1,5 +1,12 @@
-//! Losses: cross-entropy (the baseline) and the triplet-center loss (TCL) with its three ways of
-//! choosing the negative.
+//! Losses: cross-entropy (the baseline) on hard or vote-distribution targets, with class weights
+//! and logit adjustment against imbalance, and the triplet-center loss (TCL) with its three ways
+//! of choosing the negative.
+//!
+//! The cross-entropy is one function of target rows built on the host ([`Targets`]): a one-hot
+//! label or, where the data set has annotator votes (FER+), their normalised distribution; label
+//! smoothing mixes in the uniform distribution; a class weight scales the whole row. Logit
+//! adjustment (Menon et al., 2021) adds `τ·log π_k` to the logits inside the loss only, so the
+//! network learns to overcome the prior and inference needs no change.
 //!
 //! TCL acts on the embedding `f_i` over all its dimensions, with learnable class centers `c_k`:
 //!
@@ -21,8 +28,82 @@
 //! to the centers and, for semi-synthesized negatives, to the real negative sample too.
 
 use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use fer_protocol::Expression;
 
+use crate::dataset::{ClassCounts, Sample};
 use crate::model::squared_distances;
+
+const K: usize = Expression::COUNT;
+
+/// How the cross-entropy term's targets are made; part of the training configuration.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TargetConfig {
+    /// Train against the annotators' vote distribution where a sample has one (FER+); other
+    /// samples keep their one-hot label.
+    pub votes: bool,
+    /// Label smoothing ε: the target is `(1 − ε)·q + ε/K`.
+    pub smoothing: f32,
+    /// Class weight exponent p: a sample of class k weighs `∝ n_k^(−p)` (0: unweighted, 1:
+    /// inverse frequency), normalised so the mean weight over the training set is 1.
+    pub class_weight_power: f32,
+}
+
+/// Builds cross-entropy target rows for training samples.
+#[derive(Clone, Debug)]
+pub struct Targets {
+    config: TargetConfig,
+    weights: [f32; K],
+}
+
+impl Targets {
+    /// Targets for a training set with these class counts.
+    pub fn new(config: TargetConfig, counts: &ClassCounts) -> Self {
+        let raw = counts.0.map(|n| {
+            if n == 0 {
+                0.0
+            } else {
+                (n as f64).powf(-config.class_weight_power as f64)
+            }
+        });
+        let mean: f64 =
+            counts.0.iter().zip(raw).map(|(&n, w)| n as f64 * w).sum::<f64>() / counts.total().max(1) as f64;
+        Self {
+            config,
+            weights: raw.map(|w| (w / mean) as f32),
+        }
+    }
+
+    /// The weight of each class, in class-index order.
+    pub fn class_weights(&self) -> [f32; K] {
+        self.weights
+    }
+
+    /// The target row of one sample.
+    pub fn of(&self, sample: &Sample) -> [f32; K] {
+        let mut q = [0.0; K];
+        match sample.votes.filter(|_| self.config.votes) {
+            Some(votes) => q = votes,
+            None => q[sample.label.index()] = 1.0,
+        }
+        let (eps, weight) = (self.config.smoothing, self.weights[sample.label.index()]);
+        q.map(|q| weight * ((1.0 - eps) * q + eps / K as f32))
+    }
+}
+
+/// The logit adjustment `τ·log π_k` for a training set with these class counts (`π` its class
+/// frequencies); a class with no sample is treated as having one.
+pub fn logit_adjustment(tau: f32, counts: &ClassCounts) -> [f32; K] {
+    let total = counts.0.iter().map(|&n| n.max(1)).sum::<usize>() as f64;
+    counts.0.map(|n| (tau as f64 * (n.max(1) as f64 / total).ln()) as f32)
+}
+
+/// Cross-entropy of `logits + adjustment` (`[B, K]` + `[1, K]`) against target rows `[B, K]`:
+/// `mean_i −Σ_k t_ik · log softmax(z_i + a)_k`.
+pub fn cross_entropy(logits: Tensor<2>, adjustment: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
+    let [b, _] = logits.dims();
+    (log_softmax(logits + adjustment, 1) * targets).sum().neg() / b as f32
+}
 
 /// A distance larger than any real one, used to mask out a sample's own class.
 const FAR: f32 = 1e30;
@@ -131,6 +212,93 @@ fn bools(t: Tensor<2, Bool>) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(label: Expression, votes: Option<[f32; K]>) -> Sample {
+        Sample {
+            pixels: vec![0; 4],
+            width: 2,
+            height: 2,
+            label,
+            votes,
+        }
+    }
+
+    #[test]
+    fn vote_targets_smoothing_and_class_weights_by_hand() {
+        // 6 neutral, 3 happiness, 0 of the rest; votes 0.75 neutral / 0.25 sadness.
+        let counts = ClassCounts::of([Expression::Neutral; 6].into_iter().chain([Expression::Happiness; 3]));
+        let mut votes = [0.0; K];
+        votes[Expression::Neutral.index()] = 0.75;
+        votes[Expression::Sadness.index()] = 0.25;
+        let face = sample(Expression::Neutral, Some(votes));
+        let config = TargetConfig {
+            votes: true,
+            smoothing: 0.0,
+            class_weight_power: 0.0,
+        };
+        assert_eq!(Targets::new(config, &counts).of(&face), votes);
+        let hard = Targets::new(TargetConfig { votes: false, ..config }, &counts).of(&face);
+        assert_eq!(hard[Expression::Neutral.index()], 1.0);
+        assert_eq!(hard.iter().sum::<f32>(), 1.0);
+        // Smoothing 0.07 over 7 classes: 0.93·q + 0.01.
+        let smooth = Targets::new(
+            TargetConfig {
+                smoothing: 0.07,
+                ..config
+            },
+            &counts,
+        )
+        .of(&face);
+        assert!((smooth[Expression::Neutral.index()] - (0.93 * 0.75 + 0.01)).abs() < 1e-6);
+        assert!((smooth[Expression::Fear.index()] - 0.01).abs() < 1e-6);
+        // Inverse frequency: raw weights 1/6 and 1/3, mean over the 9 samples (6/6 + 3/3)/9 = 2/9,
+        // so neutral weighs 0.75 and happiness 1.5; the row is scaled as a whole.
+        let weighted = Targets::new(
+            TargetConfig {
+                class_weight_power: 1.0,
+                ..config
+            },
+            &counts,
+        );
+        let w = weighted.class_weights();
+        let (neutral, happiness) = (w[Expression::Neutral.index()], w[Expression::Happiness.index()]);
+        assert!((neutral - 0.75).abs() < 1e-6 && (happiness - 1.5).abs() < 1e-6, "{w:?}");
+        assert!((weighted.of(&face)[Expression::Neutral.index()] - 0.75 * 0.75).abs() < 1e-6);
+        // A sample without votes keeps its one-hot label.
+        let happy = weighted.of(&sample(Expression::Happiness, None));
+        assert_eq!(happy[Expression::Happiness.index()], 1.5);
+    }
+
+    #[test]
+    fn soft_cross_entropy_and_logit_adjustment_by_hand() {
+        let device = Device::flex();
+        // Two classes padded to 7 with logits of −∞ in effect (−100): softmax over (0, ln 3) is
+        // (1/4, 3/4).
+        let mut row = [-100.0f32; K];
+        row[0] = 0.0;
+        row[1] = 3f32.ln();
+        let logits = Tensor::<2>::from_data(TensorData::new(row.to_vec(), [1, K]), &device);
+        let mut target = [0.0f32; K];
+        target[0] = 0.5;
+        target[1] = 0.5;
+        let targets = Tensor::<2>::from_data(TensorData::new(target.to_vec(), [1, K]), &device);
+        let zero = Tensor::<2>::zeros([1, K], &device);
+        let value = |t: Tensor<1>| t.into_scalar::<f32>();
+        // −(0.5·ln ¼ + 0.5·ln ¾) = 0.5·(ln 4 + ln 4/3).
+        let expected = 0.5 * (4f32.ln() + (4.0f32 / 3.0).ln());
+        let ce = value(cross_entropy(logits.clone(), zero, targets.clone()));
+        assert!((ce - expected).abs() < 1e-5, "{ce} vs {expected}");
+
+        // Counts 3:1 (empty classes count as one each: π = (3, 1, 1, 1, 1, 1, 1)/9) with τ = 1 add
+        // ln(3/9) and ln(1/9): the adjusted logits (ln ⅓, ln 3 + ln ⅑ = ln ⅓) tie, so the
+        // softmax is (½, ½) and the loss ln 2. The adjustment made the frequent class harder.
+        let adjustment = logit_adjustment(1.0, &ClassCounts([3, 1, 0, 0, 0, 0, 0]));
+        assert!((adjustment[0] - (3.0f32 / 9.0).ln()).abs() < 1e-6, "{adjustment:?}");
+        assert!((adjustment[6] - (1.0f32 / 9.0).ln()).abs() < 1e-6, "{adjustment:?}");
+        let a = Tensor::<2>::from_data(TensorData::new(adjustment.to_vec(), [1, K]), &device);
+        let adjusted = value(cross_entropy(logits, a, targets));
+        assert!((adjusted - 2f32.ln()).abs() < 1e-5, "{adjusted} vs ln 2");
+    }
 
     /// Three classes in 2-D: centers at (0,0), (4,0), (0,3).
     fn setup(device: &Device) -> (Tensor<2>, Tensor<2>) {

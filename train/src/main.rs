@@ -7,10 +7,11 @@ use std::time::Instant;
 use anyhow::Result;
 use burn::module::Module;
 use clap::{Parser, Subcommand, ValueEnum};
+use fer_protocol::Expression;
 use fer_train::dataset::{DatasetSpec, LoadOptions, Split};
 use fer_train::embedding;
 use fer_train::loss::Negatives;
-use fer_train::model::{ExpressionNet, NetworkConfig};
+use fer_train::model::{Backbone, ExpressionNet, NetworkConfig};
 use fer_train::training::{self, Backend, TclConfig, TrainConfig};
 
 /// Train the facial-expression classifier (CNN + selective attention + triplet-center loss).
@@ -30,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model and write a run folder (checkpoint, config, metrics, report, plots).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a run folder's checkpoint on a data set split.
     Eval {
         /// Run folder written by `fer-train train`.
@@ -45,6 +46,23 @@ enum Command {
         /// Skip and count bad rows and images instead of stopping.
         #[arg(long)]
         skip_bad: bool,
+        /// Also tabulate post-hoc logit adjustment (logits − τ·log π, π the training split's
+        /// class frequencies) for τ from 0 to 2: accuracy against minority-class recall.
+        #[arg(long)]
+        sweep_logit_adjustment: bool,
+    },
+    /// Write a copy of a finished run whose classifier subtracts τ·log(class prior) from its
+    /// logits (post-hoc logit adjustment, Menon et al. 2021); export that copy to ship it.
+    Adjust {
+        /// Run folder written by `fer-train train`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// τ: 0 changes nothing, 1 is the theory's choice; pick it with `eval --sweep-logit-adjustment`.
+        #[arg(long)]
+        tau: f32,
+        /// Run folder to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Show a data set's class distribution without training.
     Inspect {
@@ -83,12 +101,13 @@ enum Command {
     },
     /// Print the network's parameter count and multiply-adds per face.
     Info {
-        /// Network without the selective attention module.
-        #[arg(long, value_enum, default_value = "on")]
-        attention: OnOff,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
-    /// Time training steps of the default network on random inputs, per backend.
+    /// Time training steps (CE + TCL) of a network on random inputs, per backend.
     Bench {
+        #[command(flatten)]
+        network: NetworkArgs,
         /// Steps to time (after 2 warm-up steps).
         #[arg(long, default_value_t = 10)]
         steps: usize,
@@ -98,7 +117,55 @@ enum Command {
         /// Backends to time (ndarray takes about a minute per step here: name it to include it).
         #[arg(long, value_enum, num_args = 1.., default_values = ["flex"])]
         backend: Vec<Backend>,
+        /// Also time every op of the network on its own, forward and backward (a markdown table).
+        #[arg(long)]
+        ops: bool,
     },
+}
+
+/// The network's shape, shared by `train`, `info` and `bench`.
+#[derive(clap::Args)]
+struct NetworkArgs {
+    /// Backbone: `separable` (v2: depthwise-separable blocks, widths 32, 64, 128, 256) or
+    /// `plain` (v1: 3x3 conv blocks, widths 16, 32, 96, 192).
+    #[arg(long, value_enum, default_value = "separable")]
+    backbone: Backbone,
+    /// Channels of the four stages (default: the backbone's).
+    #[arg(long, value_parser = four_counts, value_name = "W1,W2,W3,W4")]
+    widths: Option<[usize; 4]>,
+    /// Blocks in each of the four stages (default: the backbone's).
+    #[arg(long, value_parser = four_counts, value_name = "D1,D2,D3,D4")]
+    depths: Option<[usize; 4]>,
+    /// Selective attention module on or off (the ablation).
+    #[arg(long, value_enum, default_value = "on")]
+    attention: OnOff,
+}
+
+impl NetworkArgs {
+    fn config(&self) -> NetworkConfig {
+        let mut config = match self.backbone {
+            Backbone::Separable => NetworkConfig::default(),
+            Backbone::Plain => NetworkConfig::plain(),
+        };
+        config.widths = self.widths.unwrap_or(config.widths);
+        config.depths = self.depths.unwrap_or(config.depths);
+        config.attention = self.attention == OnOff::On;
+        config
+    }
+}
+
+/// Parses four positive counts separated by commas, e.g. `32,64,128,256`.
+fn four_counts(text: &str) -> Result<[usize; 4], String> {
+    let counts = text
+        .split(',')
+        .map(|part| match part.trim().parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!("{part:?} is not a positive whole number")),
+            Ok(n) => Ok(n),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    counts
+        .try_into()
+        .map_err(|counts: Vec<usize>| format!("expected 4 comma-separated counts, got {}", counts.len()))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -160,9 +227,23 @@ struct TrainArgs {
     /// Triplet-center loss margin m (on squared distances).
     #[arg(long, default_value_t = 1.0)]
     margin: f32,
-    /// Selective attention module on or off (the ablation).
+    #[command(flatten)]
+    network: NetworkArgs,
+    /// Cross-entropy against the annotators' vote distributions (FER+; other data sets have
+    /// none and keep their hard labels) or against the majority label only.
     #[arg(long, value_enum, default_value = "on")]
-    attention: OnOff,
+    votes: OnOff,
+    /// Label smoothing ε of the cross-entropy targets.
+    #[arg(long)]
+    label_smoothing: Option<f32>,
+    /// Logit adjustment τ against class imbalance: the loss sees logits + τ·log(class prior)
+    /// (Menon et al., 2021); 0 turns it off, 1 is the theory's choice.
+    #[arg(long, default_value_t = 0.0)]
+    logit_adjust: f32,
+    /// Class-weighted cross-entropy: a class-k sample weighs n_k^(−p) (0: off, 1: inverse
+    /// frequency, 0.5: the square root); weights average 1 over the training set.
+    #[arg(long, default_value_t = 0.0)]
+    class_weight_power: f32,
     /// Number of epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -213,7 +294,19 @@ impl TrainArgs {
             lambda: self.lambda,
             margin: self.margin,
         });
-        config.network.attention = self.attention == OnOff::On;
+        config.network = if self.smoke {
+            NetworkConfig {
+                backbone: self.network.backbone,
+                attention: self.network.attention == OnOff::On,
+                ..NetworkConfig::tiny()
+            }
+        } else {
+            self.network.config()
+        };
+        config.vote_labels = self.votes == OnOff::On;
+        config.label_smoothing = self.label_smoothing.unwrap_or(config.label_smoothing);
+        config.logit_adjustment = self.logit_adjust;
+        config.class_weight_power = self.class_weight_power;
         config.epochs = self.epochs.unwrap_or(config.epochs);
         config.batch_size = self.batch_size.unwrap_or(config.batch_size);
         config.lr = self.lr.unwrap_or(config.lr);
@@ -255,23 +348,37 @@ fn run(cli: Cli) -> Result<()> {
             data,
             split,
             skip_bad,
+            sweep_logit_adjustment,
         } => {
             let device = Backend::Flex.device();
             let (model, config) = training::load_checkpoint(&checkpoint, &device)?;
-            let spec = data.or(config.valid).unwrap_or(config.data);
+            let spec = data.clone().or(config.valid.clone()).unwrap_or(config.data.clone());
             let split = match split {
                 SplitArg::Train => Split::Train,
                 SplitArg::Valid => Split::Valid,
             };
             let samples = spec.load_verbose(split, LoadOptions { skip_bad })?.samples;
             let started = Instant::now();
-            let metrics = training::evaluate(&model, &samples, &device);
+            let logits = training::logits(&model, &samples, &device);
+            let metrics = training::metrics_of(&logits, [0.0; Expression::COUNT], &samples);
             println!("{metrics}");
             println!(
                 "evaluated {} images in {:.1} s",
                 samples.len(),
                 started.elapsed().as_secs_f64()
             );
+            if sweep_logit_adjustment {
+                let counts = training::train_class_counts(&config)?;
+                print!(
+                    "{}",
+                    fer_train::report::logit_adjustment_table(&logits, &samples, &counts)
+                );
+            }
+        }
+        Command::Adjust { checkpoint, tau, out } => {
+            let valid = training::adjust(&checkpoint, tau, &out)?;
+            println!("{valid}");
+            println!("wrote {} (τ = {tau})", out.display());
         }
         Command::Inspect { data, skip_bad } => {
             for split in [Split::Train, Split::Valid] {
@@ -318,11 +425,8 @@ fn run(cli: Cli) -> Result<()> {
             fer_train::report::plot_embedding(&projected, &embedded.labels, &title, &out)?;
             println!("wrote {}", out.display());
         }
-        Command::Info { attention } => {
-            let config = NetworkConfig {
-                attention: attention == OnOff::On,
-                ..NetworkConfig::default()
-            };
+        Command::Info { network } => {
+            let config = network.config();
             let model = ExpressionNet::new(&config, &Backend::Flex.device());
             println!(
                 "input:          {}x{}x{} ({}..{})",
@@ -333,19 +437,28 @@ fn run(cli: Cli) -> Result<()> {
                 1
             );
             println!(
-                "widths:         {:?}, embedding {}",
-                config.widths, config.embedding_dim
+                "backbone:       {:?}, widths {:?}, depths {:?}, embedding {}",
+                config.backbone, config.widths, config.depths, config.embedding_dim
             );
             println!("parameters:     {}", model.num_params());
             println!("multiply-adds:  {:.2} M per face", config.multiply_adds() as f64 / 1e6);
         }
         Command::Bench {
+            network,
             steps,
             batch_size,
             backend,
+            ops,
         } => {
             for backend in backend {
-                let ms = fer_train::bench::train_step_ms(backend, batch_size, steps);
+                if ops {
+                    let profile = fer_train::bench::profile_ops(backend, &network.config(), batch_size, steps);
+                    print!(
+                        "{backend:?}, batch {batch_size}:\n{}",
+                        fer_train::bench::profile_table(&profile)
+                    );
+                }
+                let ms = fer_train::bench::train_step_ms(backend, &network.config(), batch_size, steps);
                 println!(
                     "{backend:?}: {ms:.1} ms per training step of {batch_size} ({:.0} images/s)",
                     batch_size as f64 * 1000.0 / ms

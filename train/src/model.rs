@@ -1,5 +1,11 @@
 //! The expression network: compact CNN backbone → selective attention → embedding → classifier,
 //! plus the learnable triplet-center loss centers that live in the embedding space.
+//!
+//! Two backbones share one layout (four stages of blocks, 2x2 max-pool after stages 1-3,
+//! 48 → 24 → 12 → 6): `plain` blocks are 3x3 conv-BN-ReLU (the v1 network); `separable` blocks
+//! are a 3x3 depthwise conv then a 1x1 pointwise conv-BN-ReLU (MobileNet/Xception style), except
+//! the first, which stays a plain conv because a depthwise conv over one input channel is
+//! pointless. The pointwise conv is followed directly by BatchNorm so the export folds it away.
 
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -11,12 +17,34 @@ use fer_protocol::{Expression, INPUT};
 
 use crate::attention::{SelectiveAttention, global_average_pool};
 
+/// The kind of conv block the backbone is built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backbone {
+    /// 3x3 conv-BN-ReLU blocks (the v1 network).
+    Plain,
+    /// 3x3 depthwise + 1x1 pointwise conv-BN-ReLU blocks after a plain 3x3 stem (v2).
+    Separable,
+}
+
+impl Backbone {
+    /// What run folders written before backbones were selectable hold.
+    fn v1() -> Self {
+        Backbone::Plain
+    }
+}
+
 /// Shape of the network. Saved next to every checkpoint so it can be rebuilt.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkConfig {
-    /// Channels of the four stages; each stage is two 3x3 conv-BN-ReLU blocks, stages 1-3 end in
-    /// a 2x2 max-pool (48 → 24 → 12 → 6).
+    /// The conv block type.
+    #[serde(default = "Backbone::v1")]
+    pub backbone: Backbone,
+    /// Channels of the four stages; stages 1-3 end in a 2x2 max-pool (48 → 24 → 12 → 6).
     pub widths: [usize; 4],
+    /// Blocks per stage.
+    #[serde(default = "two_blocks_per_stage")]
+    pub depths: [usize; 4],
     /// Embedding dimension (where the triplet-center loss acts).
     pub embedding_dim: usize,
     /// Whether the selective attention module is used.
@@ -27,10 +55,36 @@ pub struct NetworkConfig {
     pub dropout: f64,
 }
 
+/// What run folders written before depths were selectable hold.
+fn two_blocks_per_stage() -> [usize; 4] {
+    [2; 4]
+}
+
+/// One conv block of the backbone, as [`NetworkConfig::blocks`] lays it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockSpec {
+    /// Input channels.
+    pub input: usize,
+    /// Output channels.
+    pub output: usize,
+    /// Depthwise-separable (else a plain 3x3 conv).
+    pub separable: bool,
+    /// Side of its (square) input and output maps.
+    pub side: usize,
+    /// Followed by the 2x2 max-pool.
+    pub pool: bool,
+}
+
 impl Default for NetworkConfig {
+    /// The v2 network: a plain 3x3 conv at 48x48, then two separable blocks per stage at
+    /// widths 64, 128, 256 (12.5 M multiply-adds, 0.2 M parameters). One block at full
+    /// resolution, not two: a separable block there cost a third of a training step (`fer-train
+    /// bench --ops`, docs/results.md).
     fn default() -> Self {
         Self {
-            widths: [16, 32, 96, 192],
+            backbone: Backbone::Separable,
+            widths: [32, 64, 128, 256],
+            depths: [1, 2, 2, 2],
             embedding_dim: 128,
             attention: true,
             attention_reduction: 8,
@@ -40,30 +94,68 @@ impl Default for NetworkConfig {
 }
 
 impl NetworkConfig {
+    /// The v1 network: plain blocks at widths 16, 32, 96, 192 (47.7 M multiply-adds).
+    pub fn plain() -> Self {
+        Self {
+            backbone: Backbone::Plain,
+            widths: [16, 32, 96, 192],
+            depths: [2; 4],
+            ..Self::default()
+        }
+    }
+
     /// A tiny network for tests and smoke runs.
     pub fn tiny() -> Self {
         Self {
             widths: [4, 8, 8, 16],
+            depths: [2; 4],
             embedding_dim: 8,
-            attention: true,
             attention_reduction: 4,
             dropout: 0.0,
+            ..Self::default()
         }
     }
 
-    /// Multiply-adds of one forward pass on one face (convs and linear layers; BN, ReLU, pooling
-    /// and the attention's element-wise products are a rounding error and not counted).
-    pub fn multiply_adds(&self) -> usize {
-        let mut macs = 0;
-        let mut side = INPUT.width;
-        let mut channels = INPUT.channels;
-        for (stage, &width) in self.widths.iter().enumerate() {
-            macs += side * side * 9 * channels * width + side * side * 9 * width * width;
+    /// The backbone's blocks in order: the first block of a stage changes the width; the very
+    /// first is always a plain conv (a depthwise conv over one input channel is pointless).
+    pub fn blocks(&self) -> Vec<BlockSpec> {
+        let mut blocks = Vec::new();
+        let (mut channels, mut side) = (INPUT.channels, INPUT.width);
+        for (stage, (&width, &depth)) in self.widths.iter().zip(&self.depths).enumerate() {
+            for i in 0..depth {
+                let input = if i == 0 { channels } else { width };
+                blocks.push(BlockSpec {
+                    input,
+                    output: width,
+                    separable: self.backbone == Backbone::Separable && input != INPUT.channels,
+                    side,
+                    pool: stage < 3 && i + 1 == depth,
+                });
+            }
             channels = width;
             if stage < 3 {
                 side /= 2;
             }
         }
+        blocks
+    }
+
+    /// Multiply-adds of one forward pass on one face (convs and linear layers; BN, ReLU, pooling
+    /// and the attention's element-wise products are a rounding error and not counted).
+    pub fn multiply_adds(&self) -> usize {
+        let mut macs: usize = self
+            .blocks()
+            .iter()
+            .map(|b| {
+                let per_pixel = if b.separable {
+                    9 * b.input + b.input * b.output
+                } else {
+                    9 * b.input * b.output
+                };
+                b.side * b.side * per_pixel
+            })
+            .sum();
+        let (channels, side) = (self.widths[3], INPUT.width / 8);
         if self.attention {
             let hidden = (channels / self.attention_reduction).max(1);
             macs += side * side * (channels * hidden + hidden) + 2 * channels * hidden;
@@ -74,28 +166,62 @@ impl NetworkConfig {
     }
 }
 
-/// conv3x3 → BatchNorm → ReLU.
+/// conv3x3 → BatchNorm → ReLU, or depthwise conv3x3 → conv1x1 → BatchNorm → ReLU.
 #[derive(Module, Debug)]
-struct ConvBlock {
-    conv: Conv2d,
-    norm: BatchNorm,
+pub(crate) struct ConvBlock {
+    pub(crate) depthwise: Option<Conv2d>,
+    pub(crate) conv: Conv2d,
+    pub(crate) norm: BatchNorm,
 }
 
 impl ConvBlock {
-    fn new(input: usize, output: usize, device: &Device) -> Self {
-        Self {
-            // No bias: the BatchNorm's shift does that job (and folds into the conv at export).
-            conv: Conv2dConfig::new([input, output], [3, 3])
+    fn new(input: usize, output: usize, separable: bool, device: &Device) -> Self {
+        let three_by_three = |channels: [usize; 2], groups: usize| {
+            Conv2dConfig::new(channels, [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_groups(groups)
                 .with_bias(false)
-                .init(device),
+                .init(device)
+        };
+        Self {
+            depthwise: separable.then(|| three_by_three([input, input], input)),
+            // No bias: the BatchNorm's shift does that job (and folds into the conv at export).
+            conv: if separable {
+                Conv2dConfig::new([input, output], [1, 1]).with_bias(false).init(device)
+            } else {
+                three_by_three([input, output], 1)
+            },
             norm: BatchNormConfig::new(output).init(device),
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.norm.forward(self.conv.forward(x)))
+    pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = match &self.depthwise {
+            Some(depthwise) => pointwise(&self.conv, depthwise.forward(x)),
+            None => self.conv.forward(x),
+        };
+        relu(self.norm.forward(y))
     }
+}
+
+/// A 1x1 conv without bias; while its weight is being trained, computed as a batched matmul.
+///
+/// Same numbers either way, but a different cost: Burn's flex backend takes a 1x1 conv's weight
+/// gradient through its generic conv (an `H x W` kernel over the batch, one matrix-vector
+/// product per input channel), while a matmul's backward is two gemms — see `fer-train bench
+/// --ops` and docs/results.md. Inference and export keep the conv, which BatchNorm folds into and
+/// the int8 export quantizes.
+pub(crate) fn pointwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let weight = conv.weight.val();
+    if !weight.is_require_grad() {
+        return conv.forward(x);
+    }
+    let [b, c, h, w] = x.dims();
+    let [out, ..] = weight.dims();
+    weight
+        .reshape([1, out, c])
+        .matmul(x.reshape([b, c, h * w]))
+        .reshape([b, out, h, w])
 }
 
 /// What one forward pass gives.
@@ -110,6 +236,8 @@ pub struct Output {
 #[derive(Module, Debug)]
 pub struct ExpressionNet {
     blocks: Vec<ConvBlock>,
+    /// Per block: whether the max-pool follows it.
+    pooled: Vec<bool>,
     pool: MaxPool2d,
     attention: Option<SelectiveAttention>,
     embed: Linear,
@@ -122,13 +250,12 @@ pub struct ExpressionNet {
 impl ExpressionNet {
     /// A freshly initialised network (seed the device first for a reproducible start).
     pub fn new(config: &NetworkConfig, device: &Device) -> Self {
-        let mut blocks = Vec::new();
-        let mut channels = INPUT.channels;
-        for &width in &config.widths {
-            blocks.push(ConvBlock::new(channels, width, device));
-            blocks.push(ConvBlock::new(width, width, device));
-            channels = width;
-        }
+        let specs = config.blocks();
+        let blocks = specs
+            .iter()
+            .map(|b| ConvBlock::new(b.input, b.output, b.separable, device))
+            .collect();
+        let channels = config.widths[3];
         let centers = Tensor::random(
             [Expression::COUNT, config.embedding_dim],
             burn::tensor::Distribution::Normal(0.0, 1.0),
@@ -136,6 +263,7 @@ impl ExpressionNet {
         );
         Self {
             blocks,
+            pooled: specs.iter().map(|b| b.pool).collect(),
             pool: MaxPool2dConfig::new([2, 2]).init(),
             attention: config
                 .attention
@@ -152,23 +280,46 @@ impl ExpressionNet {
         let mut x = input;
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x);
-            // Pool after the second block of stages 1-3.
-            if i % 2 == 1 && i < self.blocks.len() - 1 {
+            if self.pools_after(i) {
                 x = self.pool.forward(x);
             }
         }
         x
     }
 
-    /// Logits and embedding of a batch of preprocessed faces, `[B, 1, 48, 48]`.
-    pub fn forward(&self, input: Tensor<4>) -> Output {
-        let mut features = self.features(input);
-        if let Some(attention) = &self.attention {
-            features = attention.forward(features);
-        }
+    /// The backbone's blocks, in order (for profiling).
+    pub(crate) fn blocks(&self) -> &[ConvBlock] {
+        &self.blocks
+    }
+
+    /// Whether block `i` is followed by the 2x2 max-pool: the last block of stages 1-3.
+    pub(crate) fn pools_after(&self, i: usize) -> bool {
+        self.pooled[i]
+    }
+
+    /// Everything after the backbone: attention, pooling, embedding, classifier.
+    pub(crate) fn head(&self, features: Tensor<4>) -> Output {
+        let features = match &self.attention {
+            Some(attention) => attention.forward(features),
+            None => features,
+        };
         let embedding = self.embed.forward(global_average_pool(features));
         let logits = self.classifier.forward(self.dropout.forward(embedding.clone()));
         Output { logits, embedding }
+    }
+
+    /// Logits and embedding of a batch of preprocessed faces, `[B, 1, 48, 48]`.
+    pub fn forward(&self, input: Tensor<4>) -> Output {
+        self.head(self.features(input))
+    }
+
+    /// The network with `offset` added to its logits (through the classifier's bias).
+    pub fn with_logit_offset(mut self, offset: [f32; Expression::COUNT]) -> Self {
+        let bias = self.classifier.bias.take().expect("the classifier has a bias");
+        let device = bias.val().device();
+        let shifted = bias.val() + Tensor::<1>::from_floats(offset, &device);
+        self.classifier.bias = Some(Param::from_tensor(shifted));
+        self
     }
 
     /// Squared Euclidean distance of each embedding to each class center, `[B, 7]`.
@@ -200,10 +351,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shapes_with_and_without_attention() {
+    fn shapes_of_both_backbones_with_and_without_attention() {
         let device = Device::flex();
-        for attention in [true, false] {
+        for (backbone, attention) in [
+            (Backbone::Separable, true),
+            (Backbone::Separable, false),
+            (Backbone::Plain, true),
+            (Backbone::Plain, false),
+        ] {
             let config = NetworkConfig {
+                backbone,
                 attention,
                 ..NetworkConfig::tiny()
             };
@@ -217,10 +374,59 @@ mod tests {
 
     #[test]
     fn default_network_fits_the_budget() {
+        // Model v2's budget: at most 20 M multiply-adds and 0.5 M parameters per face.
         let config = NetworkConfig::default();
         let params = ExpressionNet::new(&config, &Device::flex()).num_params();
-        assert!(params <= 1_500_000, "{params} parameters");
-        assert!(config.multiply_adds() <= 60_000_000, "{} MACs", config.multiply_adds());
+        assert!(params <= 500_000, "{params} parameters");
+        assert!(config.multiply_adds() <= 20_000_000, "{} MACs", config.multiply_adds());
+        let plain = NetworkConfig::plain();
+        assert!(plain.multiply_adds() > 40_000_000, "the v1 network is the larger one");
+    }
+
+    #[test]
+    fn separable_blocks_count_their_multiply_adds() {
+        // Widths 4, 8, 8, 16 without attention; per stage, side² × (first block + second block):
+        // 48²·(9·1·4 + 9·4 + 4·4) + 24²·((9·4 + 4·8) + (9·8 + 8·8))
+        //   + 12²·((9·8 + 8·8) + (9·8 + 8·8)) + 6²·((9·8 + 8·16) + (9·16 + 16·16)),
+        // then embedding 16·8, classifier 8·7 and the centers' 7·8.
+        let config = NetworkConfig {
+            attention: false,
+            ..NetworkConfig::tiny()
+        };
+        let convs = 2304 * (36 + 36 + 16) + 576 * (68 + 136) + 144 * (136 + 136) + 36 * (200 + 400);
+        assert_eq!(config.multiply_adds(), convs + 16 * 8 + 8 * 7 + 7 * 8);
+        // The depthwise convs have 9 weights per channel, the pointwise ones cin·cout.
+        let params = ExpressionNet::new(&config, &Device::flex()).num_params();
+        let conv_weights = 36 + (36 + 16) + (36 + 32) + (72 + 64) + (72 + 64) + (72 + 64) + (72 + 128) + (144 + 256);
+        let norms = 4 * (4 + 4 + 8 + 8 + 8 + 8 + 16 + 16);
+        let heads = (16 * 8 + 8) + (8 * 7 + 7) + 7 * 8;
+        assert_eq!(params, conv_weights + norms + heads);
+    }
+
+    #[test]
+    fn pointwise_matmul_matches_the_conv_and_its_gradients() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let conv = Conv2dConfig::new([5, 6], [1, 1]).with_bias(false).init(&device);
+        let x = Tensor::<4>::random([2, 5, 4, 3], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let r = Tensor::<4>::random([2, 6, 4, 3], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let fast = pointwise(&conv, x.clone().require_grad());
+        let reference = conv.forward(x.clone().require_grad());
+        assert!(
+            conv.weight.val().is_require_grad(),
+            "the test must take the matmul path"
+        );
+        let max_diff = |a: Tensor<4>, b: Tensor<4>| (a - b).abs().max().into_scalar::<f32>();
+        assert!(max_diff(fast.clone(), reference.clone()) < 1e-5);
+        let grads_fast = (fast * r.clone()).sum().backward();
+        let grads_reference = (reference * r).sum().backward();
+        let weight_grad = |g| conv.weight.val().grad(g).unwrap();
+        assert!(max_diff(weight_grad(&grads_fast), weight_grad(&grads_reference)) < 1e-4);
+        // Without gradients (evaluation, export) it is the conv itself.
+        let inference = conv.valid();
+        assert!(!inference.weight.val().is_require_grad());
+        let x = x.inner();
+        assert!(max_diff(pointwise(&inference, x.clone()), inference.forward(x)) == 0.0);
     }
 
     #[test]

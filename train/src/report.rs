@@ -8,7 +8,10 @@ use fer_protocol::Expression;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use crate::dataset::{ClassCounts, Sample};
+use crate::loss::logit_adjustment;
 use crate::metrics::Metrics;
+use crate::training::metrics_of;
 
 /// One line of `metrics.jsonl`: what an epoch did.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -54,6 +57,34 @@ fn no_font() -> anyhow::Error {
 
 /// One line of a chart: its legend, its points, its colour.
 type Line = (String, Vec<(f64, f64)>, RGBColor);
+
+/// A markdown table of post-hoc logit adjustment: for τ = 0, 0.25, ..., 2, the metrics of
+/// `argmax(logits − τ·log π)` (π from the training split's `counts`) with every class's recall.
+pub fn logit_adjustment_table(logits: &[[f32; Expression::COUNT]], samples: &[Sample], counts: &ClassCounts) -> String {
+    let mut out = String::from("| τ | accuracy | mean class acc. | macro-F1 |");
+    for e in Expression::ALL {
+        out.push_str(&format!(" {} |", e.name()));
+    }
+    out.push_str(&format!(
+        "\n|---:|---:|---:|---:|{}\n",
+        "---:|".repeat(Expression::COUNT)
+    ));
+    for step in 0..=8 {
+        let tau = step as f32 * 0.25;
+        let m = metrics_of(logits, logit_adjustment(-tau, counts), samples);
+        out.push_str(&format!(
+            "| {tau:.2} | {:.2} | {:.2} | {:.2} |",
+            100.0 * m.accuracy,
+            100.0 * m.mean_class_accuracy,
+            100.0 * m.macro_f1
+        ));
+        for recall in m.per_class_recall {
+            out.push_str(&recall.map_or(" – |".into(), |r| format!(" {:.1} |", 100.0 * r)));
+        }
+        out.push('\n');
+    }
+    out
+}
 
 /// Draws training loss and valid accuracy / mean class accuracy per epoch.
 pub fn plot_curves(records: &[EpochRecord], path: &Path) -> Result<()> {

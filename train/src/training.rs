@@ -13,15 +13,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
+use fer_protocol::Expression;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::augment::Augment;
 use crate::batch::{HostBatch, eval_batch, train_epoch};
-use crate::dataset::{DatasetSpec, LoadOptions, Sample, Split};
-use crate::loss::{Negatives, triplet_center_loss};
+use crate::dataset::{ClassCounts, DatasetSpec, LoadOptions, Sample, Split};
+use crate::loss::{Negatives, TargetConfig, Targets, cross_entropy, logit_adjustment, triplet_center_loss};
 use crate::metrics::Metrics;
 use crate::model::{ExpressionNet, NetworkConfig};
 use crate::report::{EpochRecord, plot_confusion, plot_curves};
@@ -82,6 +82,15 @@ pub struct TrainConfig {
     pub tcl: Option<TclConfig>,
     /// Label smoothing of the cross-entropy (0: none).
     pub label_smoothing: f32,
+    /// Cross-entropy against the annotators' vote distribution where the data set has one (FER+).
+    #[serde(default)]
+    pub vote_labels: bool,
+    /// Class weight exponent p of the cross-entropy (weight ∝ n_k^(−p); 0: unweighted).
+    #[serde(default)]
+    pub class_weight_power: f32,
+    /// Logit adjustment τ: the cross-entropy sees `logits + τ·log π` (0: off).
+    #[serde(default)]
+    pub logit_adjustment: f32,
     /// Number of epochs.
     pub epochs: usize,
     /// Images per batch.
@@ -104,6 +113,10 @@ pub struct TrainConfig {
     /// optimizer and the learning-rate schedule start afresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// τ of the post-hoc logit adjustment `fer-train adjust` applied to the trained classifier
+    /// (its bias lost `τ·log π`); such a run is finished and cannot be resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posthoc_logit_adjustment: Option<f32>,
 }
 
 impl TrainConfig {
@@ -115,6 +128,9 @@ impl TrainConfig {
             network: NetworkConfig::default(),
             tcl: Some(TclConfig::default()),
             label_smoothing: 0.1,
+            vote_labels: true,
+            class_weight_power: 0.0,
+            logit_adjustment: 0.0,
             epochs: 6,
             batch_size: 64,
             lr: 2e-3,
@@ -125,6 +141,7 @@ impl TrainConfig {
             limit: None,
             skip_bad: false,
             init: None,
+            posthoc_logit_adjustment: None,
         }
     }
 
@@ -141,6 +158,15 @@ impl TrainConfig {
 
     fn valid_spec(&self) -> &DatasetSpec {
         self.valid.as_ref().unwrap_or(&self.data)
+    }
+
+    /// How the cross-entropy targets are made.
+    pub fn targets(&self) -> TargetConfig {
+        TargetConfig {
+            votes: self.vote_labels,
+            smoothing: self.label_smoothing,
+            class_weight_power: self.class_weight_power,
+        }
     }
 }
 
@@ -224,26 +250,74 @@ pub fn load_checkpoint(run: &Path, device: &Device) -> Result<(ExpressionNet, Tr
 
 /// Evaluates `model` on samples (no augmentation, inference mode).
 pub fn evaluate(model: &ExpressionNet, samples: &[Sample], device: &Device) -> Metrics {
+    metrics_of(&logits(model, samples, device), [0.0; Expression::COUNT], samples)
+}
+
+/// The logits of samples (no augmentation, inference mode), one row per sample.
+pub fn logits(model: &ExpressionNet, samples: &[Sample], device: &Device) -> Vec<[f32; Expression::COUNT]> {
     let model = model.valid();
-    let mut pairs = Vec::with_capacity(samples.len());
+    let mut rows = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(256) {
-        let batch = eval_batch(chunk);
-        let (inputs, _) = batch.to_tensors(device);
-        let predicted = model.forward(inputs).logits.argmax(1);
-        let predicted = predicted
+        let (inputs, _) = eval_batch(chunk).to_tensors(device);
+        let values = model
+            .forward(inputs)
+            .logits
             .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .expect("int tensor");
-        pairs.extend(
-            batch
-                .labels
-                .iter()
-                .zip(predicted)
-                .map(|(&l, p)| (l as usize, p as usize)),
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("float tensor");
+        rows.extend(
+            values
+                .chunks_exact(Expression::COUNT)
+                .map(|row| <[f32; Expression::COUNT]>::try_from(row).expect("7 logits")),
         );
     }
-    Metrics::from_pairs(pairs)
+    rows
+}
+
+/// Metrics of the predictions `argmax(logits + offset)` against the samples' labels.
+pub fn metrics_of(
+    logits: &[[f32; Expression::COUNT]],
+    offset: [f32; Expression::COUNT],
+    samples: &[Sample],
+) -> Metrics {
+    Metrics::from_pairs(logits.iter().zip(samples).map(|(row, sample)| {
+        let predicted = (0..Expression::COUNT)
+            .max_by(|&a, &b| (row[a] + offset[a]).total_cmp(&(row[b] + offset[b])).then(b.cmp(&a)))
+            .expect("7 classes");
+        (sample.label.index(), predicted)
+    }))
+}
+
+/// The training split's class counts of a run (what its logit adjustment is relative to).
+pub fn train_class_counts(config: &TrainConfig) -> Result<ClassCounts> {
+    let samples = load_split(config, &config.data, Split::Train)?;
+    Ok(ClassCounts::of(samples.iter().map(|s| s.label)))
+}
+
+/// Writes a copy of a finished run whose classifier subtracts `τ·log π` from its logits
+/// (post-hoc logit adjustment, Menon et al. 2021), with its report on the valid split.
+pub fn adjust(run: &Path, tau: f32, out: &Path) -> Result<Metrics> {
+    let device = Backend::Flex.device();
+    let (model, mut config) = load_checkpoint(run, &device)?;
+    if config.posthoc_logit_adjustment.is_some() {
+        bail!("{}: already adjusted; adjust the run it came from", run.display());
+    }
+    let counts = train_class_counts(&config)?;
+    let offset = logit_adjustment(-tau, &counts);
+    let model = model.with_logit_offset(offset);
+    config.posthoc_logit_adjustment = Some(tau);
+    let valid_samples = load_split(&config, config.valid_spec(), Split::Valid)?;
+    let valid = evaluate(&model, &valid_samples, &device);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_json(&out.join(files::CONFIG), &config)?;
+    save_model(&out.join(files::MODEL), &model)?;
+    let records = read_records(&run.join(files::METRICS));
+    for name in [files::METRICS, files::STATE] {
+        std::fs::copy(run.join(name), out.join(name)).with_context(|| format!("copying {name}"))?;
+    }
+    write_report(out, &valid, &records)?;
+    Ok(valid)
 }
 
 /// Loads a split with the run's options and limit.
@@ -284,6 +358,12 @@ pub struct RunSummary {
 
 /// Trains (or, when `run` holds a checkpoint and `resume` is set, continues) a run in `run`.
 pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummary> {
+    if config.posthoc_logit_adjustment.is_some() {
+        bail!(
+            "{}: a logit-adjusted copy of a finished run cannot be trained further",
+            run.display()
+        );
+    }
     let device = config.backend.device().autodiff();
     device.seed(config.seed);
 
@@ -345,9 +425,15 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
         if config.network.attention { "on" } else { "off" }
     );
 
-    let cross_entropy = CrossEntropyLossConfig::new()
-        .with_smoothing((config.label_smoothing > 0.0).then_some(config.label_smoothing))
-        .init(&device);
+    let counts = ClassCounts::of(train_samples.iter().map(|s| s.label));
+    let targets = Targets::new(config.targets(), &counts);
+    let adjustment = Tensor::<2>::from_data(
+        TensorData::new(
+            logit_adjustment(config.logit_adjustment, &counts).to_vec(),
+            [1, counts.0.len()],
+        ),
+        &device,
+    );
     let steps_per_epoch = train_samples.len() / config.batch_size;
     let total_steps = steps_per_epoch * config.epochs;
     let mut records: Vec<EpochRecord> = read_records(&run.join(files::METRICS));
@@ -368,6 +454,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
         let mut interrupted = false;
         let batches = train_epoch(
             train_samples.clone(),
+            targets.clone(),
             config.batch_size,
             config.augment,
             config.seed,
@@ -380,7 +467,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
                 &mut optimizer,
                 &batch,
                 config.tcl.as_ref(),
-                &cross_entropy,
+                &adjustment,
                 lr,
                 &device,
             );
@@ -459,13 +546,14 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
     })
 }
 
-/// One optimisation step; returns (total loss, CE, TCL, correct predictions).
+/// One optimisation step; returns (total loss, CE, TCL, correct predictions). `adjustment` is
+/// the `[1, 7]` logit adjustment of the cross-entropy.
 pub(crate) fn train_step(
     model: &mut ExpressionNet,
     optimizer: &mut burn::optim::ModuleOptimizer,
     batch: &HostBatch,
     tcl: Option<&TclConfig>,
-    cross_entropy: &burn::nn::loss::CrossEntropyLoss,
+    adjustment: &Tensor<2>,
     lr: f64,
     device: &Device,
 ) -> (f64, f64, f64, usize) {
@@ -480,7 +568,7 @@ pub(crate) fn train_step(
         .equal(labels.clone())
         .int()
         .sum();
-    let ce = cross_entropy.forward(output.logits.clone(), labels.clone());
+    let ce = cross_entropy(output.logits.clone(), adjustment.clone(), batch.targets(device));
     let (loss, tcl_value) = match tcl {
         Some(tcl) => {
             let tcl_loss = triplet_center_loss(
@@ -505,18 +593,22 @@ fn scalar(t: Tensor<1>) -> f64 {
     t.into_scalar::<f32>() as f64
 }
 
+fn save_model(path: &Path, model: &ExpressionNet) -> Result<()> {
+    write_atomically(path, |p| {
+        model
+            .clone()
+            .save_file(p)
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", p.display()))
+    })
+}
+
 fn save_checkpoint(
     run: &Path,
     model: &ExpressionNet,
     optimizer: &burn::optim::ModuleOptimizer,
     state: &RunState,
 ) -> Result<()> {
-    write_atomically(&run.join(files::MODEL), |p| {
-        model
-            .clone()
-            .save_file(p)
-            .map_err(|e| anyhow::anyhow!("{}: {e:?}", p.display()))
-    })?;
+    save_model(&run.join(files::MODEL), model)?;
     write_atomically(&run.join(files::OPTIMIZER), |p| {
         optimizer
             .to_record()

@@ -189,6 +189,49 @@ fn fine_tuning_starts_from_a_runs_weights() {
 }
 
 #[test]
+fn posthoc_logit_adjustment_shifts_logits_by_the_log_prior() {
+    let data = tempfile::tempdir().unwrap();
+    // An imbalanced fixture: 6 images per class, then 4 extra neutral ones.
+    fixture(data.path(), 6);
+    let neutral = data.path().join("train").join("neutral");
+    let first = std::fs::read_dir(&neutral).unwrap().next().unwrap().unwrap().path();
+    for i in 0..4 {
+        std::fs::copy(&first, neutral.join(format!("extra{i}.png"))).unwrap();
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let (run, adjusted) = (runs.path().join("run"), runs.path().join("adjusted"));
+    let config = smoke_config(data.path());
+    training::train(&config, &run, false).unwrap();
+    training::adjust(&run, 1.0, &adjusted).unwrap();
+
+    let device = Device::flex();
+    let samples = config
+        .data
+        .load_verbose(Split::Valid, LoadOptions::default())
+        .unwrap()
+        .samples;
+    let logits = |run: &Path| training::logits(&training::load_checkpoint(run, &device).unwrap().0, &samples, &device);
+    let (before, after) = (logits(&run), logits(&adjusted));
+    let counts = training::train_class_counts(&config).unwrap();
+    let total = counts.total() as f32;
+    for (b, a) in before.iter().zip(&after) {
+        for k in 0..Expression::COUNT {
+            let expected = b[k] - (counts.0[k] as f32 / total).ln();
+            assert!((a[k] - expected).abs() < 1e-4, "class {k}: {} vs {expected}", a[k]);
+        }
+    }
+    let saved = training::load_config(&adjusted).unwrap();
+    assert_eq!(saved.posthoc_logit_adjustment, Some(1.0));
+    let error = training::train(&saved, &adjusted, true).err().unwrap().to_string();
+    assert!(error.contains("cannot be trained further"), "{error}");
+    let error = training::adjust(&adjusted, 1.0, &runs.path().join("twice"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("already adjusted"), "{error}");
+}
+
+#[test]
 fn bad_checkpoints_are_clear_errors() {
     let runs = tempfile::tempdir().unwrap();
     let error = training::load_checkpoint(runs.path(), &Device::flex())
