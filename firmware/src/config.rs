@@ -141,7 +141,12 @@ impl Config {
         ensure!(s.hold >= 1, "source.hold must be at least 1");
         ensure!(self.model.max_faces >= 1, "model.max_faces must be at least 1");
         in_unit("detect.score_threshold", self.detect.score_threshold, false)?;
-        in_unit("detect.iou_threshold", self.detect.iou_threshold, false)?;
+        // At 1 no overlap exceeds the threshold, so no two boxes of one face would ever merge.
+        let iou = self.detect.iou_threshold;
+        ensure!(
+            iou > 0.0 && iou < 1.0,
+            "detect.iou_threshold = {iou} is out of range (0, 1)"
+        );
         ensure!(
             (1.0..=4.0).contains(&self.align.scale),
             "align.scale = {} is out of range 1..=4",
@@ -158,7 +163,10 @@ impl Config {
         in_unit("decide.min_confidence", d.min_confidence, true)?;
         in_unit("decide.track_iou", d.track_iou, false)?;
         if let Some(max) = d.max_center_distance {
-            ensure!(max > 0.0, "decide.max_center_distance = {max} must be positive");
+            ensure!(
+                max > 0.0 && max.is_finite(),
+                "decide.max_center_distance = {max} must be a positive number"
+            );
         }
         if let Some(serial) = &self.publish.serial {
             ensure!(
@@ -171,8 +179,8 @@ impl Config {
             gpio.assignment().context("publish.gpio")?;
         }
         ensure!(
-            self.status.interval_s >= 0.0,
-            "status.interval_s = {} must not be negative",
+            (0.0..=86_400.0).contains(&self.status.interval_s),
+            "status.interval_s = {} is out of range 0..=86400",
             self.status.interval_s
         );
         Ok(())
@@ -205,5 +213,11 @@ mod tests {
         assert!(err("[publish.serial]\nbaud = 7\n").contains("publish.serial.baud"));
         assert!(err("[publish.gpio]\npins = { joyful = 17 }\n").contains("unknown expression \"joyful\""));
         assert!(err("[publish.serial]\nmode = \"morse\"\n").contains("morse"));
+        // Floats that parse but cannot work: infinities, NaN, a threshold nothing exceeds.
+        assert!(err("[status]\ninterval_s = inf\n").contains("status.interval_s = inf"));
+        assert!(err("[detect]\niou_threshold = 1.0\n").contains("detect.iou_threshold = 1"));
+        assert!(err("[detect]\nscore_threshold = nan\n").contains("detect.score_threshold = NaN"));
+        assert!(err("[decide]\nmax_center_distance = inf\n").contains("decide.max_center_distance = inf"));
+        assert!(err("[align]\nscale = nan\n").contains("align.scale = NaN"));
     }
 }

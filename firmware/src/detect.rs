@@ -40,6 +40,16 @@ impl Face {
         self.width * self.height
     }
 
+    /// Whether the box can be a face: finite, positive size, finite centre and key points (the
+    /// regressors of an odd input can decode to anything).
+    pub fn is_plausible(&self) -> bool {
+        let finite = [self.cx, self.cy, self.width, self.height]
+            .into_iter()
+            .chain(self.keypoints.iter().flatten().copied())
+            .all(f32::is_finite);
+        finite && self.width > 0.0 && self.height > 0.0
+    }
+
     /// Intersection over union of two boxes.
     pub fn iou(&self, other: &Face) -> f32 {
         let overlap = |c0: f32, s0: f32, c1: f32, s1: f32| {
@@ -209,6 +219,7 @@ impl Detector {
                     score,
                 })
             })
+            .filter(Face::is_plausible)
             .collect();
         weighted_nms(&mut candidates, self.options.iou_threshold)
     }
@@ -240,8 +251,14 @@ pub fn anchors() -> Vec<[f32; 2]> {
 pub fn weighted_nms(candidates: &mut Vec<Face>, iou_threshold: f32) -> Vec<Face> {
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut faces = Vec::new();
-    while let Some(best) = candidates.first().copied() {
-        let (cluster, rest): (Vec<Face>, Vec<Face>) = candidates.drain(..).partition(|f| f.iou(&best) > iou_threshold);
+    // The best face always leaves the candidates with its cluster, so every pass removes at
+    // least one and the loop ends, even for a box that does not overlap itself (zero or NaN
+    // size) or a threshold no overlap exceeds.
+    while !candidates.is_empty() {
+        let best = candidates.remove(0);
+        let (mut cluster, rest): (Vec<Face>, Vec<Face>) =
+            candidates.drain(..).partition(|f| f.iou(&best) > iou_threshold);
+        cluster.insert(0, best);
         *candidates = rest;
         let total: f32 = cluster.iter().map(|f| f.score).sum();
         let mut merged = Face {
@@ -300,6 +317,40 @@ mod tests {
         assert_eq!(a.iou(&face(100.0, 100.0, 10.0, 1.0)), 0.0);
         // Shifted by half a side: intersection 50, union 150.
         assert!((a.iou(&face(15.0, 10.0, 10.0, 1.0)) - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn degenerate_boxes_are_not_faces() {
+        assert!(face(10.0, 10.0, 4.0, 0.9).is_plausible());
+        assert!(!face(10.0, 10.0, 0.0, 0.9).is_plausible());
+        assert!(!face(10.0, 10.0, -3.0, 0.9).is_plausible());
+        assert!(!face(f32::NAN, 10.0, 4.0, 0.9).is_plausible());
+        let mut odd = face(10.0, 10.0, 4.0, 0.9);
+        odd.keypoints[3][1] = f32::INFINITY;
+        assert!(!odd.is_plausible());
+    }
+
+    #[test]
+    fn weighted_nms_ends_whatever_the_boxes_and_threshold() {
+        // A zero-size box overlaps nothing, not even itself; at a threshold of 1 no box overlaps
+        // even itself "by more than" the threshold. Each face must still leave the candidates
+        // once, so NMS returns one face per candidate instead of looping forever.
+        let degenerate = face(10.0, 10.0, 0.0, 0.9);
+        let mut candidates = vec![degenerate, face(10.0, 10.0, 10.0, 0.8), face(10.0, 10.0, 10.0, 0.7)];
+        let faces = weighted_nms(&mut candidates, 0.3);
+        assert_eq!(
+            faces.len(),
+            2,
+            "the degenerate box alone, then the two identical boxes merged"
+        );
+        let mut candidates = vec![face(10.0, 10.0, 10.0, 0.8), face(10.0, 10.0, 10.0, 0.7)];
+        assert_eq!(weighted_nms(&mut candidates, 1.0).len(), 2);
+        let nan = Face {
+            width: f32::NAN,
+            ..face(5.0, 5.0, 10.0, 0.5)
+        };
+        let mut candidates = vec![nan, face(5.0, 5.0, 10.0, 0.4)];
+        assert_eq!(weighted_nms(&mut candidates, 0.3).len(), 2);
     }
 
     #[test]
