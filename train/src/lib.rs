@@ -12,6 +12,7 @@ pub mod batch;
 pub mod bench;
 pub mod compare;
 pub mod dataset;
+mod depthwise;
 pub mod embedding;
 pub mod loss;
 pub mod metrics;

@@ -197,7 +197,7 @@ impl ConvBlock {
 
     pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = match &self.depthwise {
-            Some(depthwise) => pointwise(&self.conv, depthwise.forward(x)),
+            Some(depthwise) => pointwise(&self.conv, crate::depthwise::depthwise(depthwise, x)),
             None => self.conv.forward(x),
         };
         relu(self.norm.forward(y))
