@@ -11,6 +11,13 @@ use fer_train::dataset::{DatasetSpec, write_synthetic};
 use fer_train::model::NetworkConfig;
 use fer_train::training::{self, TrainConfig, files};
 
+/// Burn's random generator is global to the process and every test here draws from it
+/// (initialisation, random inputs): they take turns, or one test's draws land in another's run.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A synthetic data set and a small run trained on it for one epoch (about a second).
 fn trained_run(root: &Path, tcl: bool) -> (DatasetSpec, PathBuf) {
     let data_dir = root.join("data");
@@ -64,6 +71,7 @@ fn written(out: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn exports_checked_models_and_golden_vectors() {
+    let _turn = one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let (data, run) = trained_run(root.path(), true);
     let out = root.path().join("models/tiny");
@@ -134,6 +142,7 @@ fn exports_checked_models_and_golden_vectors() {
 
 #[test]
 fn cross_entropy_runs_get_class_mean_centers() {
+    let _turn = one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let (data, run) = trained_run(root.path(), false);
     let out = root.path().join("models/ce");
@@ -145,6 +154,7 @@ fn cross_entropy_runs_get_class_mean_centers() {
 
 #[test]
 fn bad_input_is_a_clear_error_and_writes_nothing() {
+    let _turn = one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let (data, run) = trained_run(root.path(), true);
     let out = root.path().join("models/bad");

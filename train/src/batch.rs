@@ -78,6 +78,32 @@ pub fn eval_batch(samples: &[Sample]) -> HostBatch {
     }
 }
 
+/// The batches of one epoch, built ahead on a background thread.
+pub struct EpochBatches {
+    receiver: mpsc::Receiver<HostBatch>,
+    worker: std::thread::JoinHandle<()>,
+}
+
+impl EpochBatches {
+    /// The batches in order, as the worker finishes them.
+    pub fn iter(&self) -> mpsc::Iter<'_, HostBatch> {
+        self.receiver.iter()
+    }
+
+    /// Stops the worker and says whether it failed: a worker that panicked ended the epoch
+    /// early, and such an epoch must not count as trained.
+    pub fn finish(self) -> Result<(), String> {
+        drop(self.receiver);
+        self.worker.join().map_err(|panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into())
+        })
+    }
+}
+
 /// The batches of one training epoch: shuffled, augmented, built ahead on a background thread.
 /// The last incomplete batch is dropped so batch statistics stay stable.
 pub fn train_epoch(
@@ -87,9 +113,9 @@ pub fn train_epoch(
     augment: Option<Augment>,
     seed: u64,
     epoch: usize,
-) -> mpsc::Receiver<HostBatch> {
+) -> EpochBatches {
     let (sender, receiver) = mpsc::sync_channel(4);
-    std::thread::spawn(move || {
+    let worker = std::thread::spawn(move || {
         let mut order: Vec<usize> = (0..samples.len()).collect();
         order.shuffle(&mut SmallRng::seed_from_u64(
             seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -124,5 +150,39 @@ pub fn train_epoch(
             }
         }
     });
-    receiver
+    EpochBatches { receiver, worker }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::ClassCounts;
+    use crate::loss::TargetConfig;
+
+    #[test]
+    fn a_failing_batch_worker_is_reported_not_taken_for_a_short_epoch() {
+        let good = Sample {
+            pixels: vec![0; INPUT.len()],
+            width: INPUT.width,
+            height: INPUT.height,
+            label: Expression::Neutral,
+            votes: None,
+        };
+        // A crop whose pixels do not fill its size makes preprocessing panic in the worker.
+        let bad = Sample {
+            pixels: vec![0; 3],
+            ..good.clone()
+        };
+        let samples = Arc::new(vec![good.clone(), bad, good.clone(), good]);
+        let config = TargetConfig {
+            votes: false,
+            smoothing: 0.0,
+            class_weight_power: 0.0,
+        };
+        let targets = Targets::new(config, &ClassCounts::of([Expression::Neutral; 4]));
+        let epoch = train_epoch(samples, targets, 1, None, 0, 0);
+        assert!(epoch.iter().count() < 4, "the epoch ended early");
+        let error = epoch.finish().unwrap_err();
+        assert!(error.contains("inconsistent crop"), "{error}");
+    }
 }

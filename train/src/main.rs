@@ -139,6 +139,9 @@ struct NetworkArgs {
     /// Selective attention module on or off (the ablation).
     #[arg(long, value_enum, default_value = "on")]
     attention: OnOff,
+    /// Dropout before the classifier (default: the network's, 0.3; 0 in --smoke runs).
+    #[arg(long)]
+    dropout: Option<f64>,
 }
 
 impl NetworkArgs {
@@ -150,6 +153,7 @@ impl NetworkArgs {
         config.widths = self.widths.unwrap_or(config.widths);
         config.depths = self.depths.unwrap_or(config.depths);
         config.attention = self.attention == OnOff::On;
+        config.dropout = self.dropout.unwrap_or(config.dropout);
         config
     }
 }
@@ -298,6 +302,7 @@ impl TrainArgs {
             NetworkConfig {
                 backbone: self.network.backbone,
                 attention: self.network.attention == OnOff::On,
+                dropout: self.network.dropout.unwrap_or(0.0),
                 ..NetworkConfig::tiny()
             }
         } else {

@@ -12,6 +12,13 @@ use fer_train::loss::{Negatives, triplet_center_loss};
 use fer_train::model::{ExpressionNet, NetworkConfig};
 use fer_train::training::{self, TrainConfig, files};
 
+/// Burn's random generator is global to the process and every test here draws from it
+/// (initialisation, random inputs): they take turns, or one test's draws land in another's run.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn fixture(root: &Path, per_class: usize) {
     write_synthetic(root, per_class).unwrap();
 }
@@ -26,6 +33,7 @@ fn smoke_config(root: &Path) -> TrainConfig {
 
 #[test]
 fn centers_and_backbone_receive_gradients() {
+    let _turn = one_at_a_time();
     let device = Device::flex().autodiff();
     device.seed(1);
     let model = ExpressionNet::new(&NetworkConfig::tiny(), &device);
@@ -69,6 +77,7 @@ fn centers_and_backbone_receive_gradients() {
 
 #[test]
 fn training_is_deterministic_and_resumable() {
+    let _turn = one_at_a_time();
     let data = tempfile::tempdir().unwrap();
     fixture(data.path(), 6);
     let config = smoke_config(data.path());
@@ -133,6 +142,7 @@ fn training_is_deterministic_and_resumable() {
 
 #[test]
 fn learns_a_separable_fixture() {
+    let _turn = one_at_a_time();
     // The test that fails if the loop does not actually learn: 7 easy classes, a few seconds.
     let data = tempfile::tempdir().unwrap();
     fixture(data.path(), 8);
@@ -152,6 +162,7 @@ fn learns_a_separable_fixture() {
 
 #[test]
 fn fine_tuning_starts_from_a_runs_weights() {
+    let _turn = one_at_a_time();
     let data = tempfile::tempdir().unwrap();
     fixture(data.path(), 4);
     let runs = tempfile::tempdir().unwrap();
@@ -190,6 +201,7 @@ fn fine_tuning_starts_from_a_runs_weights() {
 
 #[test]
 fn posthoc_logit_adjustment_shifts_logits_by_the_log_prior() {
+    let _turn = one_at_a_time();
     let data = tempfile::tempdir().unwrap();
     // An imbalanced fixture: 6 images per class, then 4 extra neutral ones.
     fixture(data.path(), 6);
@@ -233,6 +245,7 @@ fn posthoc_logit_adjustment_shifts_logits_by_the_log_prior() {
 
 #[test]
 fn bad_checkpoints_are_clear_errors() {
+    let _turn = one_at_a_time();
     let runs = tempfile::tempdir().unwrap();
     let error = training::load_checkpoint(runs.path(), &Device::flex())
         .err()
@@ -257,6 +270,7 @@ fn bad_checkpoints_are_clear_errors() {
 
 #[test]
 fn ferplus_smoke_run_on_the_shared_data() {
+    let _turn = one_at_a_time();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/ferplus");
     if !root.join("FER2013Train/label.csv").is_file() {
         eprintln!("skipped: {} not present (see README: getting the data)", root.display());

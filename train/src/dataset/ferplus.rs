@@ -49,12 +49,13 @@ impl FerPlus {
 /// distribution; `None` when the image has no majority or its majority is not a basic expression.
 pub fn majority_label(votes: [u32; 10]) -> Option<(Expression, [f32; Expression::COUNT])> {
     let votes = votes.map(|v| if v == 1 { 0 } else { v });
-    let sum: u32 = votes.iter().sum();
+    // In u64: ten u32 counts cannot overflow it, whatever a label file holds.
+    let sum: u64 = votes.iter().map(|&v| u64::from(v)).sum();
     let (column, &max) = votes
         .iter()
         .enumerate()
         .max_by_key(|&(i, v)| (*v, std::cmp::Reverse(i)))?;
-    if sum == 0 || 2 * max <= sum {
+    if sum == 0 || 2 * u64::from(max) <= sum {
         return None;
     }
     let label = COLUMNS[column]?;
@@ -146,6 +147,17 @@ mod tests {
         assert_eq!(majority_label([0, 0, 0, 0, 0, 0, 0, 0, 0, 10]), None);
         // All single votes are noise: unlabelled.
         assert_eq!(majority_label([1, 1, 1, 1, 1, 1, 1, 1, 1, 1]), None);
+        // Absurd counts from a damaged file neither overflow nor panic.
+        let tie = majority_label([u32::MAX, u32::MAX, 0, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(
+            tie.map(|(label, _)| label),
+            None,
+            "a tie of two huge counts has no majority"
+        );
+        assert_eq!(
+            majority_label([u32::MAX, 3, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap().0,
+            Expression::Neutral
+        );
     }
 
     #[test]

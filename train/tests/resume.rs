@@ -1,0 +1,107 @@
+//! A `fer-train` process killed at any moment and resumed ends exactly where an uninterrupted run
+//! ends: same metrics for every epoch, same weights.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::prelude::*;
+use fer_train::dataset::write_synthetic;
+use fer_train::training::{self, RunState, files};
+
+const EPOCHS: &str = "8";
+
+fn train(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fer-train"));
+    command
+        .arg("train")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+fn fresh_run(data: &Path, out: &Path) -> Command {
+    // Dropout on, so the test also covers the random draws that continue across epochs.
+    let data = format!("folders:{}", data.display());
+    let out = out.display().to_string();
+    train(&[
+        "--data",
+        &data,
+        "--smoke",
+        "--dropout",
+        "0.3",
+        "--epochs",
+        EPOCHS,
+        "--out",
+        &out,
+    ])
+}
+
+fn epochs_done(run: &Path) -> usize {
+    training::read_json::<RunState>(&run.join(files::STATE)).map_or(0, |s| s.epochs_done)
+}
+
+/// What a run computes on a fixed probe, and its per-epoch metrics without the timings.
+fn outcome(run: &Path) -> (Vec<f32>, Vec<serde_json::Value>) {
+    let device = Device::flex();
+    device.seed(9);
+    let probe = Tensor::<4>::random([3, 1, 48, 48], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let (model, _) = training::load_checkpoint(run, &device).unwrap();
+    let logits = model.forward(probe).logits.into_data().try_to_vec::<f32>().unwrap();
+    let metrics = std::fs::read_to_string(run.join(files::METRICS)).unwrap();
+    let records = metrics
+        .lines()
+        .map(|line| {
+            let mut record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let fields = record.as_object_mut().unwrap();
+            fields.remove("seconds");
+            fields.remove("images_per_second");
+            record
+        })
+        .collect();
+    (logits, records)
+}
+
+#[test]
+fn a_killed_and_resumed_run_equals_an_uninterrupted_one() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    write_synthetic(&data, 8).unwrap();
+    let reference = root.path().join("reference");
+    assert!(fresh_run(&data, &reference).status().unwrap().success());
+    let expected = outcome(&reference);
+    assert_eq!(expected.1.len(), 8);
+
+    // Kill after 1, 3 and 5 finished epochs plus a moment, so the kill lands mid-epoch, during
+    // evaluation or while a checkpoint is written, wherever the timing puts it.
+    for (i, (after_epochs, delay_ms)) in [(1, 0), (3, 7), (5, 23)].into_iter().enumerate() {
+        let run = root.path().join(format!("killed{i}"));
+        let mut child = fresh_run(&data, &run).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while epochs_done(&run) < after_epochs && Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL: no handler runs
+        child.wait().unwrap();
+        let resumed = train(&["--resume", &run.display().to_string()]).status().unwrap();
+        assert!(
+            resumed.success(),
+            "resume after a kill past epoch {after_epochs} failed"
+        );
+        assert_eq!(epochs_done(&run), 8);
+        let got = outcome(&run);
+        assert_eq!(
+            got.1, expected.1,
+            "metrics differ after a kill past epoch {after_epochs}"
+        );
+        assert!(
+            got.0 == expected.0,
+            "weights differ after a kill past epoch {after_epochs}"
+        );
+    }
+}
