@@ -185,6 +185,12 @@ fn run(config: &Config) -> Result<()> {
     let mut publishers = publishers(config)?;
     let interval = (config.status.interval_s > 0.0).then(|| Duration::from_secs_f32(config.status.interval_s));
     sensor::run(&mut sensor, source.as_mut(), &mut publishers, &stop, interval)?;
+    // Files run out by design; a stream on stdin ends only when the process feeding it died,
+    // and a zero exit would keep systemd's Restart=on-failure from restarting the pipeline.
+    let stdin = fer_firmware::source::Input::Stdin;
+    if fer_firmware::source::Input::parse(&config.source.input) == stdin && !stop.requested() {
+        anyhow::bail!("stdin ended (end of stream): the program feeding frames stopped");
+    }
     Ok(())
 }
 

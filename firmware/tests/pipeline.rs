@@ -177,6 +177,33 @@ fn unreadable_images_are_skipped_and_counted() {
 }
 
 #[test]
+fn the_end_of_stdin_is_a_failure_so_a_service_restarts() {
+    // `rpicam-vid | fer-sensor --source stdin` ends only when the camera side died: that must
+    // exit non-zero, or systemd's Restart=on-failure never restarts the pipeline.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fer-sensor"))
+        .current_dir(root())
+        .args(["--classifier", F32, "--source", "stdin", "--status-interval", "0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let noise: Vec<u8> = (0..300_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &noise).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stdin ended"), "{}", stderr(&out));
+}
+
+#[test]
 fn bad_input_gives_clear_errors() {
     let cases: [(&[&str], i32, &str); 5] = [
         (&["--source", "no/such/frames"], 1, "\"no/such/frames\": no such file"),
