@@ -1,7 +1,7 @@
 //! The frame decoder survives garbage, arbitrary bytes and byte-by-byte delivery.
 
 use fer_protocol::Expression;
-use fer_protocol::wire::{Decoder, Frame, Reading, START};
+use fer_protocol::wire::{Decoder, FRAME_LEN, Frame, Reading, START};
 use proptest::prelude::*;
 
 fn frames() -> impl Strategy<Value = Vec<Frame>> {
@@ -52,12 +52,29 @@ proptest! {
         prop_assert_eq!(received, sent);
     }
 
-    /// Arbitrary bytes never panic the decoder.
+    /// Arbitrary bytes: every frame the decoder returns is the last nine bytes it was given and
+    /// re-encodes to them, and every byte is accounted for (skipped, in a returned frame or
+    /// error, or at most a frame's worth still buffered).
     #[test]
-    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+    fn arbitrary_bytes_give_only_real_frames_and_every_byte_is_counted(
+        bytes in prop::collection::vec(any::<u8>(), 0..512),
+    ) {
         let mut decoder = Decoder::new();
-        for b in bytes {
-            let _ = decoder.push(b);
+        let mut emitted = 0u32;
+        for (i, &b) in bytes.iter().enumerate() {
+            if let Some(result) = decoder.push(b) {
+                emitted += 1;
+                prop_assert!(i + 1 >= FRAME_LEN, "a frame before nine bytes arrived");
+                let last: &[u8] = &bytes[i + 1 - FRAME_LEN..=i];
+                prop_assert_eq!(last[0], START);
+                if let Ok(frame) = result {
+                    prop_assert_eq!(&frame.encode()[..], last);
+                }
+            }
+            let accounted = decoder.skipped + emitted * FRAME_LEN as u32;
+            let given = i as u32 + 1;
+            prop_assert!(accounted <= given && given - accounted < FRAME_LEN as u32,
+                "{given} bytes given, {accounted} accounted for");
         }
     }
 }
