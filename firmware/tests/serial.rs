@@ -13,6 +13,33 @@ use fer_firmware::selftest;
 use fer_protocol::{Decoder, Expression, Frame, Reading};
 use proptest::prelude::*;
 
+/// Ends the test binary with a failure when the test it guards is still running after `limit`.
+/// Reads from a pty block: a lost frame must fail the test, not hang CI.
+struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Watchdog {
+    fn new(test: &'static str, limit: Duration) -> Self {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = done.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            if !seen.load(std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("{test}: still waiting on the pty after {limit:?}: failing instead of hanging");
+                std::process::exit(101);
+            }
+        });
+        Self(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(20);
+
 /// A pty pair: the tty path the sensor opens, and the other end as a file.
 fn pty() -> (PathBuf, File, std::os::fd::OwnedFd) {
     let pair = nix::pty::openpty(None, None).expect("openpty");
@@ -35,8 +62,10 @@ fn event(sequence: u64, reading: Reading, changed: bool) -> Event {
     }
 }
 
-/// Reads from the pty until `n` frames decoded or a second passed.
+/// Reads from the pty until `n` frames decoded or five seconds passed (a read that never returns
+/// trips the watchdog).
 fn read_frames(master: &mut File, n: usize) -> Vec<Frame> {
+    let _watchdog = Watchdog::new("read_frames", LIMIT);
     let mut decoder = Decoder::new();
     let mut frames = Vec::new();
     let mut buf = [0u8; 256];
@@ -82,6 +111,7 @@ fn binary_frames_arrive_exactly_over_a_pty() {
 
 #[test]
 fn json_mode_sends_changes_only_as_lines() {
+    let _watchdog = Watchdog::new("json_mode_sends_changes_only_as_lines", LIMIT);
     let (path, mut master, _slave) = pty();
     let mut publisher = Serial::new(serial::open(&path, 9600).unwrap(), Mode::Json, false, "pty");
     publisher
@@ -117,6 +147,10 @@ fn a_missing_port_is_an_error_naming_it() {
 
 #[test]
 fn selftest_loopback_passes_through_an_echoing_pty_and_fails_without_it() {
+    let _watchdog = Watchdog::new(
+        "selftest_loopback_passes_through_an_echoing_pty_and_fails_without_it",
+        LIMIT,
+    );
     let (path, mut master, _slave) = pty();
     let mut uart = serial::open(&path, 115_200).unwrap();
     // Nothing echoes yet: like a missing TX→RX jumper.
