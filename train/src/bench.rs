@@ -8,7 +8,8 @@ use burn::prelude::*;
 use fer_protocol::{Expression, INPUT};
 
 use crate::batch::HostBatch;
-use crate::model::{ExpressionNet, NetworkConfig, pointwise};
+use crate::model::{ExpressionNet, NetworkConfig};
+use crate::separable::{depthwise, pointwise};
 use crate::training::{Backend, TclConfig, train_step};
 
 /// Forward and backward time of one op of the network, in isolation.
@@ -59,10 +60,8 @@ pub fn profile_ops(backend: Backend, network: &NetworkConfig, batch_size: usize,
     let mut ops = Vec::new();
     for (i, (spec, block)) in network.blocks().iter().zip(model.blocks()).enumerate() {
         let input = [batch_size, spec.input, spec.side, spec.side];
-        if let Some(depthwise) = &block.depthwise {
-            ops.push(time(format!("block {i} depthwise 3x3"), input, &|x| {
-                crate::depthwise::depthwise(depthwise, x)
-            }));
+        if let Some(conv) = &block.depthwise {
+            ops.push(time(format!("block {i} depthwise 3x3"), input, &|x| depthwise(conv, x)));
         }
         let [_, _, k, _] = block.conv.weight.dims();
         ops.push(time(

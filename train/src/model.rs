@@ -16,6 +16,7 @@ use burn::tensor::activation::relu;
 use fer_protocol::{Expression, INPUT};
 
 use crate::attention::{SelectiveAttention, global_average_pool};
+use crate::separable::pointwise;
 
 /// The kind of conv block the backbone is built from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -197,31 +198,11 @@ impl ConvBlock {
 
     pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = match &self.depthwise {
-            Some(depthwise) => pointwise(&self.conv, crate::depthwise::depthwise(depthwise, x)),
+            Some(depthwise) => pointwise(&self.conv, crate::separable::depthwise(depthwise, x)),
             None => self.conv.forward(x),
         };
         relu(self.norm.forward(y))
     }
-}
-
-/// A 1x1 conv without bias; while its weight is being trained, computed as a batched matmul.
-///
-/// Same numbers either way, but a different cost: Burn's flex backend takes a 1x1 conv's weight
-/// gradient through its generic conv (an `H x W` kernel over the batch, one matrix-vector
-/// product per input channel), while a matmul's backward is two gemms — see `fer-train bench
-/// --ops` and docs/results.md. Inference and export keep the conv, which BatchNorm folds into and
-/// the int8 export quantizes.
-pub(crate) fn pointwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let weight = conv.weight.val();
-    if !weight.is_require_grad() {
-        return conv.forward(x);
-    }
-    let [b, c, h, w] = x.dims();
-    let [out, ..] = weight.dims();
-    weight
-        .reshape([1, out, c])
-        .matmul(x.reshape([b, c, h * w]))
-        .reshape([b, out, h, w])
 }
 
 /// What one forward pass gives.
@@ -401,32 +382,6 @@ mod tests {
         let norms = 4 * (4 + 4 + 8 + 8 + 8 + 8 + 16 + 16);
         let heads = (16 * 8 + 8) + (8 * 7 + 7) + 7 * 8;
         assert_eq!(params, conv_weights + norms + heads);
-    }
-
-    #[test]
-    fn pointwise_matmul_matches_the_conv_and_its_gradients() {
-        let device = Device::flex().autodiff();
-        device.seed(3);
-        let conv = Conv2dConfig::new([5, 6], [1, 1]).with_bias(false).init(&device);
-        let x = Tensor::<4>::random([2, 5, 4, 3], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let r = Tensor::<4>::random([2, 6, 4, 3], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let fast = pointwise(&conv, x.clone().require_grad());
-        let reference = conv.forward(x.clone().require_grad());
-        assert!(
-            conv.weight.val().is_require_grad(),
-            "the test must take the matmul path"
-        );
-        let max_diff = |a: Tensor<4>, b: Tensor<4>| (a - b).abs().max().into_scalar::<f32>();
-        assert!(max_diff(fast.clone(), reference.clone()) < 1e-5);
-        let grads_fast = (fast * r.clone()).sum().backward();
-        let grads_reference = (reference * r).sum().backward();
-        let weight_grad = |g| conv.weight.val().grad(g).unwrap();
-        assert!(max_diff(weight_grad(&grads_fast), weight_grad(&grads_reference)) < 1e-4);
-        // Without gradients (evaluation, export) it is the conv itself.
-        let inference = conv.valid();
-        assert!(!inference.weight.val().is_require_grad());
-        let x = x.inner();
-        assert!(max_diff(pointwise(&inference, x.clone()), inference.forward(x)) == 0.0);
     }
 
     #[test]

@@ -131,7 +131,8 @@ impl TrainConfig {
             vote_labels: true,
             class_weight_power: 0.0,
             logit_adjustment: 0.0,
-            // About 135 minutes for the v2 network on FER+ on 2 cores (docs/results.md).
+            // 32 epochs of FER+ at the v2 network's ~140 images/s (docs/results.md) are about
+            // 100 minutes on 2 cores, inside model v2's 150-minute budget.
             epochs: 32,
             batch_size: 64,
             lr: 2e-3,
