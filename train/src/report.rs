@@ -58,7 +58,7 @@ fn no_font() -> anyhow::Error {
 /// One line of a chart: its legend, its points, its colour.
 type Line = (String, Vec<(f64, f64)>, RGBColor);
 
-/// A markdown table of post-hoc logit adjustment: for τ = 0, 0.25, ..., 2, the metrics of
+/// A markdown table of post-hoc logit adjustment: for τ = 0, 0.1, ..., 1, 1.5, 2, the metrics of
 /// `argmax(logits − τ·log π)` (π from the training split's `counts`) with every class's recall.
 pub fn logit_adjustment_table(logits: &[[f32; Expression::COUNT]], samples: &[Sample], counts: &ClassCounts) -> String {
     let mut out = String::from("| τ | accuracy | mean class acc. | macro-F1 |");
@@ -69,8 +69,9 @@ pub fn logit_adjustment_table(logits: &[[f32; Expression::COUNT]], samples: &[Sa
         "\n|---:|---:|---:|---:|{}\n",
         "---:|".repeat(Expression::COUNT)
     ));
-    for step in 0..=8 {
-        let tau = step as f32 * 0.25;
+    // Fine where the useful τ sit (imbalance-aware models want small ones), coarse beyond.
+    let taus = (0..=10).map(|i| i as f32 / 10.0).chain([1.5, 2.0]);
+    for tau in taus {
         let m = metrics_of(logits, logit_adjustment(-tau, counts), samples);
         out.push_str(&format!(
             "| {tau:.2} | {:.2} | {:.2} | {:.2} |",
