@@ -67,11 +67,12 @@ impl Classifier {
         }
         let info = contract::check(&props).context("the model breaks the fer contract")?;
         let shape = [1, INPUT.channels, INPUT.height, INPUT.width];
-        let plan = model
+        let model = model
             .with_input_fact(0, f32::fact(shape).into())?
             .into_optimized()
-            .context("optimizing the classifier")?
-            .into_runnable()?;
+            .context("optimizing the classifier")?;
+        check_outputs(&model).context("the model breaks the fer contract")?;
+        let plan = model.into_runnable()?;
         Ok(Self {
             info,
             plan,
@@ -165,9 +166,64 @@ pub fn softmax(logits: &[f32], out: &mut [f32]) {
     out.iter_mut().for_each(|o| *o /= sum);
 }
 
+/// The graph's outputs as the contract names them: logits `[1, 7]`, an embedding `[1, D]` and
+/// center distances `[1, 7]`. The metadata alone does not say what the graph computes.
+fn check_outputs(model: &TypedModel) -> Result<()> {
+    let outlets = model.output_outlets()?;
+    let names: Vec<&str> = outlets
+        .iter()
+        .map(|&o| model.outlet_label(o).unwrap_or(&model.node(o.node).name))
+        .collect();
+    anyhow::ensure!(
+        names == contract::OUTPUTS,
+        "its outputs are {names:?}, the contract names {:?}",
+        contract::OUTPUTS
+    );
+    for (&outlet, (name, classes)) in
+        outlets.iter().zip(
+            contract::OUTPUTS
+                .iter()
+                .zip([Some(Expression::COUNT), None, Some(Expression::COUNT)]),
+        )
+    {
+        let shape = model.outlet_fact(outlet)?.shape.as_concrete().map(|s| s.to_vec());
+        let fits = match &shape {
+            Some(dims) => dims.len() == 2 && dims[0] == 1 && classes.is_none_or(|k| dims[1] == k),
+            None => false,
+        };
+        anyhow::ensure!(
+            fits,
+            "output `{name}` has shape {shape:?}, expected [1, {}]",
+            classes.map_or("D".to_string(), |k| k.to_string())
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_whose_outputs_break_the_contract_is_refused_at_load() {
+        use prost::Message;
+        let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fer.f32.onnx")).unwrap();
+        assert!(Classifier::from_bytes(&bytes).is_ok());
+        let refused = |change: &dyn Fn(&mut tract_onnx::pb::GraphProto)| {
+            let mut model = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
+            change(model.graph.as_mut().unwrap());
+            let error = Classifier::from_bytes(&model.encode_to_vec()).err().expect("refused");
+            format!("{error:#}")
+        };
+        // Two outputs, not three: classifying would read past the end.
+        let error = refused(&|g| {
+            g.output.pop();
+        });
+        assert!(error.contains("its outputs are"), "{error}");
+        // The right outputs in the wrong order: distances would be read as the embedding.
+        let error = refused(&|g| g.output.swap(1, 2));
+        assert!(error.contains("its outputs are"), "{error}");
+    }
 
     #[test]
     fn softmax_sums_to_one_and_keeps_order() {
