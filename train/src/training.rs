@@ -337,10 +337,11 @@ pub fn adjust(run: &Path, tau: f32, out: &Path) -> Result<Metrics> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     write_json(&out.join(files::CONFIG), &config)?;
     save_model(&out.join(files::MODEL), &model)?;
-    let records = read_records(&run.join(files::METRICS));
-    for name in [files::METRICS, files::STATE] {
-        std::fs::copy(run.join(name), out.join(name)).with_context(|| format!("copying {name}"))?;
-    }
+    let state: RunState = read_json(&run.join(files::STATE))?;
+    let mut records = read_records(&run.join(files::METRICS));
+    records.truncate(state.epochs_done);
+    write_records(&out.join(files::METRICS), &records)?;
+    write_json(&out.join(files::STATE), &state)?;
     write_report(out, &valid, &records)?;
     Ok(valid)
 }
