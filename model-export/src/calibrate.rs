@@ -51,10 +51,38 @@ pub fn fused_relu(
 /// Runs the f32 model on every input (`INPUT.len()` values each) and records the min and max of
 /// each named tensor.
 pub fn observe(model: &ModelProto, tensors: &[String], inputs: &[Vec<f32>]) -> Result<HashMap<String, Range>> {
+    let mut ranges: Vec<Range> = vec![
+        Range {
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY
+        };
+        tensors.len()
+    ];
+    for_each_run(model, tensors, inputs, "calibrating", |outputs| {
+        for (range, value) in ranges.iter_mut().zip(outputs) {
+            for &v in value.to_plain_array_view::<f32>()? {
+                range.min = range.min.min(v);
+                range.max = range.max.max(v);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(tensors.iter().cloned().zip(ranges).collect())
+}
+
+/// Runs the f32 model on every input (`INPUT.len()` values each) with `tensors` exposed as its
+/// only outputs, handing each run's values, in `tensors` order, to `visit`; `what` labels the
+/// progress bar.
+pub(crate) fn for_each_run(
+    model: &ModelProto,
+    tensors: &[String],
+    inputs: &[Vec<f32>],
+    what: &str,
+    mut visit: impl FnMut(&[TValue]) -> Result<()>,
+) -> Result<()> {
     ensure!(!inputs.is_empty(), "no calibration inputs");
     let mut probe = model.clone();
     let g = graph::graph_mut(&mut probe)?;
-    // Expose the observed tensors as the graph's only outputs.
     g.output = tensors
         .iter()
         .map(|name| ValueInfoProto {
@@ -63,29 +91,18 @@ pub fn observe(model: &ModelProto, tensors: &[String], inputs: &[Vec<f32>]) -> R
         })
         .collect();
     let plan = crate::runtime::typed_model(&probe)
-        .context("preparing the calibration model")?
+        .with_context(|| format!("preparing the model for {what}"))?
         .into_optimized()?
         .into_runnable()?;
-    let mut ranges: Vec<Range> = vec![
-        Range {
-            min: f32::INFINITY,
-            max: f32::NEG_INFINITY
-        };
-        tensors.len()
-    ];
     let bar = ProgressBar::new(inputs.len() as u64).with_style(
-        ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} faces ({per_sec}, {eta} left)")
-            .expect("valid template"),
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} faces ({{per_sec}}, {{eta}} left)"
+        ))
+        .expect("valid template"),
     );
     for input in bar.wrap_iter(inputs.iter()) {
-        let outputs = plan.run(tvec!(crate::runtime::input_tensor(input)?.into()))?;
-        for (range, value) in ranges.iter_mut().zip(outputs.iter()) {
-            for &v in value.to_plain_array_view::<f32>()? {
-                range.min = range.min.min(v);
-                range.max = range.max.max(v);
-            }
-        }
+        visit(&plan.run(tvec!(crate::runtime::input_tensor(input)?.into()))?)?;
     }
     bar.finish_and_clear();
-    Ok(tensors.iter().cloned().zip(ranges).collect())
+    Ok(())
 }

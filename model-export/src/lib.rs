@@ -2,11 +2,12 @@
 //! quantization in the operator form tract executes with integer kernels, the model contract in
 //! the ONNX metadata, and golden vectors for the cross-target tests.
 //!
-//! Data flows `float` (Burn → ONNX) → `calibrate` (activation ranges in tract) → `quantize`
-//! (QLinearConv rewrite); `pipeline` runs it all with its checks, `runtime` wraps tract.
+//! Data flows `float` (Burn → ONNX) → `equalize` (depthwise/pointwise channel balance) →
+//! `calibrate` (activation ranges in tract) → `quantize` (QLinearConv rewrite); `pipeline` runs it all with its checks, `runtime` wraps tract.
 #![warn(missing_docs)]
 
 pub mod calibrate;
+pub mod equalize;
 pub mod float;
 pub mod graph;
 pub mod pipeline;

@@ -58,6 +58,10 @@ struct Cli {
     /// more precise and slower; auto picks per-channel only where per-tensor loses too much.
     #[arg(long, value_enum, default_value = "per-tensor")]
     weight_scales: WeightScales,
+    /// Quantize without equalizing depthwise → pointwise conv pairs first (equalizing balances
+    /// their channel ranges and leaves the f32 function unchanged).
+    #[arg(long)]
+    no_equalize: bool,
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -72,6 +76,7 @@ fn run(cli: Cli) -> Result<()> {
         min_agreement: cli.min_agreement,
         max_accuracy_drop: cli.max_accuracy_drop,
         weight_scales: cli.weight_scales,
+        equalize: !cli.no_equalize,
         out: cli.out,
     };
     let report = export(&options)?;

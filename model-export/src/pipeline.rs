@@ -42,6 +42,8 @@ pub struct ExportOptions {
     pub max_accuracy_drop: f64,
     /// Weight scale granularity of the int8 convs.
     pub weight_scales: WeightScales,
+    /// Equalize depthwise → pointwise pairs before quantizing (see [`crate::equalize`]).
+    pub equalize: bool,
     /// Output prefix: writes `PREFIX.f32.onnx`, `PREFIX.int8.onnx`, `PREFIX.golden.json`,
     /// `PREFIX.report.json` and `PREFIX.report.md`.
     pub out: PathBuf,
@@ -58,6 +60,8 @@ pub struct ExportReport {
     pub centers_from_class_means: bool,
     /// Calibration images used.
     pub calibration_images: usize,
+    /// Depthwise → pointwise pairs equalized before quantization.
+    pub equalized_pairs: usize,
     /// Images in the parity check.
     pub parity_images: usize,
     /// Largest |Δ| of a logit between Burn and tract f32.
@@ -155,9 +159,14 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     );
 
     let inputs: Vec<Vec<f32>> = calibration.iter().map(preprocessed).collect();
-    let observed = calibrate::tensors_to_observe(&f32_model)?;
-    let ranges = calibrate::observe(&f32_model, &observed, &inputs)?;
-    let (mut int8_model, layers) = quantize::quantize(&f32_model, &ranges, options.weight_scales)?;
+    let (to_quantize, equalized_pairs) = if options.equalize {
+        crate::equalize::equalize(&f32_model, &inputs)?
+    } else {
+        (f32_model.clone(), 0)
+    };
+    let observed = calibrate::tensors_to_observe(&to_quantize)?;
+    let ranges = calibrate::observe(&to_quantize, &observed, &inputs)?;
+    let (mut int8_model, layers) = quantize::quantize(&to_quantize, &ranges, options.weight_scales)?;
     graph::set_metadata(&mut int8_model, [(keys::PRECISION, "int8".to_string())]);
     let int8_runner = Runner::new(&int8_model).context("the int8 model does not run in tract")?;
 
@@ -183,6 +192,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
         weights_sha256,
         centers_from_class_means,
         calibration_images: calibration.len(),
+        equalized_pairs,
         parity_images: parity.images,
         parity_max_logit_error: parity.logits,
         parity_max_embedding_error: parity.embedding,

@@ -25,7 +25,11 @@ pub fn markdown(r: &ExportReport, options: &ExportOptions) -> String {
             ""
         }
     );
-    let _ = writeln!(s, "- weight scales: {:?}\n", options.weight_scales);
+    let _ = writeln!(
+        s,
+        "- weight scales: {:?}; depthwise → pointwise pairs equalized: {}\n",
+        options.weight_scales, r.equalized_pairs
+    );
     let _ = writeln!(s, "## Checks\n");
     let _ = writeln!(
         s,

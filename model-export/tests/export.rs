@@ -57,6 +57,7 @@ fn options(data: &DatasetSpec, run: &Path, out: &Path) -> ExportOptions {
         min_agreement: 0.0,
         max_accuracy_drop: 1.0,
         weight_scales: WeightScales::PerTensor,
+        equalize: true,
         out: out.to_path_buf(),
     }
 }
@@ -134,6 +135,19 @@ fn exports_checked_models_and_golden_vectors() {
             case.name
         );
     }
+    // Equalizing the depthwise → pointwise pairs (every separable block) leaves the f32
+    // function as it was.
+    let inputs: Vec<Vec<f32>> = golden.cases.iter().map(|c| c.input.clone()).collect();
+    let (equalized, pairs) = fer_export::equalize::equalize(&f32_model, &inputs).unwrap();
+    assert_eq!(pairs, report.equalized_pairs);
+    assert!(pairs >= 3, "{pairs} pairs");
+    let equalized_runner = Runner::new(&equalized).unwrap();
+    for input in &inputs {
+        let (before, after) = (f32_runner.run(input).unwrap(), equalized_runner.run(input).unwrap());
+        for (a, b) in before.logits.iter().zip(&after.logits) {
+            assert!((a - b).abs() <= 1e-4, "{:?} vs {:?}", before.logits, after.logits);
+        }
+    }
     for suffix in ["report.json", "report.md"] {
         assert!(output_path(&out, suffix).is_file());
     }
@@ -191,6 +205,16 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     std::fs::write(&config_path, config.to_string()).unwrap();
     fails_with(options(&data, &run, &out), "does config.json match the weights");
     std::fs::write(&config_path, original).unwrap();
+
+    // The int8 gate is live: a model that misses it (here: int8 would have to beat f32 by 100
+    // points) is refused and nothing is written.
+    fails_with(
+        ExportOptions {
+            max_accuracy_drop: -1.0,
+            ..options(&data, &run, &out)
+        },
+        "quantization check failed",
+    );
 
     std::fs::write(run.join(files::MODEL), b"not a burnpack").unwrap();
     fails_with(options(&data, &run, &out), "model.burnpack");
