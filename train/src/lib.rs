@@ -19,3 +19,15 @@ pub mod model;
 pub mod report;
 mod separable;
 pub mod training;
+
+/// Skips a test whose input (the shared data set, a system font) is absent, with the reason on
+/// stderr; in CI (`CI=true`), where that input is provisioned, a skip would hide a failure, so
+/// it panics instead.
+#[doc(hidden)]
+pub fn skip_test_unless_ci(why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true, yet {why}: CI provides it, so this test must run"
+    );
+    eprintln!("skipped: {why}");
+}

@@ -354,7 +354,7 @@ mod tests {
     #[test]
     fn plots_are_written_when_a_font_exists() {
         if font_family().is_none() {
-            eprintln!("skipped: no system font (install fonts-dejavu-core)");
+            crate::skip_test_unless_ci("no system font (install fonts-dejavu-core)");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -273,7 +273,10 @@ fn ferplus_smoke_run_on_the_shared_data() {
     let _turn = one_at_a_time();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/ferplus");
     if !root.join("FER2013Train/label.csv").is_file() {
-        eprintln!("skipped: {} not present (see README: getting the data)", root.display());
+        fer_train::skip_test_unless_ci(&format!(
+            "{} is not present (see README: getting the data)",
+            root.display()
+        ));
         return;
     }
     let data: DatasetSpec = format!("ferplus:{}", root.display()).parse().unwrap();
