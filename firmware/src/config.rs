@@ -139,6 +139,11 @@ impl Config {
             s.fps
         );
         ensure!(s.hold >= 1, "source.hold must be at least 1");
+        ensure!(
+            (0.0..=3600.0).contains(&s.signal_timeout_s),
+            "source.signal_timeout_s = {} is out of range 0..=3600",
+            s.signal_timeout_s
+        );
         ensure!(self.model.max_faces >= 1, "model.max_faces must be at least 1");
         in_unit("detect.score_threshold", self.detect.score_threshold, false)?;
         // At 1 no overlap exceeds the threshold, so no two boxes of one face would ever merge.
@@ -219,5 +224,6 @@ mod tests {
         assert!(err("[detect]\nscore_threshold = nan\n").contains("detect.score_threshold = NaN"));
         assert!(err("[decide]\nmax_center_distance = inf\n").contains("decide.max_center_distance = inf"));
         assert!(err("[align]\nscale = nan\n").contains("align.scale = NaN"));
+        assert!(err("[source]\nsignal_timeout_s = inf\n").contains("source.signal_timeout_s = inf"));
     }
 }

@@ -119,6 +119,20 @@ impl Decider {
         &self.tracks
     }
 
+    /// Forgets every track: the decision of a frame without faces after a gap in the frames.
+    pub fn reset(&mut self) -> Decision {
+        self.tracks.clear();
+        let changed = self.last != Reading::NoFace;
+        self.last = Reading::NoFace;
+        Decision {
+            reading: Reading::NoFace,
+            confidence: 0.0,
+            faces: 0,
+            face: None,
+            changed,
+        }
+    }
+
     /// Feeds one frame's faces and their classifications; `frame_size` is (width, height).
     pub fn update(&mut self, faces: &[(Face, Classification)], frame_size: (u32, u32)) -> Decision {
         let mut matched = vec![false; self.tracks.len()];

@@ -4,7 +4,8 @@
 //!
 //! Data flows one way through the modules: [`source`] → [`detect`] → [`align`] → [`classify`] →
 //! [`decide`] → [`publish`]; [`sensor`] joins them, [`config`] holds every setting, [`selftest`]
-//! checks a device in the field and [`golden`] the model against its golden vectors.
+//! checks a device in the field, [`golden`] the model against its golden vectors, and [`service`]
+//! talks to systemd.
 #![warn(missing_docs)]
 
 pub mod align;
@@ -16,6 +17,7 @@ pub mod golden;
 pub mod publish;
 pub mod selftest;
 pub mod sensor;
+pub mod service;
 pub mod source;
 
 use std::sync::Arc;
@@ -35,5 +37,42 @@ impl Stop {
     /// Whether a stop was asked for.
     pub fn requested(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// Sleeps for `duration` or until a stop is asked for, whichever comes first (checked every
+    /// 50 ms, so a back-off of seconds never delays a shutdown); returns whether it was asked.
+    pub fn sleep(&self, duration: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + duration;
+        while !self.requested() {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_millis(50)));
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_back_off_sleep_ends_when_a_stop_is_asked_for() {
+        let stop = Stop::default();
+        let asker = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            asker.request();
+        });
+        let start = std::time::Instant::now();
+        assert!(stop.sleep(std::time::Duration::from_secs(30)));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(stop.sleep(std::time::Duration::from_secs(30)), "already asked: no wait");
     }
 }

@@ -11,9 +11,10 @@ use fer_firmware::config::Config;
 use fer_firmware::decide::Select;
 use fer_firmware::publish::gpio::{Gpio, pi};
 use fer_firmware::publish::serial::{self, Mode, Serial, SerialOptions};
-use fer_firmware::publish::{JsonLines, Publisher};
+use fer_firmware::publish::{JsonLines, Opener, Publisher, Supervised};
 use fer_firmware::selftest::{self, Check};
-use fer_firmware::sensor::{self, Sensor};
+use fer_firmware::sensor::{self, LoopOptions, Sensor};
+use fer_firmware::source::Feed;
 use fer_firmware::{Stop, source};
 use tracing::info;
 
@@ -93,6 +94,12 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         frames: usize,
     },
+    /// Drives the configured GPIO pins to their idle levels and exits.
+    ///
+    /// The systemd unit runs it after every stop (`ExecStopPost=`): a sensor killed with SIGKILL,
+    /// by its watchdog or by a crash cannot idle its pins itself, and they would go on showing
+    /// the last expression.
+    IdlePins,
 }
 
 fn parse_jumper(s: &str) -> Result<(u8, u8), String> {
@@ -138,36 +145,50 @@ impl Cli {
     }
 }
 
-/// Opens every configured publisher.
-fn publishers(config: &Config) -> Result<Vec<Box<dyn Publisher>>> {
-    let mut out: Vec<Box<dyn Publisher>> = Vec::new();
+/// Wait before the first reopen of a failed publisher (doubling up to 30 s).
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
+/// Every configured publisher, each failing alone (see [`Supervised`]): a serial adapter
+/// missing at start or unplugged later is retried while the others keep publishing.
+fn publishers(config: &Config) -> Vec<Box<dyn Publisher>> {
+    let mut openers: Vec<(String, Opener)> = Vec::new();
     let p = &config.publish;
     if p.stdout.enabled {
-        out.push(Box::new(JsonLines::new(
-            std::io::stdout(),
-            p.stdout.every_frame,
-            "stdout",
-        )));
+        let every_frame = p.stdout.every_frame;
+        openers.push((
+            "stdout".into(),
+            Box::new(move || Ok(Box::new(JsonLines::new(std::io::stdout(), every_frame, "stdout")))),
+        ));
     }
-    if let Some(s) = &p.serial {
-        let uart = serial::open(&s.port, s.baud)?;
-        out.push(Box::new(Serial::new(
-            uart,
-            s.mode,
-            s.every_frame,
-            &format!("serial {}", s.port.display()),
-        )));
+    if let Some(s) = p.serial.clone() {
+        let name = format!("serial {}", s.port.display());
+        let label = name.clone();
+        openers.push((
+            name,
+            Box::new(move || {
+                let uart = serial::open(&s.port, s.baud)?;
+                Ok(Box::new(Serial::new(uart, s.mode, s.every_frame, &label)))
+            }),
+        ));
     }
-    if let Some(g) = &p.gpio {
-        let controller = pi::controller()?;
-        let pins = g
-            .assignment()?
-            .into_iter()
-            .map(|(pin, role)| Ok((pin, role, pi::output(&controller, pin)?)))
-            .collect::<Result<_>>()?;
-        out.push(Box::new(Gpio::new(pins, g.active_low, g.every_frame)?));
+    if let Some(g) = p.gpio.clone() {
+        openers.push(("gpio".into(), Box::new(move || Ok(Box::new(gpio(&g)?)))));
     }
-    Ok(out)
+    openers
+        .into_iter()
+        .map(|(name, open)| Box::new(Supervised::new(&name, REOPEN_AFTER, open)) as Box<dyn Publisher>)
+        .collect()
+}
+
+/// Claims the configured pins and drives them to idle.
+fn gpio(g: &fer_firmware::publish::gpio::GpioOptions) -> Result<Gpio<pi::Output>> {
+    let controller = pi::controller()?;
+    let pins = g
+        .assignment()?
+        .into_iter()
+        .map(|(pin, role)| Ok((pin, role, pi::output(&controller, pin)?)))
+        .collect::<Result<_>>()?;
+    Gpio::new(pins, g.active_low, g.every_frame)
 }
 
 fn run(config: &Config) -> Result<()> {
@@ -181,10 +202,10 @@ fn run(config: &Config) -> Result<()> {
         sensor.classifier().info.version,
         sensor.classifier().info.precision
     );
-    let mut source = source::open(&config.source, stop.clone())?;
-    let mut publishers = publishers(config)?;
-    let interval = (config.status.interval_s > 0.0).then(|| Duration::from_secs_f32(config.status.interval_s));
-    sensor::run(&mut sensor, source.as_mut(), &mut publishers, &stop, interval)?;
+    let (options, source_stop) = (config.source.clone(), stop.clone());
+    let mut feed = Feed::spawn(move || source::open(&options, source_stop), stop.clone())?;
+    let mut publishers = publishers(config);
+    sensor::run(&mut sensor, &mut feed, &mut publishers, &stop, LoopOptions::of(config))?;
     // Files run out by design; a stream on stdin ends only when the process feeding it died,
     // and a zero exit would keep systemd's Restart=on-failure from restarting the pipeline.
     let stdin = fer_firmware::source::Input::Stdin;
@@ -330,6 +351,22 @@ fn main() -> ExitCode {
     }) = &cli.command
     {
         return report(&selftest(&config, jumper, *serial_loopback, *frames));
+    }
+    if let Some(Command::IdlePins) = &cli.command {
+        let Some(g) = &config.publish.gpio else {
+            println!("no [publish.gpio] in the configuration: no pins to idle");
+            return ExitCode::SUCCESS;
+        };
+        return match gpio(g) {
+            Ok(_) => {
+                println!("gpio: every configured pin idle");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if cli.check {
         return report(&check(&config));

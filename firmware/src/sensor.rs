@@ -15,7 +15,12 @@ use crate::config::Config;
 use crate::decide::{Decider, Decision};
 use crate::detect::{Detector, Face};
 use crate::publish::{Event, Publisher, reading_name};
-use crate::source::FrameSource;
+use crate::service::Watchdog;
+use crate::source::{Feed, Next};
+
+/// The longest the frame loop waits for a frame before it looks at the stop flag, the watchdog
+/// and the signal timeout again: a stop is honoured well within a second in every state.
+const TICK: Duration = Duration::from_millis(200);
 
 /// The stages timed per frame.
 pub const STAGES: [&str; 5] = ["capture", "detect", "align", "classify", "publish"];
@@ -129,6 +134,34 @@ impl Sensor {
     pub fn last_faces(&self) -> &[(Face, Classification)] {
         &self.faces
     }
+
+    /// The decision when frames stopped coming: no face, every track forgotten (a face seen
+    /// before the gap is a new face after it).
+    pub fn no_signal(&mut self) -> Decision {
+        self.faces.clear();
+        self.decider.reset()
+    }
+}
+
+/// How the frame loop behaves besides processing frames.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoopOptions {
+    /// Time between status lines; `None`: only the final summary.
+    pub status_interval: Option<Duration>,
+    /// Time without a frame after which `no_face` is published from source "no signal", and
+    /// again every as long while it lasts; `None`: never.
+    pub signal_timeout: Option<Duration>,
+}
+
+impl LoopOptions {
+    /// The loop settings of a configuration (0 s turns a timer off).
+    pub fn of(config: &Config) -> Self {
+        let seconds = |s: f32| (s > 0.0).then(|| Duration::from_secs_f32(s));
+        Self {
+            status_interval: seconds(config.status.interval_s),
+            signal_timeout: seconds(config.source.signal_timeout_s),
+        }
+    }
 }
 
 /// What a run did.
@@ -144,16 +177,17 @@ pub struct Summary {
     pub fps: f64,
 }
 
-/// Feeds frames from `source` through `sensor` to every publisher until the source ends or a
-/// stop is requested. Publishers are shut down (pins to idle) on every way out, errors included.
+/// Feeds frames from `feed` through `sensor` to every publisher until the source ends or a stop
+/// is requested, feeding systemd's watchdog as it goes. Publishers are shut down (pins to idle)
+/// on every way out, errors included.
 pub fn run(
     sensor: &mut Sensor,
-    source: &mut dyn FrameSource,
+    feed: &mut Feed,
     publishers: &mut [Box<dyn Publisher>],
     stop: &Stop,
-    status_interval: Option<Duration>,
+    options: LoopOptions,
 ) -> Result<Summary> {
-    let result = run_inner(sensor, source, publishers, stop, status_interval);
+    let result = run_inner(sensor, feed, publishers, stop, options);
     for p in publishers.iter_mut() {
         if let Err(e) = p.shutdown() {
             warn!("{}: shutdown failed: {e:#}", p.name());
@@ -164,29 +198,56 @@ pub fn run(
 
 fn run_inner(
     sensor: &mut Sensor,
-    source: &mut dyn FrameSource,
+    feed: &mut Feed,
     publishers: &mut [Box<dyn Publisher>],
     stop: &Stop,
-    status_interval: Option<Duration>,
+    options: LoopOptions,
 ) -> Result<Summary> {
     let start = Instant::now();
     let mut last_status = (start, sensor.stats.clone());
-    info!("reading {}", source.describe());
+    let mut watchdog = Watchdog::from_env();
+    watchdog.ready(&format!("reading {}", feed.describe()));
+    info!("reading {}", feed.describe());
+    let mut sequence = 0;
+    // When the last frame came, and when "no signal" was last published since.
+    let (mut last_frame, mut no_signal) = (start, None);
     while !stop.requested() {
-        let t = Instant::now();
-        let Some(frame) = source.next_frame()? else { break };
-        let decision = sensor.process(&frame.image, t.elapsed())?;
+        watchdog.feed();
+        let (frame, capture) = match feed.next(TICK)? {
+            Next::Frame(frame, capture) => (frame, capture),
+            Next::End => break,
+            Next::Idle => {
+                if let Some(timeout) = options.signal_timeout
+                    && no_signal.unwrap_or(last_frame).elapsed() >= timeout
+                {
+                    if no_signal.is_none() {
+                        warn!("no frame for {timeout:?}: publishing no_face until frames return");
+                    }
+                    let event = Event {
+                        sequence,
+                        time_ms: start.elapsed().as_millis() as u64,
+                        source: NO_SIGNAL.into(),
+                        decision: sensor.no_signal(),
+                    };
+                    publish(publishers, &event, &mut sensor.stats)?;
+                    (sequence, no_signal) = (sequence + 1, Some(Instant::now()));
+                }
+                continue;
+            }
+        };
+        if no_signal.take().is_some() {
+            info!("frames are back");
+        }
+        last_frame = Instant::now();
+        let decision = sensor.process(&frame.image, capture)?;
         let event = Event {
-            sequence: sensor.stats.frames - 1,
+            sequence,
             time_ms: start.elapsed().as_millis() as u64,
             source: frame.name,
             decision,
         };
-        let p = Instant::now();
-        for publisher in publishers.iter_mut() {
-            publisher.publish(&event)?;
-        }
-        sensor.stats.stage_time[4] += p.elapsed();
+        sequence += 1;
+        publish(publishers, &event, &mut sensor.stats)?;
         if decision.changed {
             info!(
                 "{}: {} ({:.2}), {} face(s)",
@@ -196,7 +257,7 @@ fn run_inner(
                 decision.faces
             );
         }
-        if let Some(interval) = status_interval
+        if let Some(interval) = options.status_interval
             && last_status.0.elapsed() >= interval
         {
             let (since, before) = &last_status;
@@ -207,15 +268,18 @@ fn run_inner(
                 faces: sensor.stats.faces - before.faces,
                 classified: sensor.stats.classified - before.classified,
             };
-            info!(
-                "status: {:.1} frames/s, {} faces in {frames} frames, {}",
+            let line = format!(
+                "{:.1} frames/s, {} faces in {frames} frames, {}",
                 frames as f64 / since.elapsed().as_secs_f64(),
                 window.faces,
                 window.stage_line()
             );
+            info!("status: {line}");
+            watchdog.status(&line);
             last_status = (Instant::now(), sensor.stats.clone());
         }
     }
+    watchdog.stopping();
     let elapsed = start.elapsed();
     let stats = sensor.stats.clone();
     let fps = stats.frames as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -224,13 +288,25 @@ fn run_inner(
         stats.frames,
         elapsed.as_secs_f64(),
         stats.faces,
-        source.skipped(),
+        feed.skipped(),
         stats.stage_line()
     );
     Ok(Summary {
         stats,
         elapsed,
-        skipped: source.skipped(),
+        skipped: feed.skipped(),
         fps,
     })
+}
+
+/// The `source` of the events published while no frames come.
+pub const NO_SIGNAL: &str = "no signal";
+
+fn publish(publishers: &mut [Box<dyn Publisher>], event: &Event, stats: &mut Stats) -> Result<()> {
+    let p = Instant::now();
+    for publisher in publishers.iter_mut() {
+        publisher.publish(event)?;
+    }
+    stats.stage_time[4] += p.elapsed();
+    Ok(())
 }

@@ -140,6 +140,24 @@ fn json_mode_sends_changes_only_as_lines() {
 }
 
 #[test]
+fn a_receiver_that_stops_reading_times_the_write_out_instead_of_stalling_the_sensor() {
+    let _watchdog = Watchdog::new(
+        "a_receiver_that_stops_reading_times_the_write_out_instead_of_stalling_the_sensor",
+        LIMIT,
+    );
+    // Nobody reads the pty's other end: its buffer fills within a few kilobytes.
+    let (path, _master, _slave) = pty();
+    let mut publisher = Serial::new(serial::open(&path, 115_200).unwrap(), Mode::Json, true, "pty");
+    let start = std::time::Instant::now();
+    let err = (0..100_000)
+        .find_map(|i| publisher.publish(&event(i, Reading::NoFace, true)).err())
+        .expect("a full buffer must fail a write");
+    assert!(format!("{err:#}").contains("timed out"), "{err:#}");
+    let waited = start.elapsed();
+    assert!(waited < serial::WRITE_TIMEOUT * 3, "{waited:?}");
+}
+
+#[test]
 fn a_missing_port_is_an_error_naming_it() {
     let err = serial::open("/dev/ttyDOES-NOT-EXIST".as_ref(), 115_200).unwrap_err();
     assert!(format!("{err:#}").contains("/dev/ttyDOES-NOT-EXIST"), "{err:#}");

@@ -5,17 +5,19 @@ pub mod gpio;
 pub mod serial;
 
 use std::io::Write;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use fer_protocol::{Frame, Reading};
 use serde::Serialize;
+use tracing::{info, warn};
 
 use crate::decide::Decision;
 
 /// One frame's published decision.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
-    /// Frame counter since start.
+    /// Event counter since start (one per frame, and one per "no signal" event).
     pub sequence: u64,
     /// Milliseconds since start.
     pub time_ms: u64,
@@ -99,6 +101,111 @@ pub trait Publisher {
     }
 }
 
+/// Opens (or reopens) a publisher.
+pub type Opener = Box<dyn FnMut() -> Result<Box<dyn Publisher>>>;
+
+/// The longest wait between reopen attempts of a failed publisher.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A publisher that fails alone: an error (an unplugged USB-serial adapter, a port missing at
+/// start) is logged once per back-off step, the publisher is closed and reopened with
+/// exponential back-off, and the others keep publishing meanwhile. Once reopened it is sent the
+/// current decision as a change, so change-only outputs catch up at once.
+pub struct Supervised {
+    name: String,
+    open: Opener,
+    current: Option<Box<dyn Publisher>>,
+    first_backoff: Duration,
+    backoff: Duration,
+    retry_at: Instant,
+    failures: u64,
+}
+
+impl Supervised {
+    /// Opens the publisher now; a failure is logged and retried after `first_backoff`.
+    pub fn new(name: &str, first_backoff: Duration, open: Opener) -> Self {
+        let mut supervised = Self {
+            name: name.to_string(),
+            open,
+            current: None,
+            first_backoff,
+            backoff: first_backoff,
+            retry_at: Instant::now(),
+            failures: 0,
+        };
+        supervised.reopen();
+        supervised
+    }
+
+    /// Errors so far (failed opens and failed publishes).
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    fn reopen(&mut self) -> bool {
+        match (self.open)() {
+            Ok(p) => {
+                if self.failures > 0 {
+                    info!("{}: open again", self.name);
+                }
+                self.current = Some(p);
+                self.backoff = self.first_backoff;
+                true
+            }
+            Err(e) => {
+                self.failed(e);
+                false
+            }
+        }
+    }
+
+    fn failed(&mut self, e: anyhow::Error) {
+        warn!(
+            "{}: {e:#}; other outputs carry on, retrying in {:?}",
+            self.name, self.backoff
+        );
+        self.failures += 1;
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+impl Publisher for Supervised {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn publish(&mut self, event: &Event) -> Result<()> {
+        let caught_up;
+        let event = if self.current.is_some() {
+            event
+        } else {
+            if Instant::now() < self.retry_at || !self.reopen() {
+                return Ok(());
+            }
+            let mut e = event.clone();
+            e.decision.changed = true;
+            caught_up = e;
+            &caught_up
+        };
+        let publisher = self.current.as_mut().expect("opened above");
+        if let Err(e) = publisher.publish(event) {
+            // Best effort: the device may be gone, and pins get their own idle on drop.
+            let _ = publisher.shutdown();
+            self.current = None;
+            self.failed(e);
+        }
+        Ok(())
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        match &mut self.current {
+            Some(p) => p.shutdown(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// JSON lines on a writer (stdout in the sensor): one per change, or one per frame.
 pub struct JsonLines<W: Write> {
     out: W,
@@ -168,6 +275,58 @@ pub(crate) mod tests {
         assert_eq!(first["reading"], "happiness");
         assert_eq!(first["confidence"], 0.8);
         assert_eq!(first["face"], serde_json::Value::Null);
+    }
+
+    /// Records what reaches it; fails the publishes whose sequence is in `fail`.
+    struct Flaky {
+        log: std::rc::Rc<std::cell::RefCell<Vec<(u64, bool)>>>,
+        fail: &'static [u64],
+    }
+
+    impl Publisher for Flaky {
+        fn name(&self) -> String {
+            "flaky".into()
+        }
+
+        fn publish(&mut self, event: &Event) -> Result<()> {
+            anyhow::ensure!(!self.fail.contains(&event.sequence), "unplugged");
+            self.log.borrow_mut().push((event.sequence, event.decision.changed));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_publisher_is_reopened_and_catches_up_while_errors_stay_inside() {
+        let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let opens = std::rc::Rc::new(std::cell::Cell::new(0));
+        let (l, o) = (log.clone(), opens.clone());
+        // The port is missing at start (first open fails), then publish 2 fails (unplugged).
+        let open: Opener = Box::new(move || {
+            o.set(o.get() + 1);
+            anyhow::ensure!(o.get() > 1, "no such port");
+            Ok(Box::new(Flaky {
+                log: l.clone(),
+                fail: &[2],
+            }) as Box<dyn Publisher>)
+        });
+        let mut supervised = Supervised::new("flaky", Duration::ZERO, open);
+        for i in 0..5 {
+            let e = event(i, Reading::Expression(Expression::Happiness), i == 0);
+            supervised.publish(&e).expect("errors are handled inside");
+        }
+        // Opened at event 0 (first retry), lost at 2, reopened at 3 which is sent as a change.
+        assert_eq!(*log.borrow(), [(0, true), (1, false), (3, true), (4, false)]);
+        assert_eq!((opens.get(), supervised.failures()), (3, 2));
+    }
+
+    #[test]
+    fn a_failed_publisher_waits_out_its_back_off() {
+        let open: Opener = Box::new(|| anyhow::bail!("no such port"));
+        let mut supervised = Supervised::new("gone", Duration::from_secs(3600), open);
+        for i in 0..3 {
+            supervised.publish(&event(i, Reading::NoFace, true)).unwrap();
+        }
+        assert_eq!(supervised.failures(), 1, "no retry before the back-off ends");
     }
 
     #[test]

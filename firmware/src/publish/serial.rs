@@ -2,9 +2,9 @@
 //! tty (USB adapters, pseudo-terminals), opened through rppal.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use rppal::uart::{Parity, Uart};
 
 use super::{Event, Publisher};
@@ -55,19 +55,35 @@ pub trait SerialPort {
     fn receive(&mut self, buffer: &mut [u8], timeout: Duration) -> Result<usize>;
 }
 
-/// Opens a tty as a UART, 8N1, blocking writes.
+/// How long one message may take to leave: a receiver that stopped reading (or hardware flow
+/// control held off) must not stall the frame loop.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Opens a tty as a UART, 8N1, non-blocking writes (sends wait at most [`WRITE_TIMEOUT`]).
 pub fn open(port: &Path, baud: u32) -> Result<Uart> {
     let mut uart = Uart::with_path(port, baud, Parity::None, 8, 1)
         .with_context(|| format!("opening serial port {} at {baud} baud", port.display()))?;
-    uart.set_write_mode(true)?;
+    uart.set_write_mode(false)?;
     Ok(uart)
 }
 
 impl SerialPort for Uart {
     fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
         let mut sent = 0;
         while sent < bytes.len() {
-            sent += self.write(&bytes[sent..])?;
+            let n = self.write(&bytes[sent..])?;
+            sent += n;
+            if n == 0 {
+                if Instant::now() >= deadline {
+                    bail!(
+                        "write timed out after {WRITE_TIMEOUT:?} with {sent} of {} bytes sent (is the other end reading?)",
+                        bytes.len()
+                    );
+                }
+                // The output buffer is full: at 9600 baud a byte leaves every ~1 ms.
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         Ok(())
     }

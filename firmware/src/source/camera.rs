@@ -28,6 +28,8 @@ struct Open {
     stream: Stream<'static>,
     width: u32,
     height: u32,
+    /// Bytes per row as the driver lays frames out (may exceed 2·width for YUYV).
+    stride: u32,
     fourcc: FourCC,
 }
 
@@ -80,7 +82,7 @@ impl Camera {
                 }
                 Err(e) => {
                     warn!("camera {}: {e:#}; retrying in {backoff:?}", self.path.display());
-                    std::thread::sleep(backoff);
+                    self.stop.sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -118,6 +120,7 @@ fn start(path: &PathBuf, options: &SourceOptions) -> Result<Open> {
         stream,
         width: format.width,
         height: format.height,
+        stride: format.stride,
         fourcc,
     })
 }
@@ -131,17 +134,18 @@ impl FrameSource for Camera {
                 }
                 continue;
             };
-            let (width, height, fourcc) = (open.width, open.height, open.fourcc);
+            let (width, height, stride, fourcc) = (open.width, open.height, open.stride, open.fourcc);
             match open.stream.next() {
                 Ok((buffer, meta)) => {
                     self.frames += 1;
                     let data = &buffer[..(meta.bytesused as usize).min(buffer.len())];
-                    let image = if fourcc == MJPG {
-                        image::load_from_memory_with_format(data, image::ImageFormat::Jpeg)
-                            .map(|i| i.to_rgb8())
-                            .map_err(|e| e.to_string())
+                    let image = if meta.flags.contains(v4l::buffer::Flags::ERROR) {
+                        // The driver says the data is corrupt (a USB transfer lost packets).
+                        Err("the driver flagged the buffer as corrupt".to_string())
+                    } else if fourcc == MJPG {
+                        super::decode_jpeg(data, (width, height)).map_err(|e| format!("{e:#}"))
                     } else {
-                        yuyv_to_rgb(data, width, height)
+                        yuyv_to_rgb(data, width, height, stride)
                             .ok_or_else(|| format!("short YUYV frame ({} bytes)", data.len()))
                     };
                     match image {
@@ -180,14 +184,17 @@ impl FrameSource for Camera {
     }
 }
 
-/// Converts packed YUYV 4:2:2 (BT.601, limited range, as UVC cameras send) to RGB.
-pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32) -> Option<RgbImage> {
+/// Converts packed YUYV 4:2:2 (BT.601, limited range, as UVC cameras send) to RGB; rows start
+/// `stride` bytes apart (the driver's bytesperline; 0 means packed, 2·width).
+pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32, stride: u32) -> Option<RgbImage> {
     let (w, h) = (width as usize, height as usize);
-    if w % 2 != 0 || data.len() < w * h * 2 {
+    let stride = if stride == 0 { w * 2 } else { stride as usize };
+    if w % 2 != 0 || h == 0 || stride < w * 2 || data.len() < stride * (h - 1) + w * 2 {
         return None;
     }
     let mut rgb = Vec::with_capacity(w * h * 3);
-    for quad in data[..w * h * 2].chunks_exact(4) {
+    let rows = data.chunks(stride).take(h).map(|row| &row[..w * 2]);
+    for quad in rows.flat_map(|row| row.chunks_exact(4)) {
         let (u, v) = (quad[1] as f32 - 128.0, quad[3] as f32 - 128.0);
         for y in [quad[0], quad[2]] {
             let y = 1.164 * (y as f32 - 16.0);
@@ -207,12 +214,23 @@ mod tests {
     fn yuyv_gray_white_and_red() {
         // Black, white (video levels 16 and 235), then pure red (Y 81, U 90, V 240).
         let data = [16, 128, 235, 128, 81, 90, 81, 240];
-        let rgb = yuyv_to_rgb(&data, 4, 1).unwrap();
+        let rgb = yuyv_to_rgb(&data, 4, 1, 0).unwrap();
         assert_eq!(rgb.get_pixel(0, 0).0, [0, 0, 0]);
         assert_eq!(rgb.get_pixel(1, 0).0, [255, 255, 255]);
         let red = rgb.get_pixel(2, 0).0;
         assert!(red[0] > 250 && red[1] < 5 && red[2] < 5, "{red:?}");
-        assert!(yuyv_to_rgb(&data[..6], 4, 1).is_none());
+        assert!(yuyv_to_rgb(&data[..6], 4, 1, 0).is_none());
+    }
+
+    #[test]
+    fn yuyv_rows_follow_the_drivers_stride() {
+        // Two rows of 2 pixels (4 bytes each) padded to 8 bytes per row: black, then white.
+        let data = [16, 128, 16, 128, 99, 99, 99, 99, 235, 128, 235, 128];
+        let rgb = yuyv_to_rgb(&data, 2, 2, 8).unwrap();
+        assert_eq!(rgb.get_pixel(1, 0).0, [0, 0, 0]);
+        assert_eq!(rgb.get_pixel(0, 1).0, [255, 255, 255]);
+        assert!(yuyv_to_rgb(&data[..11], 2, 2, 8).is_none());
+        assert!(yuyv_to_rgb(&data, 2, 2, 3).is_none(), "a stride shorter than a row");
     }
 
     #[test]

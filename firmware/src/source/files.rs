@@ -149,3 +149,25 @@ impl FrameSource for Files {
         format!("{} image file(s) from {}", self.paths.len(), self.pattern)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_extension_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = image::RgbImage::from_pixel(8, 6, image::Rgb([200, 100, 50]));
+        for ext in EXTENSIONS {
+            image.save(dir.path().join(format!("frame.{ext}"))).unwrap();
+        }
+        let mut files = Files::open(dir.path().to_str().unwrap(), 1, 1).unwrap();
+        assert_eq!(files.paths().len(), EXTENSIONS.len());
+        let mut read = 0;
+        while let Some(frame) = files.next_frame().unwrap() {
+            assert_eq!(frame.image.dimensions(), (8, 6), "{}", frame.name);
+            read += 1;
+        }
+        assert_eq!((read, files.skipped()), (EXTENSIONS.len(), 0));
+    }
+}

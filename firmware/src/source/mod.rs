@@ -5,8 +5,10 @@ pub mod files;
 pub mod mjpeg;
 
 use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result, anyhow};
 use image::RgbImage;
 
 /// One captured frame.
@@ -84,6 +86,10 @@ pub struct SourceOptions {
     /// Frames each image file is shown for: 1 for frames dumped from a video, more for still
     /// photos, so smoothing sees each scene as a camera would.
     pub hold: u32,
+    /// Seconds without a frame (camera reconnecting, silent stdin) after which the sensor
+    /// publishes `no_face` with source "no signal", and again every as many seconds until
+    /// frames return, so no output keeps a stale expression (0 = never).
+    pub signal_timeout_s: f32,
 }
 
 impl Default for SourceOptions {
@@ -96,6 +102,7 @@ impl Default for SourceOptions {
             format: PixelFormat::Auto,
             repeat: 1,
             hold: 1,
+            signal_timeout_s: 5.0,
         }
     }
 }
@@ -104,9 +111,153 @@ impl Default for SourceOptions {
 pub fn open(options: &SourceOptions, stop: crate::Stop) -> Result<Box<dyn FrameSource>> {
     Ok(match Input::parse(&options.input) {
         Input::Camera(path) => Box::new(camera::Camera::open(path, options, stop)?),
-        Input::Stdin => Box::new(mjpeg::MjpegStream::new(std::io::stdin().lock(), "stdin")),
+        Input::Stdin => Box::new(mjpeg::MjpegStream::new(
+            std::io::stdin().lock(),
+            "stdin",
+            (options.width, options.height),
+        )),
         Input::Files(pattern) => Box::new(files::Files::open(&pattern, options.repeat, options.hold)?),
     })
+}
+
+/// Decodes a JPEG frame from a stream, refusing one larger than `max` (width, height) from its
+/// header, before anything is allocated: a few bytes on stdin must not claim gigabytes.
+pub fn decode_jpeg(bytes: &[u8], max: (u32, u32)) -> Result<RgbImage> {
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(max.0);
+    limits.max_image_height = Some(max.1);
+    // Room for the decoded frame and the decoder's own buffers, nothing like the 512 MiB default.
+    limits.max_alloc = Some(u64::from(max.0) * u64::from(max.1) * 8 + (1 << 20));
+    reader.limits(limits);
+    match reader.decode() {
+        Ok(image) => Ok(image.into_rgb8()),
+        Err(image::ImageError::Limits(e)) => Err(anyhow!(
+            "{e}: frames may be at most {}x{} (source.width x source.height; raise them to the stream's frame size)",
+            max.0,
+            max.1
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What [`Feed::next`] got within its wait.
+pub enum Next {
+    /// A frame, and how long the source took to deliver it.
+    Frame(Frame, Duration),
+    /// Nothing yet: the source is still waiting (a silent pipe, a camera reconnecting).
+    Idle,
+    /// The source is exhausted.
+    End,
+}
+
+enum Message {
+    Opened(String),
+    Frame(Frame, Duration, usize),
+    End(usize),
+    Failed(anyhow::Error),
+}
+
+/// A frame source running on its own thread, so that a read that blocks (a silent pipe, a camera
+/// back-off) never blocks the frame loop: it can still publish "no signal", feed the watchdog
+/// and honour a stop within its wait. One frame is queued at most, so a slow sensor drops nothing
+/// and buffers nothing: the source waits.
+pub struct Feed {
+    frames: Receiver<Message>,
+    describe: String,
+    skipped: usize,
+    ended: bool,
+}
+
+impl Feed {
+    /// Opens a source with `open` on a new thread; its error, if any, is returned here.
+    pub fn spawn<F>(open: F, stop: crate::Stop) -> Result<Self>
+    where
+        F: FnOnce() -> Result<Box<dyn FrameSource>> + Send + 'static,
+    {
+        let (tx, rx) = sync_channel(1);
+        std::thread::Builder::new()
+            .name("frame source".into())
+            .spawn(move || feed(open, &tx, &stop))
+            .context("starting the frame source thread")?;
+        match rx.recv() {
+            Ok(Message::Opened(describe)) => Ok(Self {
+                frames: rx,
+                describe,
+                skipped: 0,
+                ended: false,
+            }),
+            Ok(Message::Failed(e)) => Err(e),
+            _ => Err(anyhow!("the frame source thread stopped while opening the source")),
+        }
+    }
+
+    /// The next frame, waiting at most `wait`.
+    pub fn next(&mut self, wait: Duration) -> Result<Next> {
+        if self.ended {
+            return Ok(Next::End);
+        }
+        match self.frames.recv_timeout(wait) {
+            Ok(Message::Frame(frame, capture, skipped)) => {
+                self.skipped = skipped;
+                Ok(Next::Frame(frame, capture))
+            }
+            Ok(Message::End(skipped)) => {
+                (self.skipped, self.ended) = (skipped, true);
+                Ok(Next::End)
+            }
+            Ok(Message::Failed(e)) => {
+                self.ended = true;
+                Err(e)
+            }
+            Ok(Message::Opened(_)) => unreachable!("sent once, received by spawn"),
+            Err(RecvTimeoutError::Timeout) => Ok(Next::Idle),
+            Err(RecvTimeoutError::Disconnected) => {
+                self.ended = true;
+                Err(anyhow!("the frame source thread panicked"))
+            }
+        }
+    }
+
+    /// Frames the source skipped as unreadable, as of the last frame.
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// The source's one-line description.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+}
+
+fn feed<F>(open: F, tx: &SyncSender<Message>, stop: &crate::Stop)
+where
+    F: FnOnce() -> Result<Box<dyn FrameSource>>,
+{
+    let mut source = match open() {
+        Ok(source) => source,
+        Err(e) => {
+            let _ = tx.send(Message::Failed(e));
+            return;
+        }
+    };
+    if tx.send(Message::Opened(source.describe())).is_err() {
+        return;
+    }
+    // A send fails only once the frame loop is gone, which ends this thread too.
+    while !stop.requested() {
+        let t = Instant::now();
+        let message = match source.next_frame() {
+            Ok(Some(frame)) => Message::Frame(frame, t.elapsed(), source.skipped()),
+            Ok(None) => Message::End(source.skipped()),
+            Err(e) => Message::Failed(e),
+        };
+        let last = !matches!(message, Message::Frame(..));
+        if tx.send(message).is_err() || last {
+            return;
+        }
+    }
+    let _ = tx.send(Message::End(source.skipped()));
 }
 
 #[cfg(test)]
