@@ -44,7 +44,7 @@ fn models() -> (ModelProto, ModelProto) {
         .collect();
     let tensors = calibrate::tensors_to_observe(&f32_model).expect("tensors");
     let ranges = calibrate::observe(&f32_model, &tensors, &inputs).expect("calibration");
-    let (int8_model, _) = quantize::quantize(&f32_model, &ranges, WeightScales::PerTensor).expect("quantize");
+    let (int8_model, _) = quantize::quantize(&f32_model, &ranges, WeightScales::PerTensor, &[]).expect("quantize");
     (f32_model, int8_model)
 }
 

@@ -62,6 +62,10 @@ struct Cli {
     /// their channel ranges and leaves the f32 function unchanged).
     #[arg(long)]
     no_equalize: bool,
+    /// Convs to leave in f32 in the int8 model, by position in graph order from 0 (the report's
+    /// conv table lists them in that order): `--f32-convs 0,13`.
+    #[arg(long, value_delimiter = ',')]
+    f32_convs: Vec<usize>,
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -77,6 +81,7 @@ fn run(cli: Cli) -> Result<()> {
         max_accuracy_drop: cli.max_accuracy_drop,
         weight_scales: cli.weight_scales,
         equalize: !cli.no_equalize,
+        f32_convs: cli.f32_convs,
         out: cli.out,
     };
     let report = export(&options)?;

@@ -44,6 +44,8 @@ pub struct ExportOptions {
     pub weight_scales: WeightScales,
     /// Equalize depthwise → pointwise pairs before quantizing (see [`crate::equalize`]).
     pub equalize: bool,
+    /// Convs (by position in graph order, from 0) left in f32 in the int8 model.
+    pub f32_convs: Vec<usize>,
     /// Output prefix: writes `PREFIX.f32.onnx`, `PREFIX.int8.onnx`, `PREFIX.golden.json`,
     /// `PREFIX.report.json` and `PREFIX.report.md`.
     pub out: PathBuf,
@@ -166,7 +168,8 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     };
     let observed = calibrate::tensors_to_observe(&to_quantize)?;
     let ranges = calibrate::observe(&to_quantize, &observed, &inputs)?;
-    let (mut int8_model, layers) = quantize::quantize(&to_quantize, &ranges, options.weight_scales)?;
+    let (mut int8_model, layers) =
+        quantize::quantize(&to_quantize, &ranges, options.weight_scales, &options.f32_convs)?;
     graph::set_metadata(&mut int8_model, [(keys::PRECISION, "int8".to_string())]);
     let int8_runner = Runner::new(&int8_model).context("the int8 model does not run in tract")?;
 

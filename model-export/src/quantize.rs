@@ -98,11 +98,14 @@ fn worst_channel_sqnr_db(w: &[f32], channel: usize, group: usize) -> f64 {
     worst
 }
 
-/// Rewrites every conv of a folded f32 model into `QLinearConv` with the calibrated `ranges`.
+/// Rewrites every conv of a folded f32 model into `QLinearConv` with the calibrated `ranges`,
+/// except the convs whose position in graph order (from 0, as in the report's table) is in
+/// `keep_f32`: they stay f32 (mixed precision, and the way to find which conv loses the most).
 pub fn quantize(
     model: &ModelProto,
     ranges: &HashMap<String, Range>,
     scales: WeightScales,
+    keep_f32: &[usize],
 ) -> Result<(ModelProto, Vec<LayerReport>)> {
     let mut model = model.clone();
     let g = graph::graph_mut(&mut model)?;
@@ -125,11 +128,21 @@ pub fn quantize(
     let mut new_nodes: Vec<NodeProto> = Vec::new();
     let mut reports = Vec::new();
 
+    // Which nodes become QLinearConv.
+    let mut ordinal = 0;
+    let quantizes: Vec<bool> = old_nodes
+        .iter()
+        .map(|node| {
+            let conv = node.op_type == "Conv";
+            ordinal += usize::from(conv);
+            conv && !keep_f32.contains(&(ordinal - 1))
+        })
+        .collect();
     for (index, node) in old_nodes.iter().enumerate() {
         if skipped_relus.contains(&index) {
             continue;
         }
-        if node.op_type != "Conv" {
+        if !quantizes[index] {
             new_nodes.push(node.clone());
             continue;
         }
@@ -224,9 +237,9 @@ pub fn quantize(
         new_nodes.push(conv);
         quantized.insert(y.clone(), (y_q.clone(), y_affine));
 
-        // Float readers (anything but another conv) and graph outputs need the value back.
+        // Float readers (anything but a quantized conv) and graph outputs need the value back.
         let y_readers: Vec<usize> = readers.get(&y).cloned().unwrap_or_default();
-        let float_reader = y_readers.iter().any(|&j| old_nodes[j].op_type != "Conv");
+        let float_reader = y_readers.iter().any(|&j| !quantizes[j]);
         if float_reader || graph::is_graph_output(&lookup, &y) {
             new_nodes.push(graph::node(
                 "DequantizeLinear",

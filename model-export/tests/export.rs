@@ -58,6 +58,7 @@ fn options(data: &DatasetSpec, run: &Path, out: &Path) -> ExportOptions {
         max_accuracy_drop: 1.0,
         weight_scales: WeightScales::PerTensor,
         equalize: true,
+        f32_convs: Vec::new(),
         out: out.to_path_buf(),
     }
 }
@@ -160,10 +161,36 @@ fn cross_entropy_runs_get_class_mean_centers() {
     let root = tempfile::tempdir().unwrap();
     let (data, run) = trained_run(root.path(), false);
     let out = root.path().join("models/ce");
-    let report = fer_export::export(&options(&data, &run, &out)).unwrap();
+    // Also: the first conv left in f32 stays a plain Conv in the int8 graph.
+    let report = fer_export::export(&ExportOptions {
+        f32_convs: vec![0],
+        ..options(&data, &run, &out)
+    })
+    .unwrap();
     assert!(report.centers_from_class_means);
     let (_, info) = load_checked(&output_path(&out, "f32.onnx")).unwrap();
     assert!(info.training.contains("class means"), "{}", info.training);
+    let (int8, _) = load_checked(&output_path(&out, "int8.onnx")).unwrap();
+    let ops = |op: &str| {
+        int8.graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .filter(|n| n.op_type == op)
+            .count()
+    };
+    let (f32_model, _) = load_checked(&output_path(&out, "f32.onnx")).unwrap();
+    let convs = f32_model
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Conv")
+        .count();
+    assert_eq!((ops("Conv"), ops("QLinearConv")), (1, convs - 1));
+    assert_eq!(report.layers.len(), convs - 1);
 }
 
 #[test]
