@@ -241,14 +241,8 @@ fn check(config: &Config) -> Vec<Check> {
         ));
     }
     if let Some(g) = &config.publish.gpio {
-        let pins = (|| -> Result<String> {
-            let controller = pi::controller()?;
-            let pins = g.assignment()?;
-            for (pin, _) in &pins {
-                pi::output(&controller, *pin)?;
-            }
-            Ok(format!("{} pins claimed", pins.len()))
-        })();
+        // Claiming the pins drives them idle, which is what they show when the sensor is not running.
+        let pins = gpio(g).and_then(|_| Ok(format!("{} pins claimed", g.assignment()?.len())));
         checks.push(Check::pass_or_fail("gpio", pins));
     }
     checks
