@@ -10,6 +10,7 @@ use crate::align::AlignOptions;
 use crate::decide::DecideOptions;
 use crate::detect::DetectOptions;
 use crate::publish::gpio::GpioOptions;
+use crate::publish::mqtt::MqttOptions;
 use crate::publish::serial::SerialOptions;
 use crate::source::SourceOptions;
 
@@ -66,6 +67,8 @@ pub struct PublishOptions {
     pub serial: Option<SerialOptions>,
     /// GPIO pins.
     pub gpio: Option<GpioOptions>,
+    /// An MQTT broker (with Home Assistant discovery).
+    pub mqtt: Option<MqttOptions>,
 }
 
 /// JSON lines on stdout.
@@ -183,6 +186,9 @@ impl Config {
         if let Some(gpio) = &self.publish.gpio {
             gpio.assignment().context("publish.gpio")?;
         }
+        if let Some(mqtt) = &self.publish.mqtt {
+            mqtt.validate()?;
+        }
         ensure!(
             (0.0..=86_400.0).contains(&self.status.interval_s),
             "status.interval_s = {} is out of range 0..=86400",
@@ -202,6 +208,25 @@ mod tests {
         assert_eq!(example.decide, DecideOptions::default());
         assert_eq!(example.model, ModelOptions::default());
         assert!(example.publish.serial.is_some() && example.publish.gpio.is_some());
+    }
+
+    #[test]
+    fn the_example_mqtt_block_uncommented_is_valid_and_shows_the_defaults() {
+        let text = include_str!("../fer-sensor.toml");
+        let block: Vec<&str> = text[text.find("#[publish.mqtt]").unwrap()..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.trim_start_matches('#'))
+            .collect();
+        let mqtt = Config::parse(&block.join("\n")).unwrap().publish.mqtt.unwrap();
+        assert!(mqtt.username.is_some() && mqtt.password_file.is_some() && mqtt.ca_file.is_some());
+        let examples_aside = MqttOptions {
+            username: None,
+            password_file: None,
+            ca_file: None,
+            ..mqtt
+        };
+        assert_eq!(examples_aside, MqttOptions::default());
     }
 
     #[test]
@@ -225,5 +250,7 @@ mod tests {
         assert!(err("[decide]\nmax_center_distance = inf\n").contains("decide.max_center_distance = inf"));
         assert!(err("[align]\nscale = nan\n").contains("align.scale = NaN"));
         assert!(err("[source]\nsignal_timeout_s = inf\n").contains("source.signal_timeout_s = inf"));
+        assert!(err("[publish.mqtt]\nurl = \"http://x\"\n").contains("publish.mqtt.url"));
+        assert!(err("[publish.mqtt]\nqos = 5\n").contains("publish.mqtt.qos = 5"));
     }
 }

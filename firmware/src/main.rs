@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use fer_firmware::config::Config;
 use fer_firmware::decide::Select;
 use fer_firmware::publish::gpio::{Gpio, pi};
+use fer_firmware::publish::mqtt::{self, Mqtt, MqttOptions};
 use fer_firmware::publish::serial::{self, Mode, Serial, SerialOptions};
 use fer_firmware::publish::{JsonLines, Opener, Publisher, Supervised};
 use fer_firmware::selftest::{self, Check};
@@ -26,6 +27,8 @@ use tracing::info;
 ///   fer-sensor --source samples/ --hold 10                # the bundled sample frames
 ///   fer-sensor --config /etc/fer-sensor.toml              # a Pi with a USB camera
 ///   rpicam-vid -t 0 --codec mjpeg -o - | fer-sensor --source stdin   # a Pi camera module
+///   fer-sensor --source samples/ --hold 10 --mqtt mqtt://127.0.0.1:1883  # to a broker, with
+///                                                         # Home Assistant discovery
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
@@ -50,6 +53,10 @@ struct Cli {
     /// Serial port to publish on (turns the serial output on).
     #[arg(long, global = true)]
     serial: Option<PathBuf>,
+    /// MQTT broker to publish on, mqtt://host[:port] or mqtts://host[:port] (turns MQTT on; the
+    /// rest of its settings live in [publish.mqtt]).
+    #[arg(long, global = true, value_name = "URL")]
+    mqtt: Option<String>,
     /// Serial line speed.
     #[arg(long)]
     baud: Option<u32>,
@@ -132,6 +139,9 @@ impl Cli {
         if let Some(port) = &self.serial {
             c.publish.serial.get_or_insert_with(SerialOptions::default).port = port.clone();
         }
+        if let Some(url) = &self.mqtt {
+            c.publish.mqtt.get_or_insert_with(MqttOptions::default).url = url.clone();
+        }
         if let Some(serial) = &mut c.publish.serial {
             serial.baud = self.baud.unwrap_or(serial.baud);
             serial.mode = self.serial_mode.unwrap_or(serial.mode);
@@ -149,8 +159,9 @@ impl Cli {
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
 
 /// Every configured publisher, each failing alone (see [`Supervised`]): a serial adapter
-/// missing at start or unplugged later is retried while the others keep publishing.
-fn publishers(config: &Config) -> Vec<Box<dyn Publisher>> {
+/// missing at start or unplugged later is retried while the others keep publishing. `model`
+/// names the classifier to Home Assistant.
+fn publishers(config: &Config, model: &str) -> Vec<Box<dyn Publisher>> {
     let mut openers: Vec<(String, Opener)> = Vec::new();
     let p = &config.publish;
     if p.stdout.enabled {
@@ -174,6 +185,13 @@ fn publishers(config: &Config) -> Vec<Box<dyn Publisher>> {
     if let Some(g) = p.gpio.clone() {
         openers.push(("gpio".into(), Box::new(move || Ok(Box::new(gpio(&g)?)))));
     }
+    if let Some(m) = p.mqtt.clone() {
+        let model = model.to_string();
+        openers.push((
+            format!("mqtt {}", m.url),
+            Box::new(move || Ok(Box::new(Mqtt::start(&m, &model)?))),
+        ));
+    }
     openers
         .into_iter()
         .map(|(name, open)| Box::new(Supervised::new(&name, REOPEN_AFTER, open)) as Box<dyn Publisher>)
@@ -196,15 +214,12 @@ fn run(config: &Config) -> Result<()> {
     let handler = stop.clone();
     ctrlc::set_handler(move || handler.request()).context("installing the SIGINT/SIGTERM handler")?;
     let mut sensor = Sensor::load(config)?;
-    info!(
-        "classifier {} ({}, {})",
-        config.model.classifier.display(),
-        sensor.classifier().info.version,
-        sensor.classifier().info.precision
-    );
+    let info = &sensor.classifier().info;
+    let model = format!("{} ({})", info.version, info.precision);
+    info!("classifier {} {model}", config.model.classifier.display());
     let (options, source_stop) = (config.source.clone(), stop.clone());
     let mut feed = Feed::spawn(move || source::open(&options, source_stop), stop.clone())?;
-    let mut publishers = publishers(config);
+    let mut publishers = publishers(config, &model);
     sensor::run(&mut sensor, &mut feed, &mut publishers, &stop, LoopOptions::of(config))?;
     // Files run out by design; a stream on stdin ends only when the process feeding it died,
     // and a zero exit would keep systemd's Restart=on-failure from restarting the pipeline.
@@ -238,6 +253,12 @@ fn check(config: &Config) -> Vec<Check> {
         checks.push(Check::pass_or_fail(
             format!("serial {}", s.port.display()),
             serial::open(&s.port, s.baud).map(|_| format!("{} baud", s.baud)),
+        ));
+    }
+    if let Some(m) = &config.publish.mqtt {
+        checks.push(Check::pass_or_fail(
+            format!("mqtt {}", m.url),
+            mqtt::probe(m, Duration::from_secs(5)),
         ));
     }
     if let Some(g) = &config.publish.gpio {

@@ -14,7 +14,7 @@ use crate::classify::{Classification, Classifier};
 use crate::config::Config;
 use crate::decide::{Decider, Decision};
 use crate::detect::{Detector, Face};
-use crate::publish::{Event, Publisher, reading_name};
+use crate::publish::{Event, Publisher, Status, reading_name};
 use crate::service::Watchdog;
 use crate::source::{Feed, Next};
 
@@ -268,14 +268,28 @@ fn run_inner(
                 faces: sensor.stats.faces - before.faces,
                 classified: sensor.stats.classified - before.classified,
             };
+            let fps = frames as f64 / since.elapsed().as_secs_f64();
             let line = format!(
-                "{:.1} frames/s, {} faces in {frames} frames, {}",
-                frames as f64 / since.elapsed().as_secs_f64(),
+                "{fps:.1} frames/s, {} faces in {frames} frames, {}",
                 window.faces,
                 window.stage_line()
             );
             info!("status: {line}");
             watchdog.status(&line);
+            let status = Status {
+                uptime_s: (start.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                fps: (fps * 10.0).round() / 10.0,
+                frames,
+                faces: window.faces,
+                stage_ms: STAGES
+                    .into_iter()
+                    .zip(window.per_frame_ms())
+                    .map(|(s, ms)| (s, (ms * 100.0).round() / 100.0))
+                    .collect(),
+            };
+            for p in publishers.iter_mut() {
+                p.status(&status)?;
+            }
             last_status = (Instant::now(), sensor.stats.clone());
         }
     }

@@ -1,7 +1,8 @@
-//! Publishers: where the sensor's decisions go (GPIO pins, a serial line, stdout), any
-//! combination, behind one trait.
+//! Publishers: where the sensor's decisions go (GPIO pins, a serial line, stdout, an MQTT
+//! broker), any combination, behind one trait.
 
 pub mod gpio;
+pub mod mqtt;
 pub mod serial;
 
 use std::io::Write;
@@ -89,12 +90,31 @@ pub fn reading_name(reading: Reading) -> &'static str {
     }
 }
 
+/// How the sensor is doing, at the status interval: the same figures as the status log line.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Status {
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// Frames per second over the interval.
+    pub fps: f64,
+    /// Frames in the interval.
+    pub frames: u64,
+    /// Faces detected in the interval.
+    pub faces: u64,
+    /// Mean milliseconds per frame of each stage over the interval.
+    pub stage_ms: std::collections::BTreeMap<&'static str, f64>,
+}
+
 /// Somewhere decisions go.
 pub trait Publisher {
     /// A short name for logs.
     fn name(&self) -> String;
     /// Publishes one frame's decision.
     fn publish(&mut self, event: &Event) -> Result<()>;
+    /// Publishes the periodic status; most outputs have no use for it.
+    fn status(&mut self, _status: &Status) -> Result<()> {
+        Ok(())
+    }
     /// Returns outputs to their idle state; called once on exit, also after an error.
     fn shutdown(&mut self) -> Result<()> {
         Ok(())
@@ -192,6 +212,17 @@ impl Publisher for Supervised {
         if let Err(e) = publisher.publish(event) {
             // Best effort: the device may be gone, and pins get their own idle on drop.
             let _ = publisher.shutdown();
+            self.current = None;
+            self.failed(e);
+        }
+        Ok(())
+    }
+
+    fn status(&mut self, status: &Status) -> Result<()> {
+        if let Some(p) = &mut self.current
+            && let Err(e) = p.status(status)
+        {
+            let _ = p.shutdown();
             self.current = None;
             self.failed(e);
         }
