@@ -146,7 +146,19 @@ struct Subscriber {
 }
 
 impl Subscriber {
+    /// A subscriber that is in: subscribed within 5 s.
     fn start(port: u16, name: &str, login: Option<(&str, &str)>) -> Self {
+        let this = Self::spawn(port, name, login);
+        assert!(this.wait_subscribed(), "the test subscriber did not get in within 5 s");
+        this
+    }
+
+    fn wait_subscribed(&self) -> bool {
+        wait_until(Duration::from_secs(5), || self.subscribed.load(Ordering::SeqCst))
+    }
+
+    /// A subscriber that keeps trying to get in (the broker may not be up yet).
+    fn spawn(port: u16, name: &str, login: Option<(&str, &str)>) -> Self {
         let mut options = MqttOptions::new(name, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5));
         if let Some((user, password)) = login {
@@ -174,12 +186,7 @@ impl Subscriber {
                 }
             }
         });
-        let this = Self { seen, subscribed, stop };
-        assert!(
-            wait_until(Duration::from_secs(5), || this.subscribed.load(Ordering::SeqCst)),
-            "the test subscriber did not get in within 5 s"
-        );
-        this
+        Self { seen, subscribed, stop }
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -305,8 +312,10 @@ const PREFIX: &str = "fer-sensor/fer-test";
 #[test]
 fn discovery_retained_state_in_order_availability_last_will_and_recovery_after_a_broker_restart() {
     let Some(binary) = mosquitto() else { return };
-    let mut broker = Broker::start(binary, "allow_anonymous true\n");
-    let watcher = Subscriber::start(broker.port, "watcher", None);
+    // The broker is down when the sensor starts and comes up 1.5 s later (the watcher, which
+    // retries every 100 ms, gets in long before the sensor's second attempt, at 3 s).
+    let mut broker = Broker::prepare(binary, "allow_anonymous true\n");
+    let watcher = Subscriber::spawn(broker.port, "watcher", None);
     let config = "[publish.mqtt]\nclient_id = \"fer-test\"\nkeep_alive_s = 5\n";
     let sensor = Sensor::start(
         config,
@@ -322,6 +331,9 @@ fn discovery_retained_state_in_order_availability_last_will_and_recovery_after_a
         ],
         &[],
     );
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.restart();
+    assert!(watcher.wait_subscribed(), "the watcher did not get in");
     let (state, availability, status) = (
         format!("{PREFIX}/state"),
         format!("{PREFIX}/availability"),
@@ -339,7 +351,8 @@ fn discovery_retained_state_in_order_availability_last_will_and_recovery_after_a
     );
     assert_eq!(watcher.on(&availability)[0].payload, "online");
 
-    // Every state is the line stdout printed, in the same order.
+    // Every state is the line stdout printed, in the same order, those queued while the broker
+    // was down included.
     let states = watcher.on(&state);
     let lines = sensor.lines();
     assert!(lines.len() >= states.len());
@@ -397,6 +410,29 @@ fn discovery_retained_state_in_order_availability_last_will_and_recovery_after_a
         );
     }
 
+    // Home Assistant restarts: it says `online` on its status topic, and the sensor announces
+    // itself again.
+    let mark = watcher.seen().len();
+    let (ha, mut connection) = Client::new(MqttOptions::new("home-assistant", "127.0.0.1", broker.port), 4);
+    ha.publish("homeassistant/status", QoS::AtLeastOnce, false, "online")
+        .unwrap();
+    let sent = (0..50).any(|_| {
+        matches!(
+            connection.recv_timeout(Duration::from_millis(100)),
+            Ok(Ok(Event::Incoming(Packet::PubAck(_))))
+        )
+    });
+    assert!(sent, "Home Assistant's birth message did not go out");
+    assert!(
+        watcher.wait_for(
+            mark,
+            "homeassistant/binary_sensor/fer-test/face/config",
+            Duration::from_secs(5),
+            |_| true
+        ),
+        "no new announcement after Home Assistant came online"
+    );
+
     // Privacy: every payload is small JSON (or a bare availability word) with known keys only.
     let allowed: BTreeSet<&str> = [
         // state
@@ -447,7 +483,8 @@ fn discovery_retained_state_in_order_availability_last_will_and_recovery_after_a
     ]
     .into();
     let mut found = BTreeSet::new();
-    for s in watcher.seen() {
+    // (`homeassistant/status` is Home Assistant's own, sent above.)
+    for s in watcher.seen().into_iter().filter(|s| s.topic != "homeassistant/status") {
         assert!(s.payload.len() < 2048, "{} carries {} bytes", s.topic, s.payload.len());
         if s.topic == availability {
             assert!(["online", "offline"].contains(&s.payload.as_str()));
