@@ -62,15 +62,8 @@ struct Broker {
 }
 
 impl Broker {
-    /// Starts a broker listening on a free port; `extra` is appended to its config (it may use
-    /// `{dir}` for the temporary folder).
-    fn start(binary: PathBuf, extra: &str) -> Self {
-        let mut broker = Self::prepare(binary, extra);
-        broker.restart();
-        broker
-    }
-
-    /// A broker's folder and config, not started yet (files it names go in first).
+    /// A broker on a free port, not started yet (`restart` starts it, once the files its config
+    /// names are in place); `extra` is appended to its config and may use `{dir}` for its folder.
     fn prepare(binary: PathBuf, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
