@@ -1,6 +1,7 @@
 //! The device program of the facial-expression sensor: frames from a camera, stdin or files;
 //! faces found by BlazeFace and aligned; expressions classified by the exported model with
-//! tract; decisions smoothed over frames and published on GPIO pins, a serial line and stdout.
+//! tract; decisions smoothed over frames and published on GPIO pins, a serial line, stdout and
+//! an MQTT broker (with Home Assistant discovery).
 //!
 //! Data flows one way through the modules: [`source`] → [`detect`] → [`align`] → [`classify`] →
 //! [`decide`] → [`publish`]; [`sensor`] joins them, [`config`] holds every setting, [`selftest`]
