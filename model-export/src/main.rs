@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
+use fer_export::calibrate::RangeMethod;
 use fer_export::quantize::WeightScales;
 use fer_export::{ExportOptions, export};
 use fer_train::dataset::DatasetSpec;
@@ -56,7 +57,7 @@ struct Cli {
     max_accuracy_drop: f64,
     /// Weight scales of the int8 convs: per-tensor runs on tract's integer matmul; per-channel is
     /// more precise and slower; auto picks per-channel only where per-tensor loses too much.
-    #[arg(long, value_enum, default_value = "per-tensor")]
+    #[arg(long, value_enum, default_value = "per-channel")]
     weight_scales: WeightScales,
     /// Quantize without equalizing depthwise → pointwise conv pairs first (equalizing balances
     /// their channel ranges and leaves the f32 function unchanged).
@@ -66,6 +67,10 @@ struct Cli {
     /// conv table lists them in that order): `--f32-convs 0,13`.
     #[arg(long, value_delimiter = ',')]
     f32_convs: Vec<usize>,
+    /// How activation ranges come from the calibration values: min-max (nothing clips) or mse
+    /// (the clipping with the least expected squared error; a second calibration pass).
+    #[arg(long, value_enum, default_value = "mse")]
+    activation_ranges: RangeMethod,
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -82,6 +87,7 @@ fn run(cli: Cli) -> Result<()> {
         weight_scales: cli.weight_scales,
         equalize: !cli.no_equalize,
         f32_convs: cli.f32_convs,
+        activation_ranges: cli.activation_ranges,
         out: cli.out,
     };
     let report = export(&options)?;

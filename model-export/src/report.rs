@@ -27,8 +27,9 @@ pub fn markdown(r: &ExportReport, options: &ExportOptions) -> String {
     );
     let _ = writeln!(
         s,
-        "- weight scales: {:?}; depthwise → pointwise pairs equalized: {}; convs left in f32: {:?}\n",
-        options.weight_scales, r.equalized_pairs, options.f32_convs
+        "- weight scales: {:?}; activation ranges: {:?}; depthwise → pointwise pairs equalized: {}; convs left \
+         in f32: {:?}\n",
+        options.weight_scales, options.activation_ranges, r.equalized_pairs, options.f32_convs
     );
     let _ = writeln!(s, "## Checks\n");
     let _ = writeln!(

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use fer_export::calibrate::RangeMethod;
 use fer_export::pipeline::{ExportOptions, load_checked, output_path};
 use fer_export::quantize::WeightScales;
 use fer_export::runtime::Runner;
@@ -59,6 +60,7 @@ fn options(data: &DatasetSpec, run: &Path, out: &Path) -> ExportOptions {
         weight_scales: WeightScales::PerTensor,
         equalize: true,
         f32_convs: Vec::new(),
+        activation_ranges: RangeMethod::MinMax,
         out: out.to_path_buf(),
     }
 }
@@ -161,9 +163,10 @@ fn cross_entropy_runs_get_class_mean_centers() {
     let root = tempfile::tempdir().unwrap();
     let (data, run) = trained_run(root.path(), false);
     let out = root.path().join("models/ce");
-    // Also: the first conv left in f32 stays a plain Conv in the int8 graph.
+    // Also: the first conv left in f32 stays a plain Conv in the int8 graph, and MSE clipping runs.
     let report = fer_export::export(&ExportOptions {
         f32_convs: vec![0],
+        activation_ranges: RangeMethod::Mse,
         ..options(&data, &run, &out)
     })
     .unwrap();
