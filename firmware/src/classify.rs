@@ -1,25 +1,19 @@
-//! Expression classification with tract: a contract-checked model, one optimized plan built at
-//! start-up, run on one preprocessed face at a time.
+//! Expression classification: a contract-checked model in [`fer_runtime`]'s plan, run on one
+//! preprocessed face at a time, its logits turned into probabilities.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use fer_protocol::contract::{self, ModelInfo};
+use fer_protocol::contract::ModelInfo;
 use fer_protocol::golden::GoldenOutputs;
 use fer_protocol::{Expression, INPUT};
-use tract_onnx::prelude::*;
-
-/// What tract's ONNX loader calls a model's `metadata_props` entries.
-const METADATA_PREFIX: &str = "onnx.metadata_props.";
+pub use fer_runtime::argmax;
 
 /// A classifier loaded into tract: its contract and an optimized plan for one face.
 pub struct Classifier {
     /// What the model says about itself.
     pub info: ModelInfo,
-    plan: std::sync::Arc<TypedRunnableModel>,
-    /// The input tensor, reused for every face so the hot path does not allocate it.
-    input: Tensor,
+    plan: fer_runtime::Plan,
 }
 
 /// The classifier's verdict on one face.
@@ -51,64 +45,21 @@ impl Classifier {
         Self::from_bytes(&bytes).with_context(|| format!("classifier {}", path.display()))
     }
 
-    /// Loads an ONNX model, checks that it follows the [`contract`], and builds its plan.
+    /// Loads an ONNX model, checks that it follows the fer contract (metadata and outputs), and
+    /// builds its plan.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .context("loading the ONNX model")?;
-        let mut props = BTreeMap::new();
-        for (key, value) in &model.properties {
-            if let Some(key) = key.strip_prefix(METADATA_PREFIX) {
-                props.insert(
-                    key.to_string(),
-                    value.try_as_plain_ram()?.to_scalar::<String>()?.clone(),
-                );
-            }
-        }
-        let info = contract::check(&props).context("the model breaks the fer contract")?;
-        let shape = [1, INPUT.channels, INPUT.height, INPUT.width];
-        let model = model
-            .with_input_fact(0, f32::fact(shape).into())?
-            .into_optimized()
-            .context("optimizing the classifier")?;
-        check_outputs(&model).context("the model breaks the fer contract")?;
-        let plan = model.into_runnable()?;
-        Ok(Self {
-            info,
-            plan,
-            input: Tensor::zero::<f32>(&shape)?,
-        })
-    }
-
-    /// Runs the plan on one preprocessed face ([`INPUT`]`.len()` values).
-    fn run(&mut self, input: &[f32]) -> Result<TVec<TValue>> {
-        anyhow::ensure!(
-            input.len() == INPUT.len(),
-            "input has {} values, expected {}",
-            input.len(),
-            INPUT.len()
-        );
-        self.input
-            .try_as_plain_ram_mut()?
-            .as_slice_mut::<f32>()?
-            .copy_from_slice(input);
-        self.plan.run(tvec!(self.input.clone().into()))
+        let (plan, info) = fer_runtime::Plan::with_contract(bytes)?;
+        Ok(Self { info, plan })
     }
 
     /// The three raw outputs for one preprocessed face ([`INPUT`]`.len()` values).
     pub fn outputs(&mut self, input: &[f32]) -> Result<GoldenOutputs> {
-        let outputs = self.run(input)?;
-        let values = |i: usize| -> Result<Vec<f32>> { Ok(outputs[i].try_as_plain_ram()?.as_slice::<f32>()?.to_vec()) };
-        Ok(GoldenOutputs {
-            logits: values(0)?,
-            embedding: values(1)?,
-            center_distances: values(2)?,
-        })
+        self.plan.outputs(input)
     }
 
     /// Classifies one preprocessed face, reading the outputs in place (no copies per face).
     pub fn classify(&mut self, input: &[f32]) -> Result<Classification> {
-        let outputs = self.run(input)?;
+        let outputs = self.plan.run(input)?;
         let logits = outputs[0].try_as_plain_ram()?;
         let distances = outputs[2].try_as_plain_ram()?;
         let (logits, distances) = (logits.as_slice::<f32>()?, distances.as_slice::<f32>()?);
@@ -128,14 +79,9 @@ impl Classifier {
         Ok(result)
     }
 
-    /// The names of the ops in the optimized plan, with the matrix-multiply kernels tract chose.
+    /// The ops of the optimized plan, with the matrix-multiply kernels tract chose.
     pub fn plan_ops(&self) -> Vec<String> {
-        self.plan
-            .model()
-            .nodes()
-            .iter()
-            .map(|n| format!("{} {}", n.op().name(), n.op().info().unwrap_or_default().join(" ")))
-            .collect()
+        self.plan.plan_ops()
     }
 }
 
@@ -144,15 +90,6 @@ impl Classifier {
 pub fn preprocess(pixels: &[u8], width: usize, height: usize, input: &mut [f32]) -> Result<()> {
     fer_protocol::preprocess(&INPUT, pixels, width, height, input)
         .map_err(|e| anyhow::anyhow!("preprocessing a {width}x{height} crop: {e}"))
-}
-
-/// Index of the largest value (the first on ties).
-pub fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-        .0
 }
 
 /// Numerically stable softmax of `logits` into `out`.
@@ -166,64 +103,9 @@ pub fn softmax(logits: &[f32], out: &mut [f32]) {
     out.iter_mut().for_each(|o| *o /= sum);
 }
 
-/// The graph's outputs as the contract names them: logits `[1, 7]`, an embedding `[1, D]` and
-/// center distances `[1, 7]`. The metadata alone does not say what the graph computes.
-fn check_outputs(model: &TypedModel) -> Result<()> {
-    let outlets = model.output_outlets()?;
-    let names: Vec<&str> = outlets
-        .iter()
-        .map(|&o| model.outlet_label(o).unwrap_or(&model.node(o.node).name))
-        .collect();
-    anyhow::ensure!(
-        names == contract::OUTPUTS,
-        "its outputs are {names:?}, the contract names {:?}",
-        contract::OUTPUTS
-    );
-    for (&outlet, (name, classes)) in
-        outlets.iter().zip(
-            contract::OUTPUTS
-                .iter()
-                .zip([Some(Expression::COUNT), None, Some(Expression::COUNT)]),
-        )
-    {
-        let shape = model.outlet_fact(outlet)?.shape.as_concrete().map(|s| s.to_vec());
-        let fits = match &shape {
-            Some(dims) => dims.len() == 2 && dims[0] == 1 && classes.is_none_or(|k| dims[1] == k),
-            None => false,
-        };
-        anyhow::ensure!(
-            fits,
-            "output `{name}` has shape {shape:?}, expected [1, {}]",
-            classes.map_or("D".to_string(), |k| k.to_string())
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_model_whose_outputs_break_the_contract_is_refused_at_load() {
-        use prost::Message;
-        let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fer.f32.onnx")).unwrap();
-        assert!(Classifier::from_bytes(&bytes).is_ok());
-        let refused = |change: &dyn Fn(&mut tract_onnx::pb::GraphProto)| {
-            let mut model = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
-            change(model.graph.as_mut().unwrap());
-            let error = Classifier::from_bytes(&model.encode_to_vec()).err().expect("refused");
-            format!("{error:#}")
-        };
-        // Two outputs, not three: classifying would read past the end.
-        let error = refused(&|g| {
-            g.output.pop();
-        });
-        assert!(error.contains("its outputs are"), "{error}");
-        // The right outputs in the wrong order: distances would be read as the embedding.
-        let error = refused(&|g| g.output.swap(1, 2));
-        assert!(error.contains("its outputs are"), "{error}");
-    }
 
     #[test]
     fn softmax_sums_to_one_and_keeps_order() {

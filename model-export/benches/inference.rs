@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use burn::prelude::*;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fer_export::quantize::WeightScales;
-use fer_export::runtime::Runner;
 use fer_export::{calibrate, float, graph, pipeline, quantize};
 use fer_protocol::INPUT;
 use fer_train::model::{ExpressionNet, NetworkConfig};
@@ -55,9 +54,9 @@ fn per_face(c: &mut Criterion) {
     // int8 takes ~0.1 s per face on x86 (docs/results.md): 30 samples keep the run under a minute.
     group.sample_size(30);
     for (name, model) in [("f32", &f32_model), ("int8", &int8_model)] {
-        let runner = Runner::new(model).expect("runnable model");
+        let mut runner = graph::plan(model).expect("runnable model");
         group.bench_function(name, |b| {
-            b.iter(|| runner.run(std::hint::black_box(&input)).expect("run"))
+            b.iter(|| runner.outputs(std::hint::black_box(&input)).expect("run"))
         });
     }
     group.finish();

@@ -198,7 +198,7 @@ pub(crate) fn for_each_run(
             ..Default::default()
         })
         .collect();
-    let plan = crate::runtime::typed_model(&probe)
+    let plan = fer_runtime::typed_model(&graph::encode(&probe))
         .with_context(|| format!("preparing the model for {what}"))?
         .into_optimized()?
         .into_runnable()?;
@@ -209,7 +209,7 @@ pub(crate) fn for_each_run(
         .expect("valid template"),
     );
     for input in bar.wrap_iter(inputs.iter()) {
-        visit(&plan.run(tvec!(crate::runtime::input_tensor(input)?.into()))?)?;
+        visit(&plan.run(tvec!(fer_runtime::input_tensor(input)?.into()))?)?;
     }
     bar.finish_and_clear();
     Ok(())

@@ -305,3 +305,8 @@ pub fn remove_unused_initializers(graph: &mut GraphProto) {
     let used: std::collections::HashSet<String> = graph.node.iter().flat_map(|n| n.input.iter().cloned()).collect();
     graph.initializer.retain(|t| used.contains(&t.name));
 }
+
+/// The model's optimized plan in tract, through the runtime the device uses.
+pub fn plan(model: &ModelProto) -> anyhow::Result<fer_runtime::Plan> {
+    fer_runtime::Plan::from_bytes(&encode(model))
+}

@@ -3,7 +3,7 @@
 //! the ONNX metadata, and golden vectors for the cross-target tests.
 //!
 //! Data flows `float` (Burn → ONNX) → `equalize` (depthwise/pointwise channel balance) →
-//! `calibrate` (activation ranges in tract) → `quantize` (QLinearConv rewrite); `pipeline` runs it all with its checks, `runtime` wraps tract.
+//! `calibrate` (activation ranges in tract) → `quantize` (QLinearConv rewrite); `pipeline` runs it all with its checks; models run in tract through `fer_runtime`.
 #![warn(missing_docs)]
 
 pub mod calibrate;
@@ -13,6 +13,5 @@ pub mod graph;
 pub mod pipeline;
 pub mod quantize;
 pub mod report;
-pub mod runtime;
 
 pub use pipeline::{ExportOptions, ExportReport, export};

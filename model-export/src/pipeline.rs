@@ -16,8 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tract_onnx::pb::ModelProto;
 
 use crate::quantize::{LayerReport, WeightScales};
-use crate::runtime::{Runner, argmax};
 use crate::{calibrate, float, graph, quantize};
+use fer_runtime::{Plan, argmax};
 
 /// Everything `fer-export` needs to know.
 #[derive(Clone, Debug)]
@@ -148,10 +148,10 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
         .with_context(|| format!("loading the evaluation images ({evaluation_spec})"))?
         .samples;
     ensure!(!evaluation.is_empty(), "{evaluation_spec} has no validation images");
-    let f32_runner = Runner::new(&f32_model).context("the f32 model does not run in tract")?;
+    let mut f32_runner = graph::plan(&f32_model).context("the f32 model does not run in tract")?;
     let parity = parity(
         &model,
-        &f32_runner,
+        &mut f32_runner,
         &evaluation[..options.parity_images.min(evaluation.len())],
         &device,
     )?;
@@ -173,9 +173,9 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let (mut int8_model, layers) =
         quantize::quantize(&to_quantize, &ranges, options.weight_scales, &options.f32_convs)?;
     graph::set_metadata(&mut int8_model, [(keys::PRECISION, "int8".to_string())]);
-    let int8_runner = Runner::new(&int8_model).context("the int8 model does not run in tract")?;
+    let mut int8_runner = graph::plan(&int8_model).context("the int8 model does not run in tract")?;
 
-    let quality = compare(&f32_runner, &int8_runner, &evaluation)?;
+    let quality = compare(&mut f32_runner, &mut int8_runner, &evaluation)?;
     let f32_accuracy = quality.f32_metrics.accuracy;
     let int8_accuracy = quality.int8_metrics.accuracy;
     ensure!(
@@ -189,7 +189,13 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
         options.max_accuracy_drop * 100.0
     );
 
-    let golden = golden_set(&f32_runner, &int8_runner, &evaluation, &model_version, &weights_sha256)?;
+    let golden = golden_set(
+        &mut f32_runner,
+        &mut int8_runner,
+        &evaluation,
+        &model_version,
+        &weights_sha256,
+    )?;
     let f32_bytes = graph::encode(&f32_model);
     let int8_bytes = graph::encode(&int8_model);
     let mut report = ExportReport {
@@ -322,7 +328,7 @@ struct Parity {
 /// Largest differences between Burn's forward pass and the f32 ONNX model in tract.
 fn parity(
     model: &fer_train::model::ExpressionNet,
-    runner: &Runner,
+    runner: &mut Plan,
     samples: &[Sample],
     device: &Device,
 ) -> Result<Parity> {
@@ -337,7 +343,7 @@ fn parity(
         let [logits, embedding, distances] = float::burn_outputs(model, &batch.inputs, device);
         let (k, d) = (logits.len() / chunk.len(), embedding.len() / chunk.len());
         for (i, input) in batch.inputs.chunks_exact(INPUT.len()).enumerate() {
-            let out = runner.run(input)?;
+            let out = runner.outputs(input)?;
             result.logits = result
                 .logits
                 .max(max_abs_diff(&out.logits, &logits[i * k..(i + 1) * k]));
@@ -367,7 +373,7 @@ struct Quality {
 }
 
 /// Runs both models on every sample and compares them with the labels and with each other.
-fn compare(f32_runner: &Runner, int8_runner: &Runner, samples: &[Sample]) -> Result<Quality> {
+fn compare(f32_runner: &mut Plan, int8_runner: &mut Plan, samples: &[Sample]) -> Result<Quality> {
     let bar = ProgressBar::new(samples.len() as u64).with_style(
         ProgressStyle::with_template("comparing f32 and int8 {bar:30} {pos}/{len} faces ({eta} left)")
             .expect("valid template"),
@@ -378,10 +384,10 @@ fn compare(f32_runner: &Runner, int8_runner: &Runner, samples: &[Sample]) -> Res
     for sample in bar.wrap_iter(samples.iter()) {
         let input = preprocessed(sample);
         let start = Instant::now();
-        let a = f32_runner.run(&input)?;
+        let a = f32_runner.outputs(&input)?;
         f32_time += start.elapsed().as_secs_f64();
         let start = Instant::now();
-        let b = int8_runner.run(&input)?;
+        let b = int8_runner.outputs(&input)?;
         int8_time += start.elapsed().as_secs_f64();
         let label = sample.label.index();
         let (a_top, b_top) = (argmax(&a.logits), argmax(&b.logits));
@@ -405,8 +411,8 @@ fn compare(f32_runner: &Runner, int8_runner: &Runner, samples: &[Sample]) -> Res
 /// One face per expression (the first of each class), plus the first face cropped off-centre to
 /// 40x44 so the resizing path of the preprocessing is covered too.
 fn golden_set(
-    f32_runner: &Runner,
-    int8_runner: &Runner,
+    f32_runner: &mut Plan,
+    int8_runner: &mut Plan,
     samples: &[Sample],
     model_version: &str,
     weights_sha256: &str,
@@ -444,8 +450,8 @@ fn golden_set(
         fer_protocol::preprocess(&INPUT, &crop, width, height, &mut input)
             .map_err(|e| anyhow::anyhow!("golden crop {name}: {e:?}"))?;
         cases.push(GoldenCase {
-            f32: f32_runner.run(&input)?,
-            int8: int8_runner.run(&input)?,
+            f32: f32_runner.outputs(&input)?,
+            int8: int8_runner.outputs(&input)?,
             name,
             label: label.name().to_string(),
             width,

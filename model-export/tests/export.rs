@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use fer_export::calibrate::RangeMethod;
+use fer_export::graph;
 use fer_export::pipeline::{ExportOptions, load_checked, output_path};
 use fer_export::quantize::WeightScales;
-use fer_export::runtime::Runner;
 use fer_protocol::golden::GoldenSet;
 use fer_train::dataset::{DatasetSpec, write_synthetic};
 use fer_train::model::NetworkConfig;
@@ -120,19 +120,19 @@ fn exports_checked_models_and_golden_vectors() {
     assert!(std::fs::metadata(&golden_path).unwrap().len() < 1_000_000);
     assert_eq!(golden.cases.len(), 8, "one per expression plus a resized crop");
     assert!(golden.cases.iter().any(|c| (c.width, c.height) != (48, 48)));
-    let (f32_runner, int8_runner) = (Runner::new(&f32_model).unwrap(), Runner::new(&int8_model).unwrap());
+    let (mut f32_runner, mut int8_runner) = (graph::plan(&f32_model).unwrap(), graph::plan(&int8_model).unwrap());
     for case in &golden.cases {
         let mut input = vec![0.0; fer_protocol::INPUT.len()];
         fer_protocol::preprocess(&fer_protocol::INPUT, &case.crop, case.width, case.height, &mut input).unwrap();
         assert_eq!(input, case.input, "{}", case.name);
         assert_eq!(
-            f32_runner.run(&case.input).unwrap().logits,
+            f32_runner.outputs(&case.input).unwrap().logits,
             case.f32.logits,
             "{}",
             case.name
         );
         assert_eq!(
-            int8_runner.run(&case.input).unwrap().logits,
+            int8_runner.outputs(&case.input).unwrap().logits,
             case.int8.logits,
             "{}",
             case.name
@@ -144,9 +144,12 @@ fn exports_checked_models_and_golden_vectors() {
     let (equalized, pairs) = fer_export::equalize::equalize(&f32_model, &inputs).unwrap();
     assert_eq!(pairs, report.equalized_pairs);
     assert!(pairs >= 3, "{pairs} pairs");
-    let equalized_runner = Runner::new(&equalized).unwrap();
+    let mut equalized_runner = graph::plan(&equalized).unwrap();
     for input in &inputs {
-        let (before, after) = (f32_runner.run(input).unwrap(), equalized_runner.run(input).unwrap());
+        let (before, after) = (
+            f32_runner.outputs(input).unwrap(),
+            equalized_runner.outputs(input).unwrap(),
+        );
         for (a, b) in before.logits.iter().zip(&after.logits) {
             assert!((a - b).abs() <= 1e-4, "{:?} vs {:?}", before.logits, after.logits);
         }
