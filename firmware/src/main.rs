@@ -20,15 +20,14 @@ use fer_firmware::{Stop, source};
 use tracing::info;
 
 /// Reads frames from a camera, an MJPEG stream on stdin or image files, finds faces, classifies
-/// their expression and publishes it as JSON lines on stdout, frames on a serial line and levels
-/// on GPIO pins. Logs go to stderr (RUST_LOG=debug for more).
+/// their expression and publishes it as JSON lines on stdout, frames on a serial line, levels on
+/// GPIO pins and messages to an MQTT broker. Logs go to stderr (RUST_LOG=debug for more).
 ///
 /// Examples:
 ///   fer-sensor --source samples/ --hold 10                # the bundled sample frames
 ///   fer-sensor --config /etc/fer-sensor.toml              # a Pi with a USB camera
 ///   rpicam-vid -t 0 --codec mjpeg -o - | fer-sensor --source stdin   # a Pi camera module
-///   fer-sensor --source samples/ --hold 10 --mqtt mqtt://127.0.0.1:1883  # to a broker, with
-///                                                         # Home Assistant discovery
+///   fer-sensor --source samples/ --hold 10 --mqtt mqtt://127.0.0.1:1883  # also to a broker
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
