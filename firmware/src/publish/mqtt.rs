@@ -139,6 +139,21 @@ impl MqttOptions {
         }
     }
 
+    /// The broker and the client settings to reach it as `client_id`: address, login and TLS.
+    fn connection(&self, client_id: &str) -> Result<(Broker, rumqttc::MqttOptions)> {
+        let broker = Broker::parse(&self.url).context("publish.mqtt.url")?;
+        let mut mqtt = rumqttc::MqttOptions::new(client_id, broker.host.clone(), broker.port);
+        if let Some(user) = &self.username {
+            mqtt.set_credentials(user.as_str(), self.password()?.unwrap_or_default());
+        }
+        if broker.tls {
+            mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(
+                tls_config(self.ca_file.as_deref())?,
+            ))));
+        }
+        Ok((broker, mqtt))
+    }
+
     fn qos(&self) -> QoS {
         match self.qos {
             0 => QoS::AtMostOnce,
@@ -495,9 +510,8 @@ impl Mqtt {
     /// Starts connecting to the broker in the background; fails only on settings that cannot
     /// work (an unreadable CA or password file), never because the broker is down.
     pub fn start(options: &MqttOptions, model: &str) -> Result<Self> {
-        let broker = Broker::parse(&options.url).context("publish.mqtt.url")?;
         let topics = Topics::new(options, model);
-        let mut mqtt = rumqttc::MqttOptions::new(options.client_id(), broker.host.clone(), broker.port);
+        let (broker, mut mqtt) = options.connection(&options.client_id())?;
         mqtt.set_keep_alive(Duration::from_secs(options.keep_alive_s.into()))
             .set_clean_session(true)
             .set_last_will(LastWill::new(
@@ -506,14 +520,6 @@ impl Mqtt {
                 options.qos(),
                 true,
             ));
-        if let Some(user) = &options.username {
-            mqtt.set_credentials(user.as_str(), options.password()?.unwrap_or_default());
-        }
-        if broker.tls {
-            mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(
-                tls_config(options.ca_file.as_deref())?,
-            ))));
-        }
         let (client, connection) = Client::new(mqtt, 64);
         let shared = Arc::new(Shared {
             outbox: Mutex::new(Outbox::new(options.queue)),
@@ -704,20 +710,7 @@ impl Publisher for Mqtt {
 
 /// `--check`: connects once and waits for the broker's answer (at most `timeout`).
 pub fn probe(options: &MqttOptions, timeout: Duration) -> Result<String> {
-    let broker = Broker::parse(&options.url).context("publish.mqtt.url")?;
-    let mut mqtt = rumqttc::MqttOptions::new(
-        format!("{}-check", options.client_id()),
-        broker.host.clone(),
-        broker.port,
-    );
-    if let Some(user) = &options.username {
-        mqtt.set_credentials(user.as_str(), options.password()?.unwrap_or_default());
-    }
-    if broker.tls {
-        mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(
-            tls_config(options.ca_file.as_deref())?,
-        ))));
-    }
+    let (broker, mqtt) = options.connection(&format!("{}-check", options.client_id()))?;
     let (client, mut connection) = Client::new(mqtt, 4);
     let deadline = Instant::now() + timeout;
     loop {
