@@ -307,70 +307,65 @@ impl Topics {
             "model": format!("fer-sensor, classifier {model}"),
             "sw_version": env!("CARGO_PKG_VERSION"),
         });
-        let common = |unique: &str, name: &str, topic: &str| {
-            json!({
+        let d = &options.discovery_prefix;
+        // One entity's (topic, config): what every entity shares, plus its own fields.
+        let entity = |kind: &str, object: &str, name: &str, topic: &str, own: serde_json::Value| {
+            let mut config = json!({
                 "name": name,
-                "unique_id": format!("fer-sensor_{node}_{unique}"),
+                "unique_id": format!("fer-sensor_{node}_{object}"),
                 "state_topic": topic,
                 "availability_topic": availability,
                 "payload_available": "online",
                 "payload_not_available": "offline",
                 "device": device,
                 "origin": {"name": "fer-sensor", "sw_version": env!("CARGO_PKG_VERSION")},
-            })
-        };
-        let with = |mut base: serde_json::Value, extra: serde_json::Value| {
-            let (map, extra) = (base.as_object_mut().expect("an object"), extra);
-            for (k, v) in extra.as_object().expect("an object") {
-                map.insert(k.clone(), v.clone());
+            });
+            if let (Some(config), serde_json::Value::Object(own)) = (config.as_object_mut(), own) {
+                config.extend(own);
             }
-            base
+            (format!("{d}/{kind}/{node}/{object}/config"), config.to_string())
         };
-        let d = &options.discovery_prefix;
         let discovery = if options.discovery {
             vec![
-                (
-                    format!("{d}/sensor/{node}/expression/config"),
-                    with(
-                        common("expression", "Expression", &state),
-                        json!({
-                            "value_template": "{{ value_json.reading }}",
-                            "device_class": "enum",
-                            "options": reading_names(),
-                            "icon": "mdi:emoticon-outline",
-                            "json_attributes_topic": state,
-                            "json_attributes_template":
-                                "{{ {'confidence': value_json.confidence, 'faces': value_json.faces, 'face': value_json.face} | tojson }}",
-                        }),
-                    ),
+                entity(
+                    "sensor",
+                    "expression",
+                    "Expression",
+                    &state,
+                    json!({
+                        "value_template": "{{ value_json.reading }}",
+                        "device_class": "enum",
+                        "options": reading_names(),
+                        "icon": "mdi:emoticon-outline",
+                        "json_attributes_topic": state,
+                        "json_attributes_template":
+                            "{{ {'confidence': value_json.confidence, 'faces': value_json.faces, 'face': value_json.face} | tojson }}",
+                    }),
                 ),
-                (
-                    format!("{d}/binary_sensor/{node}/face/config"),
-                    with(
-                        common("face", "Face", &state),
-                        json!({
-                            "value_template": "{{ 'ON' if value_json.faces > 0 else 'OFF' }}",
-                            "device_class": "occupancy",
-                        }),
-                    ),
+                entity(
+                    "binary_sensor",
+                    "face",
+                    "Face",
+                    &state,
+                    json!({
+                        "value_template": "{{ 'ON' if value_json.faces > 0 else 'OFF' }}",
+                        "device_class": "occupancy",
+                    }),
                 ),
-                (
-                    format!("{d}/sensor/{node}/fps/config"),
-                    with(
-                        common("fps", "Frame rate", &status),
-                        json!({
-                            "value_template": "{{ value_json.fps }}",
-                            "unit_of_measurement": "fps",
-                            "state_class": "measurement",
-                            "entity_category": "diagnostic",
-                            "icon": "mdi:speedometer",
-                        }),
-                    ),
+                entity(
+                    "sensor",
+                    "fps",
+                    "Frame rate",
+                    &status,
+                    json!({
+                        "value_template": "{{ value_json.fps }}",
+                        "unit_of_measurement": "fps",
+                        "state_class": "measurement",
+                        "entity_category": "diagnostic",
+                        "icon": "mdi:speedometer",
+                    }),
                 ),
             ]
-            .into_iter()
-            .map(|(topic, config)| (topic, config.to_string()))
-            .collect()
         } else {
             Vec::new()
         };
@@ -542,16 +537,6 @@ impl Mqtt {
             label: format!("mqtt {broker}"),
             driver: Some((handle, done_rx)),
         })
-    }
-
-    /// The topics this publisher uses.
-    pub fn topics(&self) -> &Topics {
-        &self.shared.topics
-    }
-
-    /// States dropped from the queue so far.
-    pub fn dropped(&self) -> u64 {
-        self.shared.outbox().dropped
     }
 }
 
