@@ -79,9 +79,14 @@ impl Classifier {
         Ok(result)
     }
 
-    /// The ops of the optimized plan, with the matrix-multiply kernels tract chose.
-    pub fn plan_ops(&self) -> Vec<String> {
-        self.plan.plan_ops()
+    /// Where the plan spends its time on one preprocessed face, node by node, over `runs` runs.
+    pub fn profile(&mut self, input: &[f32], runs: usize) -> Result<Vec<fer_runtime::NodeTime>> {
+        self.plan.profile(input, runs)
+    }
+
+    /// The matrix-multiply kernel of every op of the plan that names one, in plan order.
+    pub fn kernels(&self) -> Vec<String> {
+        self.plan.kernels()
     }
 }
 

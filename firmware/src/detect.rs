@@ -145,6 +145,12 @@ impl Detector {
         Ok(self.decode(regressors, scores, letterbox))
     }
 
+    /// Where the detector's plan spends its time on `frame`, node by node, over `runs` runs.
+    pub fn profile(&mut self, frame: &RgbImage, runs: usize) -> Result<Vec<fer_runtime::NodeTime>> {
+        self.letterbox(frame)?;
+        fer_runtime::profile(&self.plan, tvec!(self.input.clone().into()), runs)
+    }
+
     /// Pads the frame to a square, shrinks it to 128x128 and writes it into the input tensor.
     fn letterbox(&mut self, frame: &RgbImage) -> Result<Letterbox> {
         let (w, h) = frame.dimensions();

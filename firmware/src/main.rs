@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use fer_firmware::bench;
 use fer_firmware::config::Config;
 use fer_firmware::decide::Select;
 use fer_firmware::publish::gpio::{Gpio, pi};
@@ -99,6 +100,24 @@ enum Command {
         /// Frames to grab from the source (0 skips the source check).
         #[arg(long, default_value_t = 30)]
         frames: usize,
+    },
+    /// Times every stage of the frame path on this device and prints a table (for docs/results.md).
+    ///
+    /// Runs a 640x480 frame (the built-in two-face fixture, or --image) through the configured
+    /// detector, aligner and classifier: warm-up frames first, then the timed ones; prints the
+    /// median and 90th percentile per stage, the frames/s they allow, the device and the SIMD
+    /// kernels tract chose. --nodes adds where each network spends its time, node by node.
+    /// Compare precisions with --classifier models/fer.f32.onnx and models/fer.int8.onnx.
+    Bench {
+        /// Frames to time (as many again run first as warm-up).
+        #[arg(long, default_value_t = 100)]
+        frames: usize,
+        /// An RGB image to use instead of the built-in fixture frame.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Also profile both networks node by node (the slowest nodes first).
+        #[arg(long)]
+        nodes: bool,
     },
     /// Drives the configured GPIO pins to their idle levels and exits.
     ///
@@ -331,6 +350,14 @@ fn selftest(config: &Config, jumpers: &[(u8, u8)], serial_loopback: bool, frames
     checks
 }
 
+fn bench(config: &Config, frames: usize, image: Option<&std::path::Path>, nodes: bool) -> Result<bench::Report> {
+    let frame = match image {
+        Some(path) => image::open(path).with_context(|| format!("reading {}", path.display()))?,
+        None => image::load_from_memory(selftest::FIXTURE_FRAME)?,
+    };
+    bench::run(config, &frame.to_rgb8(), frames, nodes)
+}
+
 fn report(checks: &[Check]) -> ExitCode {
     for c in checks {
         println!("{c}");
@@ -365,6 +392,18 @@ fn main() -> ExitCode {
     }) = &cli.command
     {
         return report(&selftest(&config, jumper, *serial_loopback, *frames));
+    }
+    if let Some(Command::Bench { frames, image, nodes }) = &cli.command {
+        return match bench(&config, *frames, image.as_deref(), *nodes) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Some(Command::IdlePins) = &cli.command {
         let Some(g) = &config.publish.gpio else {

@@ -96,6 +96,21 @@ impl Sensor {
         &self.classifier
     }
 
+    /// The classifier, to profile its plan.
+    pub fn classifier_mut(&mut self) -> &mut Classifier {
+        &mut self.classifier
+    }
+
+    /// The face detector, to profile its plan.
+    pub fn detector_mut(&mut self) -> &mut Detector {
+        &mut self.detector
+    }
+
+    /// The aligner, to prepare a face outside the frame loop.
+    pub fn aligner_mut(&mut self) -> &mut Aligner {
+        &mut self.aligner
+    }
+
     /// Processes one frame; `capture` is how long the source took to deliver it.
     pub fn process(&mut self, frame: &RgbImage, capture: Duration) -> Result<Decision> {
         let t0 = Instant::now();

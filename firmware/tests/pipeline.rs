@@ -2,8 +2,8 @@
 //! samples/README.md): faces found where they were pasted, expression events out of the
 //! `fer-sensor` binary, smoothing as specified, and clear errors on bad input.
 //!
-//! The f32 classifier is used to keep the tests fast: tract's int8 kernels are ~20x slower on
-//! x86 (docs/results.md); the golden tests cover the int8 model.
+//! The f32 classifier is used to keep the tests fast: tract runs the int8 model several times
+//! slower on x86 (docs/results.md); the golden tests cover the int8 model.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -409,4 +409,55 @@ fn check_validates_and_selftest_passes_on_the_host() {
     ] {
         assert!(text.contains(line), "{line:?} missing in\n{text}");
     }
+}
+
+#[test]
+fn bench_times_every_stage_and_profiles_both_networks() {
+    let out = sensor(&["bench", "--frames", "3", "--nodes"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for line in [
+        "frame:      640x480, 2 face(s) classified per frame",
+        "classifier: f32, kernels ",
+        "| detect | ",
+        "| align | ",
+        "| classify | ",
+        "| whole frame | ",
+        "frames/s from the median frame",
+        "face detector: ",
+        "classifier: ",
+        "DepthWiseConv",
+    ] {
+        assert!(text.contains(line), "{line:?} missing in\n{text}");
+    }
+    let bad = sensor(&["bench", "--frames", "0"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("at least one frame"), "{}", stderr(&bad));
+}
+
+/// tract picks the AVX-512 VNNI int8 kernel where the CPU has it; the AVX2 kernel, which the
+/// patched tract-linalg (patches/tract-linalg) changes, runs on every other x86 host. Both must
+/// compute the golden vectors.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_patched_avx2_int8_kernel_computes_the_golden_vectors() {
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        eprintln!("SKIP: this CPU has no AVX2, so tract never runs the patched kernel here");
+        return;
+    }
+    let avx2 = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fer-sensor"));
+        command.current_dir(root()).args(args).env("TRACT_CPU_ISA", "-avx512f");
+        let out = command.output().expect("running fer-sensor");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), out)
+    };
+    let (text, out) = avx2(&["--classifier", "models/fer.int8.onnx", "bench", "--frames", "1"]);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("avx2_mmm_i32_8x8"),
+        "the AVX2 kernel was not chosen:\n{text}"
+    );
+    let (text, out) = avx2(&["selftest", "--frames", "0"]);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("PASS  golden models/fer.int8.onnx"), "{text}");
 }

@@ -6,6 +6,8 @@
 #![warn(missing_docs)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fer_protocol::contract::{self, ModelInfo};
@@ -22,7 +24,7 @@ const SHAPE: [usize; 4] = [1, INPUT.channels, INPUT.height, INPUT.width];
 /// A classifier's optimized tract plan for one face at a time (batch 1, fixed shape), with its
 /// metadata; the input tensor is reused for every face so the hot path does not allocate it.
 pub struct Plan {
-    plan: std::sync::Arc<TypedRunnableModel>,
+    plan: Arc<TypedRunnableModel>,
     input: Tensor,
     metadata: BTreeMap<String, String>,
 }
@@ -118,6 +120,21 @@ impl Plan {
             .collect()
     }
 
+    /// The matrix-multiply kernel of every op that names one, in plan order, as tract prints it
+    /// (`... with [arm64simd_mmm_f32_16x4_gen]`): which SIMD code this CPU runs.
+    pub fn kernels(&self) -> Vec<String> {
+        self.plan_ops()
+            .iter()
+            .filter_map(|op| op.split(" with [").nth(1)?.split(']').next().map(str::to_string))
+            .collect()
+    }
+
+    /// Each node's share of `runs` runs on one face: where the plan spends its time.
+    pub fn profile(&mut self, input: &[f32], runs: usize) -> Result<Vec<NodeTime>> {
+        self.run(input)?;
+        profile(&self.plan, tvec!(self.input.clone().into()), runs)
+    }
+
     /// How often each op occurs in the optimized plan (e.g. whether the int8 convs stayed integer).
     pub fn op_census(&self) -> Vec<(String, usize)> {
         let mut counts = BTreeMap::new();
@@ -126,6 +143,51 @@ impl Plan {
         }
         counts.into_iter().collect()
     }
+}
+
+/// One node of an optimized plan and the time spent evaluating it.
+#[derive(Clone, Debug)]
+pub struct NodeTime {
+    /// The node's name in the graph.
+    pub name: String,
+    /// The op and what tract says about it (e.g. the matrix-multiply kernel it chose).
+    pub op: String,
+    /// Mean time per run.
+    pub time: Duration,
+}
+
+/// Runs `plan` `runs` times (after one warm-up run) on `inputs` and times every node's
+/// evaluation; the nodes come back slowest first. Any tract plan works: the classifier's and the
+/// face detector's.
+pub fn profile(plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>, runs: usize) -> Result<Vec<NodeTime>> {
+    let model = plan.model();
+    let mut totals = vec![Duration::ZERO; model.nodes().len()];
+    let mut state = TypedSimpleState::new(plan)?;
+    state.run(inputs.clone())?;
+    for _ in 0..runs.max(1) {
+        state.run_plan_with_eval(inputs.clone(), |ctx, op_state, node, node_inputs| {
+            let start = Instant::now();
+            let outputs = tract_onnx::tract_core::plan::eval(ctx, op_state, node, node_inputs);
+            totals[node.id] += start.elapsed();
+            outputs
+        })?;
+    }
+    let mut nodes: Vec<NodeTime> = model
+        .nodes()
+        .iter()
+        .zip(totals)
+        .map(|(node, total)| NodeTime {
+            name: node.name.clone(),
+            op: format!(
+                "{} {}",
+                node.op().name(),
+                node.op().info().unwrap_or_default().join(" ")
+            ),
+            time: total / runs.max(1) as u32,
+        })
+        .collect();
+    nodes.sort_by(|a, b| b.time.cmp(&a.time));
+    Ok(nodes)
 }
 
 /// An ONNX model as a typed, unoptimized tract graph with the input fixed to one face: for

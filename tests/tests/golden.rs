@@ -135,11 +135,7 @@ fn tract_runs_the_simd_kernels_of_this_cpu() {
     };
     for bytes in [F32_MODEL, INT8_MODEL] {
         let model = Classifier::from_bytes(bytes).unwrap();
-        let kernels: Vec<String> = model
-            .plan_ops()
-            .iter()
-            .filter_map(|op| op.split(" with [").nth(1)?.split(']').next().map(str::to_string))
-            .collect();
+        let kernels = model.kernels();
         eprintln!("{} kernels: {kernels:?}", model.info.precision);
         assert!(kernels.len() >= 8, "one kernel per conv at least: {kernels:?}");
         assert!(
