@@ -186,7 +186,7 @@ pub fn profile(plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>, runs: usize
             time: total / runs.max(1) as u32,
         })
         .collect();
-    nodes.sort_by(|a, b| b.time.cmp(&a.time));
+    nodes.sort_by_key(|n| std::cmp::Reverse(n.time));
     Ok(nodes)
 }
 
