@@ -52,6 +52,12 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("whole frame {precision}"), |b| {
             b.iter(|| sensor.process(&frame, Duration::ZERO).unwrap())
         });
+        // The steady state with the detector on every third frame (the mean over frames).
+        config.detect.every_frames = 3;
+        let mut sensor = Sensor::load(&config).unwrap();
+        group.bench_function(format!("steady frame {precision}, detect every 3"), |b| {
+            b.iter(|| sensor.process(&frame, Duration::ZERO).unwrap())
+        });
     }
     group.finish();
 }

@@ -150,6 +150,7 @@ impl Config {
         ensure!(self.model.max_faces >= 1, "model.max_faces must be at least 1");
         in_unit("detect.score_threshold", self.detect.score_threshold, false)?;
         // At 1 no overlap exceeds the threshold, so no two boxes of one face would ever merge.
+        ensure!(self.detect.every_frames >= 1, "detect.every_frames must be at least 1");
         let iou = self.detect.iou_threshold;
         ensure!(
             iou > 0.0 && iou < 1.0,

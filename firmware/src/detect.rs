@@ -35,6 +35,16 @@ pub struct Face {
 }
 
 impl Face {
+    /// The same face moved by `(dx, dy)` pixels, key points included.
+    pub fn shifted(&self, [dx, dy]: [f32; 2]) -> Self {
+        Self {
+            cx: self.cx + dx,
+            cy: self.cy + dy,
+            keypoints: self.keypoints.map(|[x, y]| [x + dx, y + dy]),
+            ..*self
+        }
+    }
+
     /// Box area in square pixels.
     pub fn area(&self) -> f32 {
         self.width * self.height
@@ -70,6 +80,9 @@ pub struct DetectOptions {
     pub score_threshold: f32,
     /// Anchors overlapping the best one by more than this IoU are merged into it.
     pub iou_threshold: f32,
+    /// Run the detector on every N-th frame and carry the faces over the frames between (see
+    /// [`Tracker`]); 1 detects on every frame.
+    pub every_frames: u32,
 }
 
 impl Default for DetectOptions {
@@ -78,6 +91,7 @@ impl Default for DetectOptions {
         Self {
             score_threshold: 0.5,
             iou_threshold: 0.3,
+            every_frames: 1,
         }
     }
 }
@@ -231,6 +245,65 @@ impl Detector {
     }
 }
 
+/// Carries faces over the frames between two detections: each face found by the detector moves on
+/// at the velocity it had since the detection before (matched by nearest centre), so a face
+/// walking across the view stays under its box. Detection is what costs; moving a box is free.
+#[derive(Clone, Debug, Default)]
+pub struct Tracker {
+    every: u32,
+    /// Frames since the last detection; `None` before the first one or after a reset.
+    age: Option<u32>,
+    /// The last detection's faces and their velocities in pixels per frame.
+    faces: Vec<(Face, [f32; 2])>,
+}
+
+impl Tracker {
+    /// A tracker that asks for a detection every `every` frames (at least 1).
+    pub fn new(every: u32) -> Self {
+        Self {
+            every: every.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// The faces carried onto this frame, or `None` when this frame needs a detection.
+    pub fn predict(&mut self) -> Option<Vec<Face>> {
+        let age = self.age.filter(|age| age + 1 < self.every)? + 1;
+        self.age = Some(age);
+        Some(
+            self.faces
+                .iter()
+                .map(|(face, [vx, vy])| face.shifted([vx * age as f32, vy * age as f32]))
+                .collect(),
+        )
+    }
+
+    /// Takes the faces detected on this frame.
+    pub fn detected(&mut self, faces: &[Face]) {
+        let gap = self.age.map_or(0, |age| age + 1) as f32;
+        let velocity = |face: &Face| {
+            let near = self
+                .faces
+                .iter()
+                .map(|(before, _)| (before, (face.cx - before.cx).hypot(face.cy - before.cy)))
+                .filter(|(before, distance)| *distance < face.width.max(before.width))
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            match near {
+                Some((before, _)) if gap > 0.0 => [(face.cx - before.cx) / gap, (face.cy - before.cy) / gap],
+                _ => [0.0, 0.0],
+            }
+        };
+        self.faces = faces.iter().map(|face| (*face, velocity(face))).collect();
+        self.age = Some(0);
+    }
+
+    /// Forgets every face: the next frame is detected and nothing moves on from before.
+    pub fn reset(&mut self) {
+        self.age = None;
+        self.faces.clear();
+    }
+}
+
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -304,6 +377,41 @@ mod tests {
             keypoints: [[cx, cy]; 6],
             score,
         }
+    }
+
+    #[test]
+    fn the_tracker_detects_every_nth_frame_and_moves_faces_at_their_speed_between() {
+        let mut every = Tracker::new(1);
+        assert!(every.predict().is_none());
+        every.detected(&[face(100.0, 100.0, 50.0, 0.9)]);
+        assert!(every.predict().is_none(), "every frame is detected");
+
+        let mut tracker = Tracker::new(3);
+        assert!(tracker.predict().is_none(), "the first frame is detected");
+        let (walker, stranger) = (face(100.0, 100.0, 50.0, 0.9), face(400.0, 100.0, 50.0, 0.8));
+        tracker.detected(&[walker, stranger]);
+        // Nothing known about speed yet: the faces stay where they were found.
+        assert_eq!(tracker.predict().unwrap(), [walker, stranger]);
+        assert_eq!(tracker.predict().unwrap(), [walker, stranger]);
+        assert!(tracker.predict().is_none(), "the third frame is detected");
+        // 3 frames later the walker is 30 px right and 15 px down; the stranger left and a new
+        // face far from both arrived: neither of those has a speed.
+        let (walked, newcomer) = (walker.shifted([30.0, 15.0]), face(250.0, 300.0, 40.0, 0.7));
+        tracker.detected(&[walked, newcomer]);
+        let next = tracker.predict().unwrap();
+        assert_eq!(next, [walked.shifted([10.0, 5.0]), newcomer]);
+        assert_eq!(next[0].keypoints[0], [140.0, 120.0], "key points move with the box");
+        assert_eq!(tracker.predict().unwrap()[0], walked.shifted([20.0, 10.0]));
+        assert!(tracker.predict().is_none());
+
+        tracker.reset();
+        assert!(tracker.predict().is_none(), "after a reset the next frame is detected");
+        tracker.detected(&[walked.shifted([90.0, 0.0])]);
+        assert_eq!(
+            tracker.predict().unwrap()[0],
+            walked.shifted([90.0, 0.0]),
+            "no speed across a reset"
+        );
     }
 
     #[test]

@@ -69,6 +69,9 @@ struct Cli {
     /// Frames each image file is shown for (still photos: e.g. 10).
     #[arg(long)]
     hold: Option<u32>,
+    /// Run the face detector on every N-th frame only; faces move on at their speed between.
+    #[arg(long, global = true, value_name = "N")]
+    detect_every: Option<u32>,
     /// Which face to publish when there are several.
     #[arg(long, value_enum)]
     select: Option<Select>,
@@ -167,6 +170,7 @@ impl Cli {
         c.source.repeat = self.repeat.unwrap_or(c.source.repeat);
         c.source.hold = self.hold.unwrap_or(c.source.hold);
         c.decide.select = self.select.unwrap_or(c.decide.select);
+        c.detect.every_frames = self.detect_every.unwrap_or(c.detect.every_frames);
         c.status.interval_s = self.status_interval.unwrap_or(c.status.interval_s);
         config.validate().context("after applying the command-line flags")?;
         Ok(config)

@@ -13,7 +13,7 @@ use crate::align::Aligner;
 use crate::classify::{Classification, Classifier};
 use crate::config::Config;
 use crate::decide::{Decider, Decision};
-use crate::detect::{Detector, Face};
+use crate::detect::{Detector, Face, Tracker};
 use crate::publish::{Event, Publisher, Status, reading_name};
 use crate::service::Watchdog;
 use crate::source::{Feed, Next};
@@ -59,6 +59,7 @@ impl Stats {
 /// Models and state for processing frames.
 pub struct Sensor {
     detector: Detector,
+    tracker: Tracker,
     aligner: Aligner,
     classifier: Classifier,
     decider: Decider,
@@ -81,6 +82,7 @@ impl Sensor {
     pub fn new(detector: Detector, classifier: Classifier, config: &Config) -> Self {
         Self {
             detector,
+            tracker: Tracker::new(config.detect.every_frames),
             aligner: Aligner::new(config.align),
             classifier,
             decider: Decider::new(config.decide),
@@ -114,7 +116,14 @@ impl Sensor {
     /// Processes one frame; `capture` is how long the source took to deliver it.
     pub fn process(&mut self, frame: &RgbImage, capture: Duration) -> Result<Decision> {
         let t0 = Instant::now();
-        let mut faces = self.detector.detect(frame)?;
+        let mut faces = match self.tracker.predict() {
+            Some(carried) => carried,
+            None => {
+                let faces = self.detector.detect(frame)?;
+                self.tracker.detected(&faces);
+                faces
+            }
+        };
         let t1 = Instant::now();
         self.stats.faces += faces.len() as u64;
         // Largest first, so a crowd costs at most `max_faces` classifications.
@@ -154,6 +163,7 @@ impl Sensor {
     /// before the gap is a new face after it).
     pub fn no_signal(&mut self) -> Decision {
         self.faces.clear();
+        self.tracker.reset();
         self.decider.reset()
     }
 }

@@ -423,7 +423,7 @@ fn bench_times_every_stage_and_profiles_both_networks() {
         "| align | ",
         "| classify | ",
         "| whole frame | ",
-        "frames/s from the median frame",
+        "frames/s from the mean frame",
         "face detector: ",
         "classifier: ",
         "DepthWiseConv",
@@ -460,4 +460,62 @@ fn the_patched_avx2_int8_kernel_computes_the_golden_vectors() {
     let (text, out) = avx2(&["selftest", "--frames", "0"]);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(text.contains("PASS  golden models/fer.int8.onnx"), "{text}");
+}
+
+/// A FER+ face pasted along a straight path, 12 px right and 4 px down per frame, on grey.
+fn walking_face() -> Vec<image::RgbImage> {
+    let sample = &samples()[0];
+    let placed = &sample.faces[0];
+    let frame = image::open(root().join("samples").join(&sample.file))
+        .unwrap()
+        .to_rgb8();
+    let (x, y, side) = (placed.x as u32, placed.y as u32, placed.side as u32);
+    let face = image::imageops::crop_imm(&frame, x, y, side, side).to_image();
+    (0..37)
+        .map(|t| {
+            let mut canvas = image::RgbImage::from_pixel(640, 480, image::Rgb([128, 128, 128]));
+            image::imageops::replace(&mut canvas, &face, 20 + 12 * t, 60 + 4 * t);
+            canvas
+        })
+        .collect()
+}
+
+#[test]
+fn detecting_every_third_frame_keeps_a_walking_face_under_its_box_and_its_reading() {
+    use fer_firmware::config::Config;
+    use fer_firmware::sensor::Sensor;
+    let frames = walking_face();
+    let run = |every_frames: u32| {
+        let mut config = Config::default();
+        config.model.classifier = root().join(F32);
+        config.model.detector = root().join(DETECTOR);
+        config.detect.every_frames = every_frames;
+        let mut sensor = Sensor::load(&config).unwrap();
+        frames
+            .iter()
+            .map(|frame| {
+                let decision = sensor.process(frame, Duration::ZERO).unwrap();
+                (decision.reading, decision.face.expect("a face on every frame"))
+            })
+            .collect::<Vec<_>>()
+    };
+    let (every, third) = (run(1), run(3));
+    let mut worst = 0.0f32;
+    for (t, ((reading, face), (carried_reading, carried))) in every.iter().zip(&third).enumerate() {
+        assert_eq!(reading, carried_reading, "frame {t}");
+        let off = (face.cx - carried.cx).hypot(face.cy - carried.cy) / face.width;
+        // Until the second detection (frame 3) the speed is unknown and the box stays behind.
+        if t >= 3 {
+            worst = worst.max(off);
+        } else {
+            assert!(off < 0.25, "frame {t}: {off:.3} face widths off");
+        }
+        eprintln!("frame {t}: carried box {off:.3} face widths from the detected one");
+    }
+    // Training shifts faces by up to 8 % of the crop; a box this close crops a face the classifier
+    // knows. Measured: 0.075 at worst (the speed comes from two detections, each a few px off).
+    assert!(
+        worst < 0.1,
+        "a carried box strayed {worst:.3} face widths from the detected one"
+    );
 }
