@@ -108,9 +108,10 @@ enum Command {
     ///
     /// Runs a 640x480 frame (the built-in two-face fixture, or --image) through the configured
     /// detector, aligner and classifier: warm-up frames first, then the timed ones; prints the
-    /// median and 90th percentile per stage, the frames/s they allow, the device and the SIMD
-    /// kernels tract chose. --nodes adds where each network spends its time, node by node.
-    /// Compare precisions with --classifier models/fer.f32.onnx and models/fer.int8.onnx.
+    /// mean, median and 90th percentile per stage, the frames/s they allow, the device and the
+    /// SIMD kernels tract chose. --nodes adds where each network spends its time, node by node.
+    /// Compare precisions with --classifier models/fer.f32.onnx and models/fer.int8.onnx, and
+    /// the steady state of skipping detections with --detect-every N.
     Bench {
         /// Frames to time (as many again run first as warm-up).
         #[arg(long, default_value_t = 100)]
