@@ -106,9 +106,29 @@ fn bilinear(frame: &RgbImage, x: f32, y: f32) -> [f32; 3] {
     let (fx, fy) = (x - 0.5, y - 0.5);
     let (x0, y0) = (fx.floor(), fy.floor());
     let (ax, ay) = (fx - x0, fy - y0);
-    let px = |xi: i64, yi: i64| frame.get_pixel(xi.clamp(0, w - 1) as u32, yi.clamp(0, h - 1) as u32).0;
     let (x0, y0) = (x0 as i64, y0 as i64);
-    let (p00, p10, p01, p11) = (px(x0, y0), px(x0 + 1, y0), px(x0, y0 + 1), px(x0 + 1, y0 + 1));
+    let pixels = frame.as_raw();
+    let at = |xi: i64, yi: i64| (yi as usize * w as usize + xi as usize) * 3;
+    // Inside the frame (nearly every sample) the four neighbours are two adjacent pairs of pixels;
+    // only the border needs the clamped lookups.
+    let [i00, i10, i01, i11] = if x0 >= 0 && y0 >= 0 && x0 + 1 < w && y0 + 1 < h {
+        let (top, bottom) = (at(x0, y0), at(x0, y0 + 1));
+        [top, top + 3, bottom, bottom + 3]
+    } else {
+        let clamped = |xi: i64, yi: i64| at(xi.clamp(0, w - 1), yi.clamp(0, h - 1));
+        [
+            clamped(x0, y0),
+            clamped(x0 + 1, y0),
+            clamped(x0, y0 + 1),
+            clamped(x0 + 1, y0 + 1),
+        ]
+    };
+    let (p00, p10, p01, p11) = (
+        &pixels[i00..i00 + 3],
+        &pixels[i10..i10 + 3],
+        &pixels[i01..i01 + 3],
+        &pixels[i11..i11 + 3],
+    );
     let mut out = [0.0; 3];
     for c in 0..3 {
         let top = p00[c] as f32 * (1.0 - ax) + p10[c] as f32 * ax;

@@ -12,6 +12,7 @@ use v4l::io::mmap::Stream;
 use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
 use v4l::{Device, FourCC};
+use yuvutils_rs::{YuvPackedImage, YuvRange, YuvStandardMatrix, yuyv422_to_rgb};
 
 use super::{Frame, FrameSource, PixelFormat, SourceOptions};
 use crate::Stop;
@@ -192,16 +193,17 @@ pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32, stride: u32) -> Option<
     if w % 2 != 0 || h == 0 || stride < w * 2 || data.len() < stride * (h - 1) + w * 2 {
         return None;
     }
-    let mut rgb = Vec::with_capacity(w * h * 3);
-    let rows = data.chunks(stride).take(h).map(|row| &row[..w * 2]);
-    for quad in rows.flat_map(|row| row.chunks_exact(4)) {
-        let (u, v) = (quad[1] as f32 - 128.0, quad[3] as f32 - 128.0);
-        for y in [quad[0], quad[2]] {
-            let y = 1.164 * (y as f32 - 16.0);
-            rgb.extend(
-                [y + 1.596 * v, y - 0.392 * u - 0.813 * v, y + 2.017 * u].map(|c| c.round().clamp(0.0, 255.0) as u8),
-            );
-        }
+    let mut rgb = vec![0; w * h * 3];
+    // Row by row: yuvutils wants a buffer of exactly 2·width·height bytes, so it cannot take the
+    // driver's padded rows (or a last row without its padding) in one call.
+    for (yuyv, rgb) in data.chunks(stride).zip(rgb.chunks_exact_mut(w * 3)) {
+        let row = YuvPackedImage {
+            yuy: &yuyv[..w * 2],
+            yuy_stride: width * 2,
+            width,
+            height: 1,
+        };
+        yuyv422_to_rgb(&row, rgb, width * 3, YuvRange::Limited, YuvStandardMatrix::Bt601).ok()?;
     }
     RgbImage::from_raw(width, height, rgb)
 }
@@ -220,6 +222,34 @@ mod tests {
         let red = rgb.get_pixel(2, 0).0;
         assert!(red[0] > 250 && red[1] < 5 && red[2] < 5, "{red:?}");
         assert!(yuyv_to_rgb(&data[..6], 4, 1, 0).is_none());
+    }
+
+    #[test]
+    fn yuyv_matches_the_bt601_formula_within_rounding() {
+        // Every Y at a spread of chroma pairs, against the limited-range BT.601 formula in f32.
+        let chroma: Vec<[u8; 2]> = (16..=240)
+            .step_by(28)
+            .flat_map(|u| (16..=240).step_by(28).map(move |v| [u, v]))
+            .collect();
+        let data: Vec<u8> = chroma
+            .iter()
+            .flat_map(|&[u, v]| (16..=235u8).flat_map(move |y| [y, u, y, v]))
+            .collect();
+        let width = data.len() as u32 / 2;
+        let rgb = yuyv_to_rgb(&data, width, 1, 0).unwrap();
+        let mut worst = 0.0f32;
+        for (quad, pixel) in data.chunks_exact(4).zip(rgb.pixels().step_by(2)) {
+            let (y, u, v) = (
+                1.164 * (quad[0] as f32 - 16.0),
+                quad[1] as f32 - 128.0,
+                quad[3] as f32 - 128.0,
+            );
+            let expected = [y + 1.596 * v, y - 0.392 * u - 0.813 * v, y + 2.017 * u].map(|c| c.clamp(0.0, 255.0));
+            for (e, &got) in expected.iter().zip(&pixel.0) {
+                worst = worst.max((e - got as f32).abs());
+            }
+        }
+        assert!(worst <= 2.5, "worst channel error {worst}");
     }
 
     #[test]
