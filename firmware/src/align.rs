@@ -100,13 +100,19 @@ pub fn luma([r, g, b]: [f32; 3]) -> u8 {
     (0.2126 * r + 0.7152 * g + 0.0722 * b).round().clamp(0.0, 255.0) as u8
 }
 
+/// `x.floor()` as an integer, without the libm call `f32::floor` compiles to on x86-64's baseline
+/// (no SSE4.1); on the host the crop went from 1.35 to 1.25 ms. ARM has a floor instruction.
+fn floor(x: f32) -> i64 {
+    let t = x as i64;
+    if (t as f32) > x { t - 1 } else { t }
+}
+
 /// Bilinear sample at pixel-centre coordinates (x, y); outside the frame the edge repeats.
 fn bilinear(frame: &RgbImage, x: f32, y: f32) -> [f32; 3] {
     let (w, h) = (frame.width() as i64, frame.height() as i64);
     let (fx, fy) = (x - 0.5, y - 0.5);
-    let (x0, y0) = (fx.floor(), fy.floor());
-    let (ax, ay) = (fx - x0, fy - y0);
-    let (x0, y0) = (x0 as i64, y0 as i64);
+    let (x0, y0) = (floor(fx), floor(fy));
+    let (ax, ay) = (fx - x0 as f32, fy - y0 as f32);
     let pixels = frame.as_raw();
     let at = |xi: i64, yi: i64| (yi as usize * w as usize + xi as usize) * 3;
     // Inside the frame (nearly every sample) the four neighbours are two adjacent pairs of pixels;
