@@ -43,8 +43,8 @@ impl Timing {
 pub struct Report {
     /// The board or CPU, as the kernel names it.
     pub device: String,
-    /// Frame size and faces found on it.
-    pub frame: (u32, u32, usize),
+    /// Frame size, faces found on it and faces classified (the published one).
+    pub frame: (u32, u32, usize, usize),
     /// The classifier's precision (`f32` or `int8`) and the distinct matrix kernels it runs.
     pub classifier: (String, Vec<String>),
     /// Frames timed (after as many warm-up frames).
@@ -65,7 +65,8 @@ pub fn run(config: &Config, frame: &RgbImage, frames: usize, nodes: bool) -> Res
     for _ in 0..frames {
         sensor.process(frame, Duration::ZERO)?;
     }
-    let faces = sensor.last_faces().len();
+    let found = sensor.last_faces().len();
+    let classified = sensor.last_faces().iter().filter(|(_, class)| class.is_some()).count();
     let mut samples = vec![Vec::with_capacity(frames); TIMED.len() + 1];
     for _ in 0..frames {
         let before = sensor.stats.clone();
@@ -85,7 +86,10 @@ pub fn run(config: &Config, frame: &RgbImage, frames: usize, nodes: bool) -> Res
     let nodes = match nodes {
         true => {
             let runs = frames.clamp(1, 50);
-            let face = sensor.last_faces().first().map(|(face, _)| *face);
+            let face = sensor
+                .last_faces()
+                .iter()
+                .find_map(|(face, class)| class.is_some().then_some(*face));
             let detector = sensor.detector_mut().profile(frame, runs)?;
             let mut input = vec![0.0; INPUT.len()];
             if let Some(face) = face {
@@ -101,7 +105,7 @@ pub fn run(config: &Config, frame: &RgbImage, frames: usize, nodes: bool) -> Res
     kernels.dedup();
     Ok(Report {
         device: device(),
-        frame: (frame.width(), frame.height(), faces),
+        frame: (frame.width(), frame.height(), found, classified),
         classifier: (classifier.info.precision.clone(), kernels),
         frames,
         detect_every: config.detect.every_frames,
@@ -138,10 +142,13 @@ fn device() -> String {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (w, h, faces) = self.frame;
+        let (w, h, found, classified) = self.frame;
         let (precision, kernels) = &self.classifier;
         writeln!(f, "device:     {}", self.device)?;
-        writeln!(f, "frame:      {w}x{h}, {faces} face(s) classified per frame")?;
+        writeln!(
+            f,
+            "frame:      {w}x{h}, {found} face(s), {classified} classified per frame"
+        )?;
         writeln!(f, "classifier: {precision}, kernels {}", kernels.join(", "))?;
         writeln!(
             f,

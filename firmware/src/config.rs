@@ -43,7 +43,7 @@ pub struct ModelOptions {
     pub classifier: PathBuf,
     /// The BlazeFace short-range face detector.
     pub detector: PathBuf,
-    /// Faces classified per frame at most, largest first (bounds the frame time in a crowd).
+    /// Faces tracked per frame at most, largest first (only the published one is classified).
     pub max_faces: usize,
 }
 

@@ -69,15 +69,17 @@ pub struct Track {
     pub id: u64,
     /// Its latest box.
     pub face: Face,
-    /// Smoothed probabilities.
+    /// Smoothed probabilities (all 0 until the face is first classified).
     pub smoothed: [f32; Expression::COUNT],
-    /// Latest distance to the nearest class center.
+    /// Latest distance to the nearest class center (infinite until the face is first classified).
     pub nearest_center: f32,
     /// What this track publishes.
     pub reading: Reading,
     /// Frames seen.
     pub age: u64,
     missed: u32,
+    /// Whether `smoothed` holds any classification yet.
+    classified: bool,
 }
 
 /// The decision for one frame.
@@ -96,6 +98,7 @@ pub struct Decision {
 }
 
 /// Tracks faces and decides what to publish.
+#[derive(Clone)]
 pub struct Decider {
     options: DecideOptions,
     tracks: Vec<Track>,
@@ -133,8 +136,19 @@ impl Decider {
         }
     }
 
-    /// Feeds one frame's faces and their classifications; `frame_size` is (width, height).
-    pub fn update(&mut self, faces: &[(Face, Classification)], frame_size: (u32, u32)) -> Decision {
+    /// Which of this frame's faces [`Decider::update`] will publish (an index into `faces`), so
+    /// that only it needs classifying; `None` when it will publish no face of this frame.
+    pub fn will_publish(&self, faces: &[Face], frame_size: (u32, u32)) -> Option<usize> {
+        // The choice depends on boxes and track ages, never on classifications: a dry run on a
+        // copy of the tracks makes exactly the choice the real update will.
+        let unclassified: Vec<_> = faces.iter().map(|&face| (face, None)).collect();
+        let face = self.clone().update(&unclassified, frame_size).face?;
+        faces.iter().position(|f| *f == face)
+    }
+
+    /// Feeds one frame's faces and their classifications (`None` for a face not classified this
+    /// frame: its track follows the box and keeps its reading); `frame_size` is (width, height).
+    pub fn update(&mut self, faces: &[(Face, Option<Classification>)], frame_size: (u32, u32)) -> Decision {
         let mut matched = vec![false; self.tracks.len()];
         for (face, class) in faces {
             let best = self
@@ -152,23 +166,39 @@ impl Decider {
                     track.face = *face;
                     track.missed = 0;
                     track.age += 1;
-                    let alpha = self.options.alpha;
-                    for (s, p) in track.smoothed.iter_mut().zip(&class.probabilities) {
-                        *s = (1.0 - alpha) * *s + alpha * p;
+                    if let Some(class) = class {
+                        if track.classified {
+                            let alpha = self.options.alpha;
+                            for (s, p) in track.smoothed.iter_mut().zip(&class.probabilities) {
+                                *s = (1.0 - alpha) * *s + alpha * p;
+                            }
+                        } else {
+                            track.smoothed = class.probabilities;
+                            track.classified = true;
+                        }
+                        track.nearest_center = class.nearest_center();
+                        track.reading = decide(&self.options, track.reading, &track.smoothed, track.nearest_center);
                     }
-                    track.nearest_center = class.nearest_center();
-                    track.reading = decide(&self.options, track.reading, &track.smoothed, track.nearest_center);
                 }
                 None => {
-                    let nearest_center = class.nearest_center();
+                    let (smoothed, nearest_center, reading) = match class {
+                        Some(class) => {
+                            let nearest_center = class.nearest_center();
+                            let reading =
+                                decide(&self.options, Reading::Uncertain, &class.probabilities, nearest_center);
+                            (class.probabilities, nearest_center, reading)
+                        }
+                        None => ([0.0; Expression::COUNT], f32::INFINITY, Reading::Uncertain),
+                    };
                     self.tracks.push(Track {
                         id: self.next_id,
                         face: *face,
-                        smoothed: class.probabilities,
+                        smoothed,
                         nearest_center,
-                        reading: decide(&self.options, Reading::Uncertain, &class.probabilities, nearest_center),
+                        reading,
                         age: 1,
                         missed: 0,
+                        classified: class.is_some(),
                     });
                     self.next_id += 1;
                     matched.push(true);
@@ -255,13 +285,13 @@ mod tests {
         }
     }
 
-    fn class(top: Expression, p: f32) -> Classification {
+    fn class(top: Expression, p: f32) -> Option<Classification> {
         let mut probabilities = [(1.0 - p) / 6.0; Expression::COUNT];
         probabilities[top.index()] = p;
-        Classification {
+        Some(Classification {
             probabilities,
             center_distances: [10.0; Expression::COUNT],
-        }
+        })
     }
 
     fn options() -> DecideOptions {
@@ -302,15 +332,15 @@ mod tests {
         });
         let f = face(100.0, 50.0);
         d.update(&[(f, class(Expression::Sadness, 0.6))], (640, 480));
-        let mut p = class(Expression::Neutral, 0.5);
+        let mut p = class(Expression::Neutral, 0.5).unwrap();
         p.probabilities[Expression::Sadness.index()] = 0.45;
         assert_eq!(
-            d.update(&[(f, p.clone())], (640, 480)).reading,
+            d.update(&[(f, Some(p.clone()))], (640, 480)).reading,
             Reading::Expression(Expression::Sadness)
         );
         p.probabilities[Expression::Sadness.index()] = 0.35;
         assert_eq!(
-            d.update(&[(f, p)], (640, 480)).reading,
+            d.update(&[(f, Some(p))], (640, 480)).reading,
             Reading::Expression(Expression::Neutral)
         );
     }
@@ -327,9 +357,9 @@ mod tests {
             d.update(&[(f, class(Expression::Anger, 0.3))], (640, 480)).reading,
             Reading::Uncertain
         );
-        let mut far = class(Expression::Anger, 0.9);
+        let mut far = class(Expression::Anger, 0.9).unwrap();
         far.center_distances = [60.0; Expression::COUNT];
-        assert_eq!(d.update(&[(f, far)], (640, 480)).reading, Reading::Uncertain);
+        assert_eq!(d.update(&[(f, Some(far))], (640, 480)).reading, Reading::Uncertain);
         assert_eq!(
             d.update(&[(f, class(Expression::Anger, 0.9))], (640, 480)).reading,
             Reading::Expression(Expression::Anger)
@@ -390,6 +420,36 @@ mod tests {
             oldest.update(&faces, (640, 480)).reading,
             Reading::Expression(Expression::Fear)
         );
+    }
+
+    #[test]
+    fn only_the_face_to_be_published_needs_classifying() {
+        let (small, big) = (face(20.0, 40.0), face(330.0, 120.0));
+        let largest = Decider::new(options());
+        assert_eq!(largest.will_publish(&[small, big], (640, 480)), Some(1));
+        assert_eq!(largest.will_publish(&[], (640, 480)), None);
+        // The oldest track wins even when its face is the smaller one.
+        let mut oldest = Decider::new(DecideOptions {
+            alpha: 1.0,
+            select: Select::Oldest,
+            ..options()
+        });
+        oldest.update(&[(small, class(Expression::Fear, 0.9))], (640, 480));
+        assert_eq!(oldest.will_publish(&[big, small], (640, 480)), Some(1));
+        // The face left unclassified is tracked without a reading, and publishing the other one is
+        // what classifying both would have published.
+        let out = oldest.update(&[(big, None), (small, class(Expression::Fear, 0.9))], (640, 480));
+        assert_eq!(out.reading, Reading::Expression(Expression::Fear));
+        assert_eq!(out.faces, 2);
+        assert_eq!(oldest.tracks().len(), 2);
+        assert_eq!(oldest.tracks()[1].reading, Reading::Uncertain);
+        // Once classified, a track starts from its first probabilities, as a new track would.
+        oldest.update(&[(big, class(Expression::Happiness, 0.8)), (small, None)], (640, 480));
+        assert_eq!(
+            oldest.tracks()[1].smoothed,
+            class(Expression::Happiness, 0.8).unwrap().probabilities
+        );
+        assert_eq!(oldest.tracks()[1].reading, Reading::Expression(Expression::Happiness));
     }
 
     #[test]

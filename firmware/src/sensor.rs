@@ -34,7 +34,7 @@ pub struct Stats {
     pub frames: u64,
     /// Faces detected, summed over frames.
     pub faces: u64,
-    /// Faces classified (at most `model.max_faces` per frame).
+    /// Faces classified (at most one per frame: the one the decider will publish).
     pub classified: u64,
 }
 
@@ -65,7 +65,7 @@ pub struct Sensor {
     decider: Decider,
     max_faces: usize,
     input: Vec<f32>,
-    faces: Vec<(Face, Classification)>,
+    faces: Vec<(Face, Option<Classification>)>,
     /// Timings and counts so far.
     pub stats: Stats,
 }
@@ -126,21 +126,29 @@ impl Sensor {
         };
         let t1 = Instant::now();
         self.stats.faces += faces.len() as u64;
-        // Largest first, so a crowd costs at most `max_faces` classifications.
+        // Largest first, so a crowd costs at most `max_faces` tracks.
         faces.sort_by(|a, b| b.area().total_cmp(&a.area()));
         faces.truncate(self.max_faces);
+        // Only the face that will be published is aligned and classified; the others keep their
+        // tracks (boxes, ages) up to date for the selection.
+        let published = self.decider.will_publish(&faces, frame.dimensions());
         self.faces.clear();
         let (mut align, mut classify) = (Duration::ZERO, Duration::ZERO);
-        for face in faces {
-            let a = Instant::now();
-            self.aligner.align(frame, &face, &mut self.input)?;
-            let c = Instant::now();
-            let class = self.classifier.classify(&self.input)?;
-            classify += c.elapsed();
-            align += c - a;
+        for (i, face) in faces.into_iter().enumerate() {
+            let class = if published == Some(i) {
+                let a = Instant::now();
+                self.aligner.align(frame, &face, &mut self.input)?;
+                let c = Instant::now();
+                let class = self.classifier.classify(&self.input)?;
+                classify += c.elapsed();
+                align += c - a;
+                self.stats.classified += 1;
+                Some(class)
+            } else {
+                None
+            };
             self.faces.push((face, class));
         }
-        self.stats.classified += self.faces.len() as u64;
         let decision = self.decider.update(&self.faces, frame.dimensions());
         self.stats.frames += 1;
         for (total, t) in self
@@ -154,8 +162,8 @@ impl Sensor {
         Ok(decision)
     }
 
-    /// The faces and classifications of the last frame.
-    pub fn last_faces(&self) -> &[(Face, Classification)] {
+    /// The faces of the last frame, with the classification of the one published.
+    pub fn last_faces(&self) -> &[(Face, Option<Classification>)] {
         &self.faces
     }
 

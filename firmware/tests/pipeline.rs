@@ -417,7 +417,7 @@ fn bench_times_every_stage_and_profiles_both_networks() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     for line in [
-        "frame:      640x480, 2 face(s) classified per frame",
+        "frame:      640x480, 2 face(s), 1 classified per frame",
         "classifier: f32, kernels ",
         "| detect | ",
         "| align | ",
