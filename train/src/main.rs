@@ -114,7 +114,8 @@ enum Command {
         /// Images per step.
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
-        /// Backends to time (ndarray takes about a minute per step here: name it to include it).
+        /// Backends to time (ndarray, built with `--features ndarray`, takes about a minute per step
+        /// here: name it to include it).
         #[arg(long, value_enum, num_args = 1.., default_values = ["flex"])]
         backend: Vec<Backend>,
         /// Also time every op of the network on its own, forward and backward (a markdown table).

@@ -9,14 +9,15 @@
 //! Here the input gradient is the same depthwise forward kernel run on the flipped kernel (what a
 //! stride-1, padding-1 transposed conv is), and the weight gradient a direct loop, parallel over
 //! channels (each channel's sum in a fixed order, so training stays deterministic). The op is a
-//! Burn backend extension: flex gets the fast weight gradient; other backends (ndarray) keep
-//! Burn's own.
+//! Burn backend extension: flex gets the fast weight gradient; other backends (ndarray, with the
+//! `ndarray` feature) keep Burn's own.
 
 // The deprecated ndarray backend stays selectable for comparison (`--backend ndarray`), so the
 // extension must route it too; the macro's generated code names it in places no item-level
 // `allow` reaches.
-#![allow(deprecated)]
+#![cfg_attr(feature = "ndarray", allow(deprecated))]
 
+#[cfg(feature = "ndarray")]
 use burn::backend::NdArray;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -36,7 +37,8 @@ fn options(channels: usize) -> ConvOptions<2> {
 }
 
 /// The depthwise 3x3 convolution as a backend operation with its own backward pass.
-#[backend_extension(Flex, NdArray, Autodiff)]
+#[cfg_attr(feature = "ndarray", backend_extension(Flex, NdArray, Autodiff))]
+#[cfg_attr(not(feature = "ndarray"), backend_extension(Flex, Autodiff))]
 pub trait DepthwiseBackend: Backend {
     /// `x` `[B, C, H, W]` convolved with one 3x3 kernel per channel, `weight` `[C, 1, 3, 3]`.
     fn depthwise3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -55,6 +57,7 @@ pub trait DepthwiseBackend: Backend {
     }
 }
 
+#[cfg(feature = "ndarray")]
 impl DepthwiseBackend for NdArray {}
 
 impl DepthwiseBackend for Flex {

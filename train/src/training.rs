@@ -31,7 +31,8 @@ use crate::report::{EpochRecord, plot_confusion, plot_curves};
 pub enum Backend {
     /// Burn's pure-Rust `flex` backend (the default: the faster one here, see docs/results.md).
     Flex,
-    /// The deprecated `ndarray` backend.
+    /// The deprecated `ndarray` backend (built with the `ndarray` feature only).
+    #[cfg(feature = "ndarray")]
     Ndarray,
 }
 
@@ -40,6 +41,7 @@ impl Backend {
     pub fn device(self) -> Device {
         match self {
             Backend::Flex => Device::flex(),
+            #[cfg(feature = "ndarray")]
             #[allow(deprecated)] // kept for comparison, as the design asks
             Backend::Ndarray => Device::ndarray(),
         }
