@@ -82,6 +82,37 @@ pub struct Track {
     classified: bool,
 }
 
+impl Track {
+    /// A new track for `face`, not classified yet.
+    fn new(id: u64, face: Face) -> Self {
+        Self {
+            id,
+            face,
+            smoothed: [0.0; Expression::COUNT],
+            nearest_center: f32::INFINITY,
+            reading: Reading::Uncertain,
+            age: 1,
+            missed: 0,
+            classified: false,
+        }
+    }
+
+    /// Takes in one classification of the face: the first sets the smoothed probabilities, as
+    /// they are; later ones move them by the smoothing factor. Then the reading is decided again.
+    fn classify(&mut self, class: &Classification, options: &DecideOptions) {
+        if self.classified {
+            for (s, p) in self.smoothed.iter_mut().zip(&class.probabilities) {
+                *s = (1.0 - options.alpha) * *s + options.alpha * p;
+            }
+        } else {
+            self.smoothed = class.probabilities;
+            self.classified = true;
+        }
+        self.nearest_center = class.nearest_center();
+        self.reading = decide(options, self.reading, &self.smoothed, self.nearest_center);
+    }
+}
+
 /// The decision for one frame.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Decision {
@@ -167,39 +198,15 @@ impl Decider {
                     track.missed = 0;
                     track.age += 1;
                     if let Some(class) = class {
-                        if track.classified {
-                            let alpha = self.options.alpha;
-                            for (s, p) in track.smoothed.iter_mut().zip(&class.probabilities) {
-                                *s = (1.0 - alpha) * *s + alpha * p;
-                            }
-                        } else {
-                            track.smoothed = class.probabilities;
-                            track.classified = true;
-                        }
-                        track.nearest_center = class.nearest_center();
-                        track.reading = decide(&self.options, track.reading, &track.smoothed, track.nearest_center);
+                        track.classify(class, &self.options);
                     }
                 }
                 None => {
-                    let (smoothed, nearest_center, reading) = match class {
-                        Some(class) => {
-                            let nearest_center = class.nearest_center();
-                            let reading =
-                                decide(&self.options, Reading::Uncertain, &class.probabilities, nearest_center);
-                            (class.probabilities, nearest_center, reading)
-                        }
-                        None => ([0.0; Expression::COUNT], f32::INFINITY, Reading::Uncertain),
-                    };
-                    self.tracks.push(Track {
-                        id: self.next_id,
-                        face: *face,
-                        smoothed,
-                        nearest_center,
-                        reading,
-                        age: 1,
-                        missed: 0,
-                        classified: class.is_some(),
-                    });
+                    let mut track = Track::new(self.next_id, *face);
+                    if let Some(class) = class {
+                        track.classify(class, &self.options);
+                    }
+                    self.tracks.push(track);
                     self.next_id += 1;
                     matched.push(true);
                 }

@@ -3,6 +3,7 @@
 //! The signature and post-processing follow the model's README.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
 use fast_image_resize::images::{Image, ImageRef};
@@ -99,11 +100,13 @@ impl Default for DetectOptions {
 
 /// The BlazeFace detector with its plan and anchors, built once.
 pub struct Detector {
-    plan: std::sync::Arc<TypedRunnableModel>,
+    plan: Arc<TypedRunnableModel>,
     anchors: Vec<[f32; 2]>,
     options: DetectOptions,
-    /// The letterboxed input, reused for every frame.
-    input: Tensor,
+    /// The letterboxed input, reused for every frame: tract holds a reference only while it runs.
+    input: Arc<Tensor>,
+    /// Whether the network takes its input channels-first (its NHWC transpose folded away).
+    planar: bool,
     /// The SIMD resizer and the shrunk frame's pixels, reused for every frame.
     resizer: Resizer,
     small: Vec<u8>,
@@ -126,9 +129,14 @@ impl Detector {
 
     /// Loads the BlazeFace model from ONNX bytes and checks its signature.
     pub fn from_bytes(bytes: &[u8], options: DetectOptions) -> Result<Self> {
-        let shape = [1, SIDE, SIDE, 3];
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
+        let onnx = tract_onnx::onnx();
+        let mut proto = onnx
+            .proto_model_for_read(&mut &bytes[..])
+            .context("loading the ONNX model")?;
+        let planar = proto.graph.as_mut().is_some_and(fold_input_transpose);
+        let shape = if planar { [1, 3, SIDE, SIDE] } else { [1, SIDE, SIDE, 3] };
+        let model = onnx
+            .model_for_proto_model(&proto)
             .context("loading the ONNX model")?
             .with_input_fact(0, f32::fact(shape).into())?
             .into_optimized()
@@ -150,7 +158,8 @@ impl Detector {
             plan: model.into_runnable()?,
             anchors: anchors(),
             options,
-            input: Tensor::zero::<f32>(&shape)?,
+            input: Arc::new(Tensor::zero::<f32>(&shape)?),
+            planar,
             resizer: Resizer::new(),
             small: vec![0; SIDE * SIDE * 3],
         })
@@ -159,7 +168,7 @@ impl Detector {
     /// Faces in an RGB frame, best first, in frame pixels.
     pub fn detect(&mut self, frame: &RgbImage) -> Result<Vec<Face>> {
         let letterbox = self.letterbox(frame)?;
-        let outputs = self.plan.run(tvec!(self.input.clone().into()))?;
+        let outputs = self.plan.run(tvec!(TValue::from_const(self.input.clone())))?;
         let regressors = outputs[0].try_as_plain_ram()?.as_slice::<f32>()?;
         let scores = outputs[1].try_as_plain_ram()?.as_slice::<f32>()?;
         Ok(self.decode(regressors, scores, letterbox))
@@ -174,7 +183,7 @@ impl Detector {
     /// Where the detector's plan spends its time on `frame`, node by node, over `runs` runs.
     pub fn profile(&mut self, frame: &RgbImage, runs: usize) -> Result<Vec<fer_runtime::NodeTime>> {
         self.prepare(frame)?;
-        fer_runtime::profile(&self.plan, tvec!(self.input.clone().into()), runs)
+        fer_runtime::profile(&self.plan, tvec!(TValue::from_const(self.input.clone())), runs)
     }
 
     /// Pads the frame to a square, shrinks it to 128x128 and writes it into the input tensor.
@@ -198,15 +207,26 @@ impl Detector {
             &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
         )?;
         let (ox, oy) = ((SIDE - sw as usize) / 2, (SIDE - sh as usize) / 2);
-        let mut view = self.input.try_as_plain_ram_mut()?;
+        // The last run has returned, so the tensor is ours alone again (no copy).
+        let mut view = Arc::make_mut(&mut self.input).try_as_plain_ram_mut()?;
         let input = view.as_slice_mut::<f32>()?;
         // Padding is black, which is -1 after scaling, as in MediaPipe's letterbox.
         input.fill(-1.0);
         let row = sw as usize * 3;
+        let scaled = |p: u8| p as f32 / 127.5 - 1.0;
         for (y, pixels) in self.small[..row * sh as usize].chunks_exact(row).enumerate() {
-            let at = ((y + oy) * SIDE + ox) * 3;
-            for (value, &p) in input[at..at + row].iter_mut().zip(pixels) {
-                *value = p as f32 / 127.5 - 1.0;
+            if self.planar {
+                let at = (y + oy) * SIDE + ox;
+                for (x, rgb) in pixels.chunks_exact(3).enumerate() {
+                    for (c, &p) in rgb.iter().enumerate() {
+                        input[c * SIDE * SIDE + at + x] = scaled(p);
+                    }
+                }
+            } else {
+                let at = ((y + oy) * SIDE + ox) * 3;
+                for (value, &p) in input[at..at + row].iter_mut().zip(pixels) {
+                    *value = scaled(p);
+                }
             }
         }
         Ok(Letterbox {
@@ -315,6 +335,37 @@ impl Tracker {
     }
 }
 
+/// Removes the NHWC → NCHW `Transpose` that the TFLite conversion puts on the graph's input, so
+/// that the letterbox writes channels-first itself: tract would otherwise copy the whole input
+/// through a transpose on every frame. Returns whether it did (the graph is left alone unless the
+/// input feeds that one transpose and nothing else).
+fn fold_input_transpose(graph: &mut tract_onnx::pb::GraphProto) -> bool {
+    let Some(input) = graph.input.first().map(|i| i.name.clone()) else {
+        return false;
+    };
+    let mut readers = graph.node.iter().enumerate().filter(|(_, n)| n.input.contains(&input));
+    let (Some((at, node)), None) = (readers.next(), readers.next()) else {
+        return false;
+    };
+    let nhwc_to_nchw = node.op_type == "Transpose"
+        && node.input.len() == 1
+        && node.output.len() == 1
+        && node
+            .attribute
+            .iter()
+            .any(|a| a.name == "perm" && a.ints == [0, 3, 1, 2]);
+    if !nhwc_to_nchw || graph.output.iter().any(|o| o.name == node.output[0]) {
+        return false;
+    }
+    let transposed = graph.node.remove(at).output.remove(0);
+    for name in graph.node.iter_mut().flat_map(|n| n.input.iter_mut()) {
+        if *name == transposed {
+            name.clone_from(&input);
+        }
+    }
+    true
+}
+
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -378,6 +429,67 @@ pub fn weighted_nms(candidates: &mut Vec<Face>, iou_threshold: f32) -> Vec<Face>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto, ValueInfoProto};
+
+    fn node(op: &str, inputs: &[&str], output: &str, perm: &[i64]) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|i| i.to_string()).collect(),
+            output: vec![output.into()],
+            attribute: vec![AttributeProto {
+                name: "perm".into(),
+                ints: perm.to_vec(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn graph(nodes: Vec<NodeProto>) -> GraphProto {
+        let value = |name: &str| ValueInfoProto {
+            name: name.into(),
+            ..Default::default()
+        };
+        GraphProto {
+            node: nodes,
+            input: vec![value("input")],
+            output: vec![value("out")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_input_transpose_is_folded_only_where_it_alone_reads_the_input() {
+        let nchw = [0, 3, 1, 2];
+        let mut g = graph(vec![
+            node("Transpose", &["input"], "t", &nchw),
+            node("Conv", &["t", "w"], "out", &[]),
+        ]);
+        assert!(fold_input_transpose(&mut g));
+        assert_eq!(g.node.len(), 1);
+        assert_eq!(g.node[0].input, ["input", "w"]);
+
+        let mut other_perm = graph(vec![
+            node("Transpose", &["input"], "t", &[0, 2, 3, 1]),
+            node("Conv", &["t"], "out", &[]),
+        ]);
+        let mut two_readers = graph(vec![
+            node("Transpose", &["input"], "t", &nchw),
+            node("Add", &["t", "input"], "out", &[]),
+        ]);
+        let mut not_a_transpose = graph(vec![node("Relu", &["input"], "out", &nchw)]);
+        for g in [&mut other_perm, &mut two_readers, &mut not_a_transpose] {
+            let before = g.clone();
+            assert!(!fold_input_transpose(g));
+            assert_eq!(*g, before);
+        }
+    }
+
+    #[test]
+    fn the_shipped_detector_takes_its_input_channels_first() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/blazeface/face_detection_short_range.onnx");
+        assert!(Detector::load(&path, DetectOptions::default()).unwrap().planar);
+    }
 
     fn face(cx: f32, cy: f32, side: f32, score: f32) -> Face {
         Face {
