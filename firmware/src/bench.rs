@@ -183,6 +183,22 @@ impl std::fmt::Display for Report {
                     let share = n.time.as_secs_f64() / total.as_secs_f64().max(1e-12) * 100.0;
                     writeln!(table, "  {:>9} {share:5.1} %  {}  {}", ms(n.time), n.name, n.op)?;
                 }
+                // Per kind of op too: many small nodes of one kind (the int8 plan's requantization)
+                // can cost more than the slowest single node.
+                let mut kinds: Vec<(&str, Duration, usize)> = Vec::new();
+                for n in nodes.iter() {
+                    let kind = n.op.split_whitespace().next().unwrap_or("?");
+                    match kinds.iter_mut().find(|k| k.0 == kind) {
+                        Some(k) => (k.1 += n.time, k.2 += 1),
+                        None => kinds.push((kind, n.time, 1)),
+                    };
+                }
+                kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
+                writeln!(table, "by kind of op:")?;
+                for (kind, time, count) in kinds.iter().take(8) {
+                    let share = time.as_secs_f64() / total.as_secs_f64().max(1e-12) * 100.0;
+                    writeln!(table, "  {:>9} {share:5.1} %  {kind} ({count} nodes)", ms(*time))?;
+                }
                 write!(f, "{}", table.trim_end())?;
             }
         }
