@@ -189,9 +189,12 @@ impl std::fmt::Display for Report {
                 for n in nodes.iter() {
                     let kind = n.op.split_whitespace().next().unwrap_or("?");
                     match kinds.iter_mut().find(|k| k.0 == kind) {
-                        Some(k) => (k.1 += n.time, k.2 += 1),
+                        Some(k) => {
+                            k.1 += n.time;
+                            k.2 += 1;
+                        }
                         None => kinds.push((kind, n.time, 1)),
-                    };
+                    }
                 }
                 kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
                 writeln!(table, "by kind of op:")?;
