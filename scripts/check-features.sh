@@ -13,6 +13,8 @@ features() {
 
 workspace=$(features --workspace -e normal,build,dev)
 status=0
+# fer-protocol is left out: built alone it is the no_std crate for microcontrollers, which must not
+# take the workspace's std features (nobody runs it; its dependants build it with them).
 for member in fer-runtime fer-firmware fer-train fer-export fer-golden; do
   extra=$(comm -13 <(echo "$workspace") <(features -p "$member" -e normal,build))
   if [ -n "$extra" ]; then

@@ -178,10 +178,17 @@ impl std::fmt::Display for Report {
                     ms(total),
                     nodes.len()
                 )?;
+                let share = |time: Duration| time.as_secs_f64() / total.as_secs_f64().max(1e-12) * 100.0;
                 let mut table = String::new();
                 for n in nodes.iter().take(12) {
-                    let share = n.time.as_secs_f64() / total.as_secs_f64().max(1e-12) * 100.0;
-                    writeln!(table, "  {:>9} {share:5.1} %  {}  {}", ms(n.time), n.name, n.op)?;
+                    writeln!(
+                        table,
+                        "  {:>9} {:5.1} %  {}  {}",
+                        ms(n.time),
+                        share(n.time),
+                        n.name,
+                        n.op
+                    )?;
                 }
                 // Per kind of op too: many small nodes of one kind (the int8 plan's requantization)
                 // can cost more than the slowest single node.
@@ -198,9 +205,8 @@ impl std::fmt::Display for Report {
                 }
                 kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
                 writeln!(table, "by kind of op:")?;
-                for (kind, time, count) in kinds.iter().take(8) {
-                    let share = time.as_secs_f64() / total.as_secs_f64().max(1e-12) * 100.0;
-                    writeln!(table, "  {:>9} {share:5.1} %  {kind} ({count} nodes)", ms(*time))?;
+                for &(kind, time, count) in kinds.iter().take(8) {
+                    writeln!(table, "  {:>9} {:5.1} %  {kind} ({count} nodes)", ms(time), share(time))?;
                 }
                 write!(f, "{}", table.trim_end())?;
             }
