@@ -57,10 +57,10 @@ impl Default for DecideOptions {
 }
 
 /// Default for [`DecideOptions::max_center_distance`]: 99 % of the 3,579 FER+ validation faces
-/// are nearer than 18.8 to a center of the shipped model (18.3 with its int8 file)
+/// are nearer than 16.0 to a center of the shipped model (15.6 with its int8 file)
 /// (`cargo run -p fer-firmware --example center_distances -- ../shared/data/ferplus/FER2013Valid`).
 /// Another model needs its own value.
-pub const DEFAULT_MAX_CENTER_DISTANCE: f32 = 19.0;
+pub const DEFAULT_MAX_CENTER_DISTANCE: f32 = 16.0;
 
 /// One tracked face.
 #[derive(Clone, Debug)]

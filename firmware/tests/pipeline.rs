@@ -502,13 +502,20 @@ fn detecting_every_third_frame_keeps_a_walking_face_under_its_box_and_its_readin
     let (every, third) = (run(1), run(3));
     let mut worst = 0.0f32;
     for (t, ((reading, face), (carried_reading, carried))) in every.iter().zip(&third).enumerate() {
-        assert_eq!(reading, carried_reading, "frame {t}");
         let off = (face.cx - carried.cx).hypot(face.cy - carried.cy) / face.width;
         // Until the second detection (frame 3) the speed is unknown and the box stays behind.
         if t >= 3 {
+            assert_eq!(reading, carried_reading, "frame {t}");
             worst = worst.max(off);
         } else {
             assert!(off < 0.25, "frame {t}: {off:.3} face widths off");
+            // The shipped model reads this face near its confidence threshold in the first
+            // frames (neutral at 0.44-0.54 against `min_confidence` 0.4), so the lagging box may
+            // make the sensor abstain; it must never make it report another expression.
+            assert!(
+                reading == carried_reading || *carried_reading == fer_protocol::Reading::Uncertain,
+                "frame {t}: {reading:?} every frame, {carried_reading:?} every third"
+            );
         }
         eprintln!("frame {t}: carried box {off:.3} face widths from the detected one");
     }
