@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# Reruns the paper's comparison (issue 6): the cross-entropy baseline and CE + triplet-center loss
-# with each negative strategy, each with and without the selective attention module, on one
+# Reruns the paper's comparison (issues 6 and 16): the cross-entropy baseline and CE + triplet-center
+# loss with each negative strategy, each with and without the selective attention module, on one
 # budget and the same seeds, then prints the table (`fer-train compare`).
 #
-#   scripts/compare.sh ferplus:../shared/data/ferplus                 # FER+, 6 epochs, seeds 42 43
-#   scripts/compare.sh rafdb:/data/RAF-DB --epochs 30 --seeds "1 2 3"  # a RAF-DB copy (the paper's data)
-#   scripts/compare.sh ferplus:../shared/data/ferplus --smoke          # the whole flow in about two minutes
-#   scripts/compare.sh ferplus:../shared/data/ferplus --epochs 3 --limit 5000
-#                                   # the budget of docs/results.md: about 5 min per run, 90 min in all
+#   scripts/compare.sh ferplus:../shared/data/ferplus             # FER+: 8 configurations x seeds 42 43 44, 5 epochs
+#   scripts/compare.sh ferplus:../shared/data/ferplus --imbalance 100 --attention on
+#                                   # the harsher setting: train long-tailed to a class ratio of 100
+#                                   # (valid stays whole), the 4 attention-on configurations
+#   scripts/compare.sh rafdb:/data/RAF-DB --epochs 30              # a RAF-DB copy (the paper's data)
+#   scripts/compare.sh ferplus:../shared/data/ferplus --smoke      # the whole flow in a few minutes
+#
+# Options: --epochs N (5), --seeds "S ..." ("42 43 44"), --imbalance RATIO, --attention on|off|both
+# (both), --limit N, --smoke, --out DIR (runs/compare, or runs/compare-imbalance-RATIO).
 # Do not go below 3 epochs: the learning rate warms up over the whole first epoch, and one epoch
 # of 6000 images left every configuration answering "surprise" (13-23 % accuracy).
 #
-# Runs go to runs/compare/<configuration>-seed<S>; a finished run is kept, an interrupted one is
-# resumed, so the command can be rerun after a stop. The table is also written to
-# runs/compare/comparison.md. For the first seed it also draws every configuration's valid
-# accuracy per epoch (figures/curves.png) and each one's embedding of the valid split projected
-# by PCA (figures/embedding-<run>.png), and writes how tight and separate the classes are
-# (figures/separation.txt). Each FER+ run of 6 epochs takes about 53 min on 2 CPU cores.
+# Runs go to DIR/<configuration>-seed<S>; a finished run is kept, an interrupted one is resumed,
+# so the command can be rerun after a stop (the runs may span several sittings). Each finished
+# run's answers on valid, face by face, go to its predictions.json (`fer-train predictions`), from
+# which the table gets its paired statistics and each run's error AUROC. The table is also written
+# to DIR/comparison.md. For the first seed it also draws every configuration's valid accuracy per
+# epoch (figures/curves.png) and each one's embedding of the valid split projected by PCA
+# (figures/embedding-<run>.png), and writes how tight and separate the classes are
+# (figures/separation.txt). On 2 CPU cores an undisturbed FER+ epoch of model v2 takes about
+# 160 s, a long-tailed one (ratio 100: 16,218 faces) about 110 s: the 24 FER+ runs and the 12
+# long-tailed ones at 5 epochs are about 7.5 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,18 +33,27 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0";
 [ $# -ge 1 ] || usage 2
 [ "$1" = "-h" ] || [ "$1" = "--help" ] && usage 0
 data=$1; shift
-epochs=6 seeds="42 43" out=runs/compare extra=()
+epochs=5 seeds="42 43 44" out= extra=() attentions="on off"
 while [ $# -gt 0 ]; do
   case $1 in
     --epochs) epochs=$2; shift 2 ;;
     --seeds) seeds=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --imbalance) extra+=(--imbalance "$2"); out=${out:-runs/compare-imbalance-$2}; shift 2 ;;
+    --attention)
+      case $2 in
+        on|off) attentions=$2 ;;
+        both) attentions="on off" ;;
+        *) echo "--attention takes on, off or both" >&2; usage 2 ;;
+      esac
+      shift 2 ;;
     --limit) extra+=(--limit "$2"); shift 2 ;;
     --smoke) extra+=(--smoke); shift ;;
     -h|--help) usage 0 ;;
     *) echo "unknown option $1" >&2; usage 2 ;;
   esac
 done
+out=${out:-runs/compare}
 
 cargo build -q -p fer-train
 fer_train=${CARGO_TARGET_DIR:-target}/debug/fer-train
@@ -49,7 +66,7 @@ configs=(
 runs=()
 for seed in $seeds; do
   for entry in "${configs[@]}"; do
-    for attention in on off; do
+    for attention in $attentions; do
       name=${entry%%:*}-attention-$attention-seed$seed
       run=$out/$name
       runs+=("$run")
@@ -67,6 +84,7 @@ for seed in $seeds; do
     done
   done
 done
+"$fer_train" predictions "${runs[@]}"
 "$fer_train" compare "${runs[@]}" | tee "$out/comparison.md"
 
 first=${seeds%% *}

@@ -4,10 +4,8 @@ use anyhow::{Result, anyhow};
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn_onnx::export::OnnxExporter;
+use fer_protocol::INPUT;
 use fer_protocol::contract::{INPUT_NAME, OUTPUTS};
-use fer_protocol::{Expression, INPUT};
-use fer_train::batch::eval_batch;
-use fer_train::dataset::Sample;
 use fer_train::model::{ExpressionNet, squared_distances_to_columns};
 use tract_onnx::pb::ModelProto;
 
@@ -70,42 +68,4 @@ pub fn burn_outputs(model: &ExpressionNet, inputs: &[f32], device: &Device) -> [
     let distances = model.center_distances(out.embedding.clone());
     let (logits, embedding) = (out.logits, out.embedding);
     [logits, embedding, distances].map(|t| t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 tensor"))
-}
-
-/// Replaces the centers by the mean embedding of each class over `samples`.
-///
-/// A cross-entropy run never trains its centers (they stay at their random start), so its
-/// `center_distances` would be noise; class means are what a trained center approximates.
-pub fn centers_from_class_means(model: ExpressionNet, samples: &[Sample], device: &Device) -> Result<ExpressionNet> {
-    let mut sums: Vec<Vec<f64>> = Vec::new();
-    let mut counts = [0usize; Expression::COUNT];
-    for chunk in samples.chunks(256) {
-        let batch = eval_batch(chunk);
-        let [_, embedding, _] = burn_outputs(&model, &batch.inputs, device);
-        let dim = embedding.len() / chunk.len();
-        if sums.is_empty() {
-            sums = vec![vec![0.0; dim]; Expression::COUNT];
-        }
-        for (sample, row) in chunk.iter().zip(embedding.chunks_exact(dim)) {
-            let k = sample.label.index();
-            counts[k] += 1;
-            sums[k].iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
-        }
-    }
-    if let Some(missing) = Expression::ALL.iter().find(|e| counts[e.index()] == 0) {
-        return Err(anyhow!(
-            "the calibration images hold no `{}` face, so its center cannot be estimated",
-            missing.name()
-        ));
-    }
-    let means: Vec<f32> = sums
-        .iter()
-        .zip(counts)
-        .flat_map(|(s, c)| s.iter().map(move |v| (v / c as f64) as f32))
-        .collect();
-    let dim = means.len() / Expression::COUNT;
-    let centers = Tensor::<2>::from_data(TensorData::new(means, [Expression::COUNT, dim]), device);
-    let mut model = model;
-    model.centers = Param::from_tensor(centers);
-    Ok(model)
 }

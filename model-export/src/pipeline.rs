@@ -118,7 +118,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let centers_from_class_means = config.tcl.is_none();
     let model = if centers_from_class_means {
         tracing::info!("cross-entropy run: centers set to the class means of the calibration embeddings");
-        float::centers_from_class_means(model, &calibration, &device)?
+        fer_train::embedding::with_class_mean_centers(model, &calibration, &device)?
     } else {
         model
     };

@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use fer_protocol::Expression;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use crate::loss::Negatives;
 use crate::metrics::Metrics;
+use crate::predictions::Predictions;
 use crate::report::EpochRecord;
 use crate::training::{TrainConfig, files, load_config, read_json};
 
@@ -25,6 +28,8 @@ pub struct Run {
     pub report: Metrics,
     /// Its epochs, in order.
     pub records: Vec<EpochRecord>,
+    /// Its answers face by face (`fer-train predictions`), if written.
+    pub predictions: Option<Predictions>,
 }
 
 impl Run {
@@ -44,6 +49,7 @@ impl Run {
             config,
             report,
             records,
+            predictions: Predictions::read(path)?,
         })
     }
 
@@ -61,11 +67,12 @@ impl Run {
     fn budget_key(&self) -> String {
         let c = &self.config;
         format!(
-            "{} epochs, batch {}, lr {}, limit {:?}, {:?} backbone, vote labels {}, smoothing {}, logit adjustment {}, class weight power {}",
+            "{} epochs, batch {}, lr {}, limit {:?}, imbalance {:?}, {:?} backbone, vote labels {}, smoothing {}, logit adjustment {}, class weight power {}",
             c.epochs,
             c.batch_size,
             c.lr,
             c.limit,
+            c.imbalance,
             c.network.backbone,
             c.vote_labels,
             c.label_smoothing,
@@ -162,14 +169,19 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
             .or_default()
             .push(run);
     }
+    let predicted = runs.iter().all(|r| r.predictions.is_some());
     let mut out = format!("Budget: {budget}. Values in % as mean ± half the range over the seeds.\n\n");
     out.push_str("| configuration | seeds | accuracy | mean class acc. | macro-F1 |");
     for e in Expression::ALL {
         write!(out, " {} |", e.name())?;
     }
-    out.push_str(" train time |\n|---|---:|---:|---:|---:|");
-    out.push_str(&"---:|".repeat(Expression::COUNT));
-    out.push_str("---:|\n");
+    out.push_str(" train time |");
+    if predicted {
+        out.push_str(" error AUROC |");
+    }
+    out.push_str("\n|---|---:|---:|---:|---:|");
+    out.push_str(&"---:|".repeat(Expression::COUNT + 1 + usize::from(predicted)));
+    out.push('\n');
     for ((loss, attention), runs) in &groups {
         let label = label(loss, *attention);
         let metric = |f: &dyn Fn(&Metrics) -> f64| cell(&runs.iter().map(|r| f(&r.report)).collect::<Vec<_>>());
@@ -188,7 +200,16 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
             write!(out, " {} |", recalls.map_or_else(|| "–".to_string(), |r| cell(&r)))?;
         }
         let minutes = runs.iter().map(|r| r.seconds()).sum::<f64>() / 60.0 / runs.len() as f64;
-        writeln!(out, " {minutes:.0} min |")?;
+        write!(out, " {minutes:.0} min |")?;
+        if predicted {
+            // The distance to the nearest center against "wrong": 50 is chance (in %, like the rest).
+            let aurocs: Option<Vec<f64>> = runs
+                .iter()
+                .map(|r| r.predictions.as_ref().and_then(Predictions::error_auroc))
+                .collect();
+            write!(out, " {} |", aurocs.map_or_else(|| "–".to_string(), |a| cell(&a)))?;
+        }
+        out.push('\n');
     }
 
     // Each TCL configuration against the baseline, and attention against none, per loss.
@@ -212,7 +233,7 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
         out.push_str(
             "| configuration | against | Δ accuracy | Δ mean class acc. | Δ macro-F1 |\n|---|---|---:|---:|---:|\n",
         );
-        for (a, b, runs_a, runs_b) in pairs {
+        for (a, b, runs_a, runs_b) in &pairs {
             let delta = |f: fn(&Metrics) -> f64| {
                 let values = |runs: &[&Run]| runs.iter().map(|r| f(&r.report)).collect::<Vec<_>>();
                 difference(&values(runs_a), &values(runs_b))
@@ -227,8 +248,143 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
                 delta(|m| m.macro_f1)
             )?;
         }
+        if predicted {
+            paired_table(&mut out, &pairs)?;
+        }
     }
     Ok(out)
+}
+
+/// Two configurations (loss name, attention) compared, with their runs.
+type Pair<'a> = ((String, bool), (String, bool), &'a Vec<&'a Run>, &'a Vec<&'a Run>);
+
+/// Resamples of the valid faces behind each paired interval.
+const BOOTSTRAP_RESAMPLES: usize = 2000;
+
+/// One configuration against another, seed by seed.
+#[derive(Debug, PartialEq)]
+struct Paired {
+    /// The seeds both ran.
+    seeds: Vec<u64>,
+    /// Per seed, `[Δ accuracy, Δ mean class accuracy]` (fractions).
+    per_seed: Vec<[f64; 2]>,
+    /// 95 % bootstrap interval of the mean over seeds of each difference.
+    interval: [(f64, f64); 2],
+}
+
+/// Pairs the runs of `a` and `b` by seed and resamples the valid faces (the same resample on
+/// both sides and for every seed, so the interval is of a paired difference). `None` when no
+/// seed ran on both sides.
+fn paired(a: &[&Run], b: &[&Run]) -> Result<Option<Paired>> {
+    let mut matched = Vec::new();
+    for run_a in a {
+        if let Some(run_b) = b.iter().find(|r| r.config.seed == run_a.config.seed) {
+            let (Some(pa), Some(pb)) = (&run_a.predictions, &run_b.predictions) else {
+                continue;
+            };
+            ensure!(
+                pa.labels == pb.labels,
+                "{} and {} were evaluated on different faces",
+                run_a.path.display(),
+                run_b.path.display()
+            );
+            matched.push((run_a.config.seed, pa, pb));
+        }
+    }
+    if matched.is_empty() {
+        return Ok(None);
+    }
+    let both = |m: &Metrics| [m.accuracy, m.mean_class_accuracy];
+    let difference = |faces: &[usize], pa: &Predictions, pb: &Predictions| {
+        let (ma, mb) = (
+            both(&pa.metrics(faces.iter().copied())),
+            both(&pb.metrics(faces.iter().copied())),
+        );
+        [ma[0] - mb[0], ma[1] - mb[1]]
+    };
+    let n = matched[0].1.labels.len();
+    let all: Vec<usize> = (0..n).collect();
+    let per_seed: Vec<[f64; 2]> = matched.iter().map(|(_, pa, pb)| difference(&all, pa, pb)).collect();
+    let mut rng = SmallRng::seed_from_u64(16);
+    let mut means = [
+        Vec::with_capacity(BOOTSTRAP_RESAMPLES),
+        Vec::with_capacity(BOOTSTRAP_RESAMPLES),
+    ];
+    let mut faces = vec![0; n];
+    for _ in 0..BOOTSTRAP_RESAMPLES {
+        faces.iter_mut().for_each(|f| *f = rng.random_range(0..n));
+        let mut sum = [0.0; 2];
+        for (_, pa, pb) in &matched {
+            let d = difference(&faces, pa, pb);
+            sum[0] += d[0];
+            sum[1] += d[1];
+        }
+        for (m, s) in means.iter_mut().zip(sum) {
+            m.push(s / matched.len() as f64);
+        }
+    }
+    let interval = means.map(|mut m| {
+        m.sort_by(f64::total_cmp);
+        let at = |q: f64| m[((m.len() - 1) as f64 * q).round() as usize];
+        (at(0.025), at(0.975))
+    });
+    Ok(Some(Paired {
+        seeds: matched.iter().map(|(seed, ..)| *seed).collect(),
+        per_seed,
+        interval,
+    }))
+}
+
+/// "+0.35 (+0.20, +0.50) [+0.10, +0.61]": the mean difference in points, each seed's, and the
+/// interval; in bold, "real", when the interval excludes 0 and every seed agrees in sign.
+fn paired_cell(per_seed: &[f64], (lo, hi): (f64, f64)) -> String {
+    let mean = mean(per_seed);
+    let seeds: Vec<String> = per_seed.iter().map(|d| format!("{:+.2}", 100.0 * d)).collect();
+    let agree = per_seed.iter().all(|d| d.signum() == mean.signum() && *d != 0.0);
+    let real = agree && (lo > 0.0 || hi < 0.0);
+    format!(
+        "{}{:+.2}{} ({}) [{:+.2}, {:+.2}]",
+        if real { "**" } else { "" },
+        100.0 * mean,
+        if real { " real**" } else { "" },
+        seeds.join(", "),
+        100.0 * lo,
+        100.0 * hi
+    )
+}
+
+/// The paired-statistics table of the comparison's pairs.
+fn paired_table(out: &mut String, pairs: &[Pair<'_>]) -> Result<()> {
+    let faces = pairs
+        .first()
+        .and_then(|(_, _, runs, _)| runs.first())
+        .and_then(|r| r.predictions.as_ref())
+        .map_or(0, |p| p.labels.len());
+    write!(
+        out,
+        "\nPaired over seeds and faces: the mean difference in points, each seed's (seeds matched on \
+         both sides), and the 95 % interval of the mean from {BOOTSTRAP_RESAMPLES} bootstrap \
+         resamples of the {faces} valid faces (the same faces on both sides). **real**: the \
+         interval excludes 0 and every seed's difference has the mean's sign.\n\n"
+    )?;
+    out.push_str("| configuration | against | seeds | Δ accuracy | Δ mean class acc. |\n|---|---|---|---|---|\n");
+    for (a, b, runs_a, runs_b) in pairs {
+        let Some(p) = paired(runs_a, runs_b)? else {
+            continue;
+        };
+        let metric = |i: usize| paired_cell(&p.per_seed.iter().map(|d| d[i]).collect::<Vec<_>>(), p.interval[i]);
+        let seeds: Vec<String> = p.seeds.iter().map(u64::to_string).collect();
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            label(&a.0, a.1),
+            label(&b.0, b.1),
+            seeds.join(", "),
+            metric(0),
+            metric(1)
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -314,6 +470,70 @@ mod tests {
             ],
             "{table}"
         );
+    }
+
+    /// A fake run with predictions for 200 faces of one class, the first `correct` right; the
+    /// nearest-center distance grows with the face's number, so it flags every error.
+    fn predicted_run(root: &Path, name: &str, seed: u64, tcl: bool, correct: usize) -> PathBuf {
+        let run = fake_run(root, name, seed, tcl, 5);
+        let predictions = Predictions {
+            labels: vec![0; 200],
+            predicted: (0..200).map(|i| usize::from(i >= correct)).collect(),
+            nearest_center: (0..200).map(|i| i as f32).collect(),
+            confidence: vec![0.5; 200],
+            trained_centers: tcl,
+        };
+        std::fs::write(
+            run.join(Predictions::FILE),
+            serde_json::to_string(&predictions).unwrap(),
+        )
+        .unwrap();
+        run
+    }
+
+    #[test]
+    fn paired_statistics_match_seeds_and_resample_faces() {
+        let dir = tempfile::tempdir().unwrap();
+        let ce = [
+            predicted_run(dir.path(), "ce-1", 1, false, 100),
+            predicted_run(dir.path(), "ce-2", 2, false, 104),
+        ];
+        let paired_row = |tcl: [PathBuf; 2]| {
+            let runs: Vec<PathBuf> = ce.iter().cloned().chain(tcl).collect();
+            let table = table(&runs).unwrap();
+            assert!(table.contains(" error AUROC |"), "{table}");
+            let (results, _) = table.split_once("Differences").unwrap();
+            assert!(
+                results
+                    .lines()
+                    .all(|l| !l.starts_with("| CE") || l.ends_with("min | 100.00 ± 0.00 |")),
+                "{table}"
+            );
+            let (_, paired) = table.split_once("Paired over seeds").expect("a paired table");
+            paired
+                .lines()
+                .find(|l| l.starts_with("| CE + TCL"))
+                .expect("a paired row")
+                .to_string()
+        };
+        // +60 and +46 of 200 faces: +30 and +23 points, both seeds agree, far outside resampling.
+        let row = paired_row([
+            predicted_run(dir.path(), "tcl-1", 1, true, 160),
+            predicted_run(dir.path(), "tcl-2", 2, true, 150),
+        ]);
+        assert!(
+            row.starts_with(
+                "| CE + TCL semi-synth., attention | CE, attention | 1, 2 | **+26.50 real** (+30.00, +23.00) ["
+            ),
+            "{row}"
+        );
+        // +1 and -1 face: the seeds disagree, so nothing is claimed.
+        let row = paired_row([
+            predicted_run(dir.path(), "tcl-3", 1, true, 101),
+            predicted_run(dir.path(), "tcl-4", 2, true, 103),
+        ]);
+        assert!(row.contains("| 1, 2 | +0.00 (+0.50, -0.50) ["), "{row}");
+        assert!(!row.contains("real"), "{row}");
     }
 
     #[test]

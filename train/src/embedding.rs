@@ -1,6 +1,8 @@
 //! What a loss does to the embedding space: the embeddings of a split, a scale-free measure of
 //! how tight and separate the classes are, and a 2-D PCA projection to look at.
 
+use anyhow::{Result, anyhow};
+use burn::module::Param;
 use burn::prelude::*;
 use fer_protocol::Expression;
 
@@ -82,6 +84,31 @@ impl Separation {
     pub fn ratio(&self) -> f64 {
         self.within / self.between
     }
+}
+
+/// `model` with its centers replaced by the mean embedding of each class over `samples`.
+///
+/// A cross-entropy run never trains its centers (they stay at their random start), so its center
+/// distances would be noise; class means are what a trained center approximates.
+pub fn with_class_mean_centers(mut model: ExpressionNet, samples: &[Sample], device: &Device) -> Result<ExpressionNet> {
+    let embedded = embed(&model, samples, device);
+    let means = class_means(&embedded);
+    let mut flat = Vec::new();
+    for (expression, mean) in Expression::ALL.iter().zip(&means) {
+        let mean = mean.as_ref().ok_or_else(|| {
+            anyhow!(
+                "the images hold no `{}` face, so its center cannot be estimated",
+                expression.name()
+            )
+        })?;
+        flat.extend(mean.iter().map(|&v| v as f32));
+    }
+    let dim = flat.len() / Expression::COUNT;
+    model.centers = Param::from_tensor(Tensor::from_data(
+        TensorData::new(flat, [Expression::COUNT, dim]),
+        device,
+    ));
+    Ok(model)
 }
 
 fn class_means(embedded: &Embedded) -> Vec<Option<Vec<f64>>> {

@@ -3,8 +3,8 @@
 //! Data flows one way: [`dataset`] loads labelled crops, [`augment`] and [`batch`] turn them into
 //! model inputs through `fer_protocol`'s preprocessing, [`model`] (with [`attention`]) maps them
 //! to embeddings and logits, [`loss`] scores them, [`training`] runs the loop and writes a run
-//! folder, [`metrics`] and [`report`] say how good the result is, and [`embedding`] and [`compare`] show
-//! what the loss does and which configuration wins.
+//! folder, [`metrics`] and [`report`] say how good the result is, and [`embedding`],
+//! [`predictions`] and [`compare`] show what the loss does and which configuration wins.
 
 pub mod attention;
 pub mod augment;
@@ -16,6 +16,7 @@ pub mod embedding;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod predictions;
 pub mod report;
 mod separable;
 pub mod training;

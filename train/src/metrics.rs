@@ -75,6 +75,34 @@ impl Metrics {
     }
 }
 
+/// Area under the ROC curve of `scores` for telling `positive` cases from the rest: the chance
+/// that a random positive scores higher than a random negative, ties counting half
+/// (Mann-Whitney). `None` when either side is empty.
+pub fn auroc(scores: &[f32], positive: &[bool]) -> Option<f64> {
+    assert_eq!(scores.len(), positive.len(), "one score per case");
+    let positives = positive.iter().filter(|&&p| p).count();
+    let negatives = positive.len() - positives;
+    if positives == 0 || negatives == 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Sum of the positives' ranks (1-based), tied scores sharing their mean rank.
+    let mut rank_sum = 0.0;
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && scores[order[end]] == scores[order[start]] {
+            end += 1;
+        }
+        let mean_rank = (start + 1 + end) as f64 / 2.0;
+        rank_sum += mean_rank * order[start..end].iter().filter(|&&i| positive[i]).count() as f64;
+        start = end;
+    }
+    let (p, n) = (positives as f64, negatives as f64);
+    Some((rank_sum - p * (p + 1.0) / 2.0) / (p * n))
+}
+
 impl fmt::Display for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "images:              {}", self.count)?;
@@ -120,5 +148,16 @@ mod tests {
         assert_eq!(m.per_class_recall[0], None);
         assert_eq!(m.confusion[1][6], 2);
         assert!(m.to_string().contains("n/a"));
+    }
+
+    #[test]
+    fn auroc_counts_ordered_pairs_and_half_ties() {
+        // Positives 0.9, 0.4; negatives 0.5, 0.1: of the 4 pairs, 3 are ordered right.
+        assert_eq!(auroc(&[0.9, 0.5, 0.4, 0.1], &[true, false, true, false]), Some(0.75));
+        assert_eq!(auroc(&[2.0, 1.0], &[true, false]), Some(1.0));
+        assert_eq!(auroc(&[1.0, 2.0], &[true, false]), Some(0.0));
+        // A tie between a positive and a negative counts half: (1 + 0.5) / 2.
+        assert_eq!(auroc(&[3.0, 1.0, 1.0], &[true, true, false]), Some(0.75));
+        assert_eq!(auroc(&[1.0, 2.0], &[true, true]), None);
     }
 }

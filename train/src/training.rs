@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::augment::Augment;
 use crate::batch::{HostBatch, eval_batch, train_epoch};
-use crate::dataset::{ClassCounts, DatasetSpec, LoadOptions, Sample, Split};
+use crate::dataset::{ClassCounts, DatasetSpec, LoadOptions, Sample, Split, long_tail};
 use crate::loss::{Negatives, TargetConfig, Targets, cross_entropy, logit_adjustment, triplet_center_loss};
 use crate::metrics::Metrics;
 use crate::model::{ExpressionNet, NetworkConfig};
@@ -108,6 +108,10 @@ pub struct TrainConfig {
     pub augment: Option<Augment>,
     /// Use only the first N training and valid images (smoke runs, tests).
     pub limit: Option<usize>,
+    /// Make the training split long-tailed with this largest-to-smallest class ratio
+    /// ([`crate::dataset::long_tail`]; the same faces for every run); valid stays whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imbalance: Option<f32>,
     /// Skip and count bad rows and images instead of stopping.
     pub skip_bad: bool,
     /// Start from this run folder's weights instead of a random network (fine-tuning); the
@@ -144,6 +148,7 @@ impl TrainConfig {
             backend: Backend::Flex,
             augment: Some(Augment::default()),
             limit: None,
+            imbalance: None,
             skip_bad: false,
             init: None,
             posthoc_logit_adjustment: None,
@@ -157,11 +162,13 @@ impl TrainConfig {
             epochs: 2,
             batch_size: 16,
             limit: Some(64),
+            imbalance: None,
             ..Self::new(data)
         }
     }
 
-    fn valid_spec(&self) -> &DatasetSpec {
+    /// The data set the run is validated on: `valid` when set, else its training data's.
+    pub fn valid_spec(&self) -> &DatasetSpec {
         self.valid.as_ref().unwrap_or(&self.data)
     }
 
@@ -244,7 +251,8 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     Ok(())
 }
 
-fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+/// Writes a JSON file of a run folder atomically (config, state, report, predictions).
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     write_atomically(path, |tmp| {
         std::fs::write(tmp, text).with_context(|| format!("writing {}", tmp.display()))
@@ -349,8 +357,12 @@ pub fn adjust(run: &Path, tau: f32, out: &Path) -> Result<Metrics> {
     Ok(valid)
 }
 
-/// Loads a split with the run's options and limit.
-fn load_split(config: &TrainConfig, spec: &DatasetSpec, split: Split) -> Result<Vec<Sample>> {
+/// The seed of the long-tailed subset: fixed, so that runs differing only in their training seed
+/// see the same faces and their spread is the training's alone.
+const LONG_TAIL_SEED: u64 = 16;
+
+/// Loads a split with the run's options, limit and imbalance.
+pub fn load_split(config: &TrainConfig, spec: &DatasetSpec, split: Split) -> Result<Vec<Sample>> {
     let loaded = spec.load_verbose(
         split,
         LoadOptions {
@@ -360,6 +372,19 @@ fn load_split(config: &TrainConfig, spec: &DatasetSpec, split: Split) -> Result<
     let mut samples = loaded.samples;
     if let Some(limit) = config.limit {
         samples.truncate(limit);
+    }
+    if split == Split::Train
+        && let Some(ratio) = config.imbalance
+    {
+        if !(ratio >= 1.0 && ratio.is_finite()) {
+            bail!("--imbalance {ratio}: the largest-to-smallest class ratio must be a number ≥ 1");
+        }
+        samples = long_tail(samples, ratio, LONG_TAIL_SEED);
+        let counts = ClassCounts::of(samples.iter().map(|s| s.label));
+        eprintln!(
+            "long-tailed to a class ratio of {ratio}: {} images\n{counts}",
+            counts.total()
+        );
     }
     Ok(samples)
 }

@@ -27,6 +27,7 @@ fn smoke_config(root: &Path) -> TrainConfig {
     let data: DatasetSpec = format!("folders:{}", root.display()).parse().unwrap();
     TrainConfig {
         limit: None,
+        imbalance: None,
         ..TrainConfig::smoke(data)
     }
 }

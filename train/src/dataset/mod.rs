@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use fer_protocol::Expression;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
 
 pub use fer2013::Fer2013Csv;
 pub use ferplus::FerPlus;
@@ -308,6 +311,41 @@ impl fmt::Display for ClassCounts {
     }
 }
 
+/// Makes a training split long-tailed (the harsher imbalance of issue 16). With the classes present
+/// ordered from most to least frequent, the one at rank `r` of `K` keeps at most
+/// `n_max · ratio^(-r / (K - 1))` faces, chosen at random with `seed` within its class, so that the
+/// largest class has `ratio` times the smallest wherever every class has enough faces to give.
+/// The kept faces stay in their order.
+pub fn long_tail(samples: Vec<Sample>, ratio: f32, seed: u64) -> Vec<Sample> {
+    let counts = ClassCounts::of(samples.iter().map(|s| s.label));
+    let mut present: Vec<usize> = (0..Expression::COUNT).filter(|&k| counts.0[k] > 0).collect();
+    present.sort_by_key(|&k| (std::cmp::Reverse(counts.0[k]), k));
+    let Some(&largest) = present.first() else {
+        return samples;
+    };
+    let n_max = counts.0[largest] as f32;
+    let steps = present.len().saturating_sub(1).max(1) as f32;
+    let mut quota = [0; Expression::COUNT];
+    for (rank, &k) in present.iter().enumerate() {
+        let target = (n_max * ratio.powf(-(rank as f32) / steps)).round() as usize;
+        quota[k] = target.clamp(1, counts.0[k]);
+    }
+    let mut keep = vec![false; samples.len()];
+    let mut rng = SmallRng::seed_from_u64(seed);
+    for k in present {
+        let mut members: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].label.index() == k).collect();
+        members.shuffle(&mut rng);
+        for &i in &members[..quota[k]] {
+            keep[i] = true;
+        }
+    }
+    samples
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(s, kept)| kept.then_some(s))
+        .collect()
+}
+
 /// Which loader and where: `ferplus:PATH`, `rafdb:PATH`, `fer2013:FILE.csv` or `folders:PATH`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DatasetSpec {
@@ -419,6 +457,44 @@ mod tests {
         assert!("nope:/x".parse::<DatasetSpec>().is_err());
         assert!("ferplus".parse::<DatasetSpec>().is_err());
         assert!("rafdb:".parse::<DatasetSpec>().is_err());
+    }
+
+    /// `counts[k]` faces of each class k, each 2x2 face's pixels its number in the list.
+    fn faces(counts: [usize; Expression::COUNT]) -> Vec<Sample> {
+        Expression::ALL
+            .iter()
+            .flat_map(|&label| std::iter::repeat_n(label, counts[label.index()]))
+            .enumerate()
+            .map(|(i, label)| Sample {
+                pixels: (i as u32).to_le_bytes().to_vec(),
+                width: 2,
+                height: 2,
+                label,
+                votes: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn long_tail_keeps_a_geometric_profile_of_each_class() {
+        let samples = faces([100, 50, 10, 400, 40, 30, 200]);
+        let kept = long_tail(samples.clone(), 100.0, 7);
+        // Ranks: happiness 400, neutral 200, surprise 100, fear 50, sadness 40, anger 30, disgust
+        // 10; quotas 400 · 100^(-r/6): 400, 186, 86, 40, 19, 9, 4 (capped by what each class has).
+        assert_eq!(
+            ClassCounts::of(kept.iter().map(|s| s.label)).0,
+            [86, 40, 4, 400, 19, 9, 186]
+        );
+        // Seeded: the same faces again, other faces with another seed; order is kept.
+        let ids = |s: &[Sample]| s.iter().map(|s| s.pixels.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&kept), ids(&long_tail(samples.clone(), 100.0, 7)));
+        assert_ne!(ids(&kept), ids(&long_tail(samples.clone(), 100.0, 8)));
+        let position = |face: &Vec<u8>| ids(&samples).iter().position(|f| f == face).unwrap();
+        assert!(ids(&kept).windows(2).all(|w| position(&w[0]) < position(&w[1])));
+        // Ratio 1 keeps everything; a class that has fewer than its quota keeps all it has.
+        assert_eq!(long_tail(samples.clone(), 1.0, 7).len(), samples.len());
+        let few = long_tail(faces([0, 0, 1, 400, 0, 0, 0]), 100.0, 7);
+        assert_eq!(ClassCounts::of(few.iter().map(|s| s.label)).0, [0, 0, 1, 400, 0, 0, 0]);
     }
 
     #[test]

@@ -1,0 +1,170 @@
+//! A finished run's answers face by face on its valid split: what the comparison's paired
+//! statistics resample, and what says whether the distance to the nearest class center flags
+//! the model's own errors (the sensor's `uncertain` relies on it).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use burn::prelude::*;
+use fer_protocol::Expression;
+
+use crate::batch::eval_batch;
+use crate::dataset::Split;
+use crate::embedding::with_class_mean_centers;
+use crate::metrics::{Metrics, auroc};
+use crate::training::{load_checkpoint, load_split, read_json, write_json};
+
+/// One run's answers on its valid split, face by face in the split's order.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Predictions {
+    /// True class index of each face.
+    pub labels: Vec<usize>,
+    /// Predicted class index (the logits' argmax).
+    pub predicted: Vec<usize>,
+    /// Squared distance of each face's embedding to the nearest class center.
+    pub nearest_center: Vec<f32>,
+    /// The largest softmax probability of each face.
+    pub confidence: Vec<f32>,
+    /// Whether those centers are the trained TCL centers; `false` for a cross-entropy run, whose
+    /// centers never train: its distances are to the class means of the training split, as
+    /// `fer-export` gives such a run.
+    pub trained_centers: bool,
+}
+
+impl Predictions {
+    /// The file in a run folder.
+    pub const FILE: &str = "predictions.json";
+
+    /// Computes a finished run's predictions on its valid split.
+    pub fn of_run(run: &Path, device: &Device) -> Result<Self> {
+        let (model, config) = load_checkpoint(run, device)?;
+        let trained_centers = config.tcl.is_some();
+        let model = if trained_centers {
+            model
+        } else {
+            with_class_mean_centers(model, &load_split(&config, &config.data, Split::Train)?, device)?
+        };
+        let samples = load_split(&config, config.valid_spec(), Split::Valid)?;
+        let model = model.valid();
+        let mut out = Self {
+            labels: Vec::with_capacity(samples.len()),
+            predicted: Vec::with_capacity(samples.len()),
+            nearest_center: Vec::with_capacity(samples.len()),
+            confidence: Vec::with_capacity(samples.len()),
+            trained_centers,
+        };
+        let rows =
+            |t: Tensor<2>| -> Vec<f32> { t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 tensor") };
+        for chunk in samples.chunks(256) {
+            let batch = eval_batch(chunk);
+            let (inputs, _) = batch.to_tensors(device);
+            let forward = model.forward(inputs);
+            let distances = rows(model.center_distances(forward.embedding));
+            let logits = rows(forward.logits);
+            for (row, distance) in logits
+                .chunks_exact(Expression::COUNT)
+                .zip(distances.chunks_exact(Expression::COUNT))
+            {
+                out.predicted.push(argmax(row));
+                out.confidence.push(confidence(row));
+                out.nearest_center
+                    .push(distance.iter().copied().fold(f32::INFINITY, f32::min));
+            }
+            out.labels.extend(batch.labels.iter().map(|&l| l as usize));
+        }
+        Ok(out)
+    }
+
+    /// Reads `RUN/predictions.json`, computing and writing it first when the run has none.
+    pub fn load_or_write(run: &Path, device: &Device) -> Result<Self> {
+        let path = run.join(Self::FILE);
+        if path.is_file() {
+            return read_json(&path);
+        }
+        let predictions = Self::of_run(run, device).with_context(|| format!("predicting with {}", run.display()))?;
+        write_json(&path, &predictions)?;
+        Ok(predictions)
+    }
+
+    /// Reads `RUN/predictions.json` if the run has one.
+    pub fn read(run: &Path) -> Result<Option<Self>> {
+        let path = run.join(Self::FILE);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let predictions: Self = read_json(&path)?;
+        let n = predictions.labels.len();
+        ensure!(
+            predictions.predicted.len() == n
+                && predictions.nearest_center.len() == n
+                && predictions.confidence.len() == n,
+            "{}: labels, predictions, distances and confidences differ in length",
+            path.display()
+        );
+        Ok(Some(predictions))
+    }
+
+    /// Metrics over the faces at `faces` (indices into the split, repeats allowed: a resample).
+    pub fn metrics(&self, faces: impl IntoIterator<Item = usize>) -> Metrics {
+        Metrics::from_pairs(faces.into_iter().map(|i| (self.labels[i], self.predicted[i])))
+    }
+
+    /// How well the nearest-center distance flags the model's own wrong answers: the AUROC of
+    /// distance against "wrong" (0.5: no better than chance; `None` if all right or all wrong).
+    pub fn error_auroc(&self) -> Option<f64> {
+        auroc(&self.nearest_center, &self.wrong())
+    }
+
+    /// The same for a low top probability (`1 - confidence`), the other flag the sensor has: the
+    /// yardstick for [`Self::error_auroc`].
+    pub fn confidence_error_auroc(&self) -> Option<f64> {
+        let doubt: Vec<f32> = self.confidence.iter().map(|c| 1.0 - c).collect();
+        auroc(&doubt, &self.wrong())
+    }
+
+    fn wrong(&self) -> Vec<bool> {
+        self.labels.iter().zip(&self.predicted).map(|(l, p)| l != p).collect()
+    }
+}
+
+/// The largest softmax probability of a row of logits.
+fn confidence(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    1.0 / logits.iter().map(|&l| (l - max).exp()).sum::<f32>()
+}
+
+/// Index of the largest value, the first on a tie (as `fer_train::training::metrics_of`).
+fn argmax(row: &[f32]) -> usize {
+    (0..row.len())
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+        .expect("a non-empty row")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_of_a_tie() {
+        assert_eq!(argmax(&[0.1, 0.7, 0.7, 0.2]), 1);
+        assert_eq!(argmax(&[3.0]), 0);
+    }
+
+    #[test]
+    fn distance_flags_errors_through_the_auroc() {
+        let p = Predictions {
+            labels: vec![0, 1, 2, 3],
+            predicted: vec![0, 1, 0, 1],
+            // The two wrong answers are the two farthest faces: a perfect flag.
+            nearest_center: vec![1.0, 2.0, 5.0, 4.0],
+            // Confidence ranks one right answer below a wrong one: 3 of 4 pairs ordered right.
+            confidence: vec![0.9, 0.3, 0.2, 0.5],
+            trained_centers: true,
+        };
+        assert_eq!(p.error_auroc(), Some(1.0));
+        assert_eq!(p.confidence_error_auroc(), Some(0.75));
+        assert!((confidence(&[0.0, 0.0]) - 0.5).abs() < 1e-6);
+        assert!((confidence(&[2.0f32.ln(), 0.0]) - 2.0 / 3.0).abs() < 1e-6);
+        assert_eq!(p.metrics([0, 0, 2]).accuracy, 2.0 / 3.0);
+    }
+}
