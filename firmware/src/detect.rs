@@ -168,7 +168,7 @@ impl Detector {
     /// Faces in an RGB frame, best first, in frame pixels.
     pub fn detect(&mut self, frame: &RgbImage) -> Result<Vec<Face>> {
         let letterbox = self.letterbox(frame)?;
-        let outputs = self.plan.run(tvec!(TValue::from_const(self.input.clone())))?;
+        let outputs = fer_runtime::run(&self.plan, tvec!(TValue::from_const(self.input.clone())))?;
         let regressors = outputs[0].try_as_plain_ram()?.as_slice::<f32>()?;
         let scores = outputs[1].try_as_plain_ram()?.as_slice::<f32>()?;
         Ok(self.decode(regressors, scores, letterbox))

@@ -209,7 +209,10 @@ pub(crate) fn for_each_run(
         .expect("valid template"),
     );
     for input in bar.wrap_iter(inputs.iter()) {
-        visit(&plan.run(tvec!(fer_runtime::input_tensor(input)?.into()))?)?;
+        visit(&fer_runtime::run(
+            &plan,
+            tvec!(fer_runtime::input_tensor(input)?.into()),
+        )?)?;
     }
     bar.finish_and_clear();
     Ok(())

@@ -95,7 +95,7 @@ impl Plan {
             .try_as_plain_ram_mut()?
             .as_slice_mut::<f32>()?
             .copy_from_slice(input);
-        self.plan.run(tvec!(self.input.clone().into()))
+        run(&self.plan, tvec!(self.input.clone().into()))
     }
 
     /// The three outputs for one preprocessed face, copied out.
@@ -188,6 +188,34 @@ pub fn profile(plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>, runs: usize
         .collect();
     nodes.sort_by_key(|n| std::cmp::Reverse(n.time));
     Ok(nodes)
+}
+
+/// Runs a tract plan, then clears the upper halves of the vector registers (`vzeroupper`) on x86.
+///
+/// tract's AVX2 and AVX-512 kernels return with those halves in use. The scalar code that follows
+/// a network on the frame path (ours is built for baseline x86-64, in the legacy SSE encoding)
+/// then ran about twice as slow: cutting the face crop took 1.87 ms right after a network and
+/// 0.95 ms after `vzeroupper` (docs/results.md, issue 13). Every tract run in the project goes
+/// through here.
+pub fn run(plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+    let outputs = plan.run(inputs);
+    clear_upper_vector_state();
+    outputs
+}
+
+/// `vzeroupper` on an x86-64 CPU with AVX; nothing anywhere else.
+pub fn clear_upper_vector_state() {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX, checked just above.
+        unsafe { zero_upper() }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn zero_upper() {
+    std::arch::x86_64::_mm256_zeroupper();
 }
 
 /// An ONNX model as a typed, unoptimized tract graph with the input fixed to one face: for
