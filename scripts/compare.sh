@@ -23,7 +23,7 @@
 # epoch (figures/curves.png) and each one's embedding of the valid split projected by PCA
 # (figures/embedding-<run>.png), and writes how tight and separate the classes are
 # (figures/separation.txt). On 2 CPU cores an undisturbed FER+ epoch of model v2 takes about
-# 160 s, a long-tailed one (ratio 100: 16,218 faces) about 110 s: the 24 FER+ runs and the 12
+# 160 s, a long-tailed one (ratio 100: about 16,200 faces) about 110 s: the 24 FER+ runs and the 12
 # long-tailed ones at 5 epochs are about 7.5 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
