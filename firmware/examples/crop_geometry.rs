@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use fer_firmware::align::{AlignOptions, Aligner};
-use fer_firmware::classify::{Classifier, argmax, preprocess};
+use fer_firmware::classify::{Classifier, preprocess};
 use fer_firmware::detect::{DetectOptions, Detector};
 use fer_protocol::INPUT;
+use fer_protocol::scores::argmax;
 use image::imageops::{self, FilterType};
 use image::{Rgb, RgbImage};
 

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use fer_protocol::contract::ModelInfo;
 use fer_protocol::golden::GoldenOutputs;
+use fer_protocol::scores::{argmax, softmax};
 use fer_protocol::{Expression, INPUT};
-pub use fer_runtime::argmax;
 
 /// A classifier loaded into tract: its contract and an optimized plan for one face.
 pub struct Classifier {
@@ -95,29 +95,4 @@ impl Classifier {
 pub fn preprocess(pixels: &[u8], width: usize, height: usize, input: &mut [f32]) -> Result<()> {
     fer_protocol::preprocess(&INPUT, pixels, width, height, input)
         .map_err(|e| anyhow::anyhow!("preprocessing a {width}x{height} crop: {e}"))
-}
-
-/// Numerically stable softmax of `logits` into `out`.
-pub fn softmax(logits: &[f32], out: &mut [f32]) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for (o, &l) in out.iter_mut().zip(logits) {
-        *o = (l - max).exp();
-        sum += *o;
-    }
-    out.iter_mut().for_each(|o| *o /= sum);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn softmax_sums_to_one_and_keeps_order() {
-        let mut p = [0.0; 3];
-        softmax(&[1000.0, 1001.0, 999.0], &mut p);
-        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert_eq!(argmax(&p), 1);
-        assert!(p[0] > p[2]);
-    }
 }

@@ -4,8 +4,9 @@
 
 use fer_protocol::{Expression, Reading};
 
-use crate::classify::{Classification, argmax};
+use crate::classify::Classification;
 use crate::detect::Face;
+use fer_protocol::scores::argmax;
 
 /// Which face the sensor publishes when it sees several.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]

@@ -17,7 +17,8 @@ use tract_onnx::pb::ModelProto;
 
 use crate::quantize::{LayerReport, WeightScales};
 use crate::{calibrate, float, graph, quantize};
-use fer_runtime::{Plan, argmax};
+use fer_protocol::scores::argmax;
+use fer_runtime::Plan;
 
 /// Everything `fer-export` needs to know.
 #[derive(Clone, Debug)]

@@ -13,6 +13,9 @@
 
 #[cfg(feature = "std")]
 extern crate alloc;
+// Float maths (`exp` in `scores::softmax`) comes from std; core has none on stable.
+#[cfg(feature = "std")]
+extern crate std;
 
 #[cfg(feature = "std")]
 pub mod contract;
@@ -21,6 +24,7 @@ pub mod golden;
 pub mod input;
 pub mod label;
 pub mod preprocess;
+pub mod scores;
 pub mod wire;
 
 pub use input::{INPUT, InputSpec};

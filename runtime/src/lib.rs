@@ -240,15 +240,6 @@ pub fn input_tensor(input: &[f32]) -> Result<Tensor> {
     Ok(tract_ndarray::Array4::from_shape_vec(SHAPE, input.to_vec())?.into())
 }
 
-/// Index of the largest value (the first on ties).
-pub fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-        .0
-}
-
 /// The graph's outputs as the contract names them: logits `[1, 7]`, an embedding `[1, D]` and
 /// center distances `[1, 7]`. The metadata alone does not say what the graph computes.
 fn check_outputs(model: &TypedModel) -> Result<()> {
@@ -308,11 +299,5 @@ mod tests {
         // The right outputs in the wrong order: distances would be read as the embedding.
         let error = refused(&|g| g.output.swap(1, 2));
         assert!(error.contains("its outputs are"), "{error}");
-    }
-
-    #[test]
-    fn argmax_takes_the_first_of_ties() {
-        assert_eq!(argmax(&[0.1, 0.7, 0.7, 0.2]), 1);
-        assert_eq!(argmax(&[]), 0);
     }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result, ensure};
 use burn::prelude::*;
 use fer_protocol::Expression;
+use fer_protocol::scores::{argmax, softmax};
 
 use crate::batch::eval_batch;
 use crate::dataset::Split;
@@ -129,26 +130,14 @@ impl Predictions {
 
 /// The largest softmax probability of a row of logits.
 fn confidence(logits: &[f32]) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    1.0 / logits.iter().map(|&l| (l - max).exp()).sum::<f32>()
-}
-
-/// Index of the largest value, the first on a tie (as `fer_train::training::metrics_of`).
-fn argmax(row: &[f32]) -> usize {
-    (0..row.len())
-        .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
-        .expect("a non-empty row")
+    let mut p = vec![0.0; logits.len()];
+    softmax(logits, &mut p);
+    p[argmax(&p)]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn argmax_takes_the_first_of_a_tie() {
-        assert_eq!(argmax(&[0.1, 0.7, 0.7, 0.2]), 1);
-        assert_eq!(argmax(&[3.0]), 0);
-    }
 
     #[test]
     fn distance_flags_errors_through_the_auroc() {

@@ -15,6 +15,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use fer_protocol::Expression;
+use fer_protocol::scores::argmax;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::augment::Augment;
@@ -318,10 +319,8 @@ pub fn metrics_of(
     samples: &[Sample],
 ) -> Metrics {
     Metrics::from_pairs(logits.iter().zip(samples).map(|(row, sample)| {
-        let predicted = (0..Expression::COUNT)
-            .max_by(|&a, &b| (row[a] + offset[a]).total_cmp(&(row[b] + offset[b])).then(b.cmp(&a)))
-            .expect("7 classes");
-        (sample.label.index(), predicted)
+        let adjusted: [f32; Expression::COUNT] = std::array::from_fn(|k| row[k] + offset[k]);
+        (sample.label.index(), argmax(&adjusted))
     }))
 }
 
