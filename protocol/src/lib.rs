@@ -2,8 +2,10 @@
 //!
 //! Everything that training, export and the device must agree on lives here, once: the seven
 //! expression labels and their order, the model's input contract, the preprocessing that turns
-//! an 8-bit grayscale face crop into the model input, and the serial wire frames ([`wire`]). The crate is `no_std` and allocation-free so
-//! the same code runs in the trainer, on a Raspberry Pi and on a microcontroller receiver.
+//! an 8-bit grayscale face crop into the model input, how a row of class scores is read
+//! ([`scores`]: argmax, softmax) and the serial wire frames ([`wire`]). The crate is `no_std` and
+//! allocation-free so the same code runs in the trainer, on a Raspberry Pi and on a
+//! microcontroller receiver.
 //!
 //! The `std` feature adds the host-side pieces that need an allocator: the model contract carried in
 //! ONNX metadata ([`contract`]) and the golden-vector file format ([`golden`]). The `defmt`
