@@ -2,11 +2,11 @@
 //! exponential moving average of its probabilities, and the published expression changes only
 //! through hysteresis so it does not flicker.
 
+use fer_protocol::scores::argmax;
 use fer_protocol::{Expression, Reading};
 
 use crate::classify::Classification;
 use crate::detect::Face;
-use fer_protocol::scores::argmax;
 
 /// Which face the sensor publishes when it sees several.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]

@@ -4,9 +4,9 @@
 use anyhow::{Context, Result, bail, ensure};
 use fer_protocol::INPUT;
 use fer_protocol::golden::{GoldenCase, GoldenOutputs, GoldenSet};
+use fer_protocol::scores::argmax;
 
 use crate::classify::Classifier;
-use fer_protocol::scores::argmax;
 
 /// Largest |Δ| allowed on an f32 model output. x86 (FMA) and ARM (NEON) kernels sum the products
 /// in different orders and block sizes. Measured against the x86 golden vectors under qemu:

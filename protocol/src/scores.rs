@@ -44,7 +44,7 @@ mod tests {
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(argmax(&p), 1);
         assert!(p[0] > p[2]);
-        // (1, 2, 0) − max: e⁻¹ / (e⁻¹ + 1 + e⁻²).
+        // Less the max, the logits are (−1, 0, −2): p₀ = e⁻¹ / (e⁻¹ + 1 + e⁻²).
         let e = core::f32::consts::E;
         assert!((p[0] - (1.0 / e) / (1.0 / e + 1.0 + 1.0 / (e * e))).abs() < 1e-6);
     }
