@@ -11,7 +11,9 @@
 #   scripts/compare.sh ferplus:../shared/data/ferplus --smoke      # the whole flow in a few minutes
 #
 # Options: --epochs N (5), --seeds "S ..." ("42 43 44"), --imbalance RATIO, --attention on|off|both
-# (both), --limit N, --smoke, --out DIR (runs/compare, or runs/compare-imbalance-RATIO).
+# (both), --limit N, --smoke, --out DIR (runs/compare, or runs/compare-imbalance-RATIO),
+# --converged RUN (a full-length run folder, e.g. the shipped model's, drawn on the curves as a
+# dashed line at its final figures: how far the comparison's budget is from convergence).
 # Do not go below 3 epochs: the learning rate warms up over the whole first epoch, and one epoch
 # of 6000 images left every configuration answering "surprise" (13-23 % accuracy).
 #
@@ -22,9 +24,10 @@
 # to DIR/comparison.md. For the first seed it also draws every configuration's valid accuracy per
 # epoch (figures/curves.png) and each one's embedding of the valid split projected by PCA
 # (figures/embedding-<run>.png), and writes how tight and separate the classes are
-# (figures/separation.txt). On 2 CPU cores an undisturbed FER+ epoch of model v2 takes about
-# 160 s, a long-tailed one (ratio 100: about 16,200 faces) about 110 s: the 24 FER+ runs and the 12
-# long-tailed ones at 5 epochs are about 7.5 hours.
+# (figures/separation.txt). On 2 idle CPU cores an epoch of model v2 on FER+ takes about 190 s
+# (median of the undisturbed epochs of runs/v2-e48-seed7), a long-tailed one (ratio 100: about
+# 16,200 faces) about 125 s: the 24 FER+ runs and the 12 long-tailed ones at 5 epochs are about
+# 8.4 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +36,7 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0";
 [ $# -ge 1 ] || usage 2
 [ "$1" = "-h" ] || [ "$1" = "--help" ] && usage 0
 data=$1; shift
-epochs=5 seeds="42 43 44" out= extra=() attentions="on off"
+epochs=5 seeds="42 43 44" out= extra=() attentions="on off" converged=()
 while [ $# -gt 0 ]; do
   case $1 in
     --epochs) epochs=$2; shift 2 ;;
@@ -48,6 +51,7 @@ while [ $# -gt 0 ]; do
       esac
       shift 2 ;;
     --limit) extra+=(--limit "$2"); shift 2 ;;
+    --converged) converged=(--converged "$2"); shift 2 ;;
     --smoke) extra+=(--smoke); shift ;;
     -h|--help) usage 0 ;;
     *) echo "unknown option $1" >&2; usage 2 ;;
@@ -91,7 +95,7 @@ first=${seeds%% *}
 first_runs=()
 for run in "${runs[@]}"; do [[ $run == *-seed$first ]] && first_runs+=("$run"); done
 mkdir -p "$out/figures"
-"$fer_train" curves "${first_runs[@]}" --out "$out/figures/curves.png"
+"$fer_train" curves "${first_runs[@]}" --out "$out/figures/curves.png" "${converged[@]}"
 : > "$out/figures/separation.txt"
 for run in "${first_runs[@]}"; do
   name=$(basename "$run")

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::module::Module;
 use clap::{Parser, Subcommand, ValueEnum};
 use fer_protocol::Expression;
@@ -94,6 +94,10 @@ enum Command {
         /// PNG file to write.
         #[arg(long)]
         out: PathBuf,
+        /// A full-length run drawn as a dashed line at its final figures, to show how far the
+        /// runs' budget is from convergence (e.g. the shipped model's run folder).
+        #[arg(long, value_name = "RUN")]
+        converged: Option<PathBuf>,
     },
     /// Project a run's embeddings of the valid split onto 2-D (PCA), draw them coloured by class
     /// and print how tight and separate the classes are.
@@ -434,12 +438,21 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Curves { runs, out } => {
+        Command::Curves { runs, out, converged } => {
             let runs = runs
                 .iter()
                 .map(|path| fer_train::compare::Run::load(path).map(|run| (run.label(), run.records)))
                 .collect::<Result<Vec<_>>>()?;
-            fer_train::report::plot_runs(&runs, &out)?;
+            let converged = converged
+                .map(|path| {
+                    fer_train::compare::Run::load(&path).with_context(|| format!("--converged {}", path.display()))
+                })
+                .transpose()?;
+            let reference = converged.as_ref().map(|run| fer_train::report::Reference {
+                name: format!("{}, {} epochs", run.label(), run.config.epochs),
+                metrics: &run.report,
+            });
+            fer_train::report::plot_runs(&runs, reference.as_ref(), &out)?;
             println!("wrote {}", out.display());
         }
         Command::Embedding { checkpoint, data, out } => {

@@ -55,8 +55,15 @@ fn no_font() -> anyhow::Error {
     anyhow::anyhow!("no TrueType font found (install fonts-dejavu-core); plots skipped")
 }
 
-/// One line of a chart: its legend, its points, its colour.
-type Line = (String, Vec<(f64, f64)>, RGBColor);
+/// One line of a chart.
+struct Line {
+    /// Its legend.
+    name: String,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    /// Dashed marks a reference rather than a measured series.
+    dashed: bool,
+}
 
 /// A markdown table of post-hoc logit adjustment: for τ = 0, 0.1, ..., 1, 1.5, 2, the metrics of
 /// `argmax(logits − τ·log π)` (π from the training split's `counts`) with every class's recall.
@@ -93,12 +100,11 @@ pub fn plot_curves(records: &[EpochRecord], path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(500);
-    let line = |name: &str, value: fn(&EpochRecord) -> f64, color: RGBColor| -> Line {
-        (
-            name.to_owned(),
-            records.iter().map(|r| (r.epoch as f64, value(r))).collect(),
-            color,
-        )
+    let line = |name: &str, value: fn(&EpochRecord) -> f64, color: RGBColor| Line {
+        name: name.to_owned(),
+        points: records.iter().map(|r| (r.epoch as f64, value(r))).collect(),
+        color,
+        dashed: false,
     };
     let max_loss = records
         .iter()
@@ -136,38 +142,63 @@ pub fn plot_curves(records: &[EpochRecord], path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Draws several runs' valid accuracy and mean class accuracy per epoch side by side.
-pub fn plot_runs(runs: &[(String, Vec<EpochRecord>)], path: &Path) -> Result<()> {
+/// A finished run drawn across [`plot_runs`]'s charts at its final valid figures, so short runs
+/// can be read against where a full-length one ends.
+pub struct Reference<'a> {
+    /// Its legend.
+    pub name: String,
+    /// Its final evaluation.
+    pub metrics: &'a Metrics,
+}
+
+/// Draws several runs' valid accuracy and mean class accuracy per epoch side by side, with an
+/// optional reference as a dashed horizontal line.
+pub fn plot_runs(runs: &[(String, Vec<EpochRecord>)], reference: Option<&Reference<'_>>, path: &Path) -> Result<()> {
     let font = font_family().ok_or_else(no_font)?;
     let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(500);
-    let lines = |value: fn(&EpochRecord) -> f64| -> Vec<Line> {
-        runs.iter()
+    let last_epoch = runs
+        .iter()
+        .flat_map(|(_, records)| records.iter().map(|r| r.epoch as f64))
+        .fold(2.0, f64::max);
+    let lines = |value: fn(&Metrics) -> f64| -> Vec<Line> {
+        let measured = runs
+            .iter()
             .zip(PALETTE.iter().cycle())
-            .map(|((name, records), &color)| {
-                let points = records.iter().map(|r| (r.epoch as f64, 100.0 * value(r))).collect();
-                (name.clone(), points, color)
-            })
-            .collect()
+            .map(|((name, records), &color)| Line {
+                name: name.clone(),
+                points: records
+                    .iter()
+                    .map(|r| (r.epoch as f64, 100.0 * value(&r.valid)))
+                    .collect(),
+                color,
+                dashed: false,
+            });
+        let reference = reference.map(|r| {
+            let v = 100.0 * value(r.metrics);
+            Line {
+                name: format!("{}: {v:.2}", r.name),
+                points: vec![(1.0, v), (last_epoch, v)],
+                color: BLACK,
+                dashed: true,
+            }
+        });
+        measured.chain(reference).collect()
     };
     // Runs of one budget differ by a few points: zoom onto the data and keep the top part of
     // each chart free for the legend.
     let zoomed = |lines: &[Line]| {
         let (lo, hi) = lines
             .iter()
-            .flat_map(|(_, points, _)| points.iter().map(|p| p.1))
+            .flat_map(|line| line.points.iter().map(|p| p.1))
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let span = (hi - lo).max(1.0);
         (lo - 0.05 * span).max(0.0)..hi + 0.9 * span
     };
     for (area, title, value) in [
-        (
-            &left,
-            "valid accuracy (%)",
-            (|r| r.valid.accuracy) as fn(&EpochRecord) -> f64,
-        ),
-        (&right, "valid mean class accuracy (%)", |r| r.valid.mean_class_accuracy),
+        (&left, "valid accuracy (%)", (|m| m.accuracy) as fn(&Metrics) -> f64),
+        (&right, "valid mean class accuracy (%)", |m| m.mean_class_accuracy),
     ] {
         let lines = lines(value);
         line_chart(
@@ -206,7 +237,7 @@ fn line_chart(
 ) -> Result<()> {
     let epochs = lines
         .iter()
-        .flat_map(|(_, points, _)| points.iter().map(|p| p.0))
+        .flat_map(|line| line.points.iter().map(|p| p.0))
         .fold(2.0, f64::max);
     let mut chart = ChartBuilder::on(area)
         .caption(title, (font, 20))
@@ -218,14 +249,22 @@ fn line_chart(
         .configure_mesh()
         .light_line_style(WHITE)
         .x_desc("epoch")
+        // Epochs are whole: one tick each (at most 12), none at half an epoch.
+        .x_labels((epochs as usize).min(12))
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style((font, 13))
         .draw()?;
-    for (name, points, color) in lines {
-        let color = *color;
-        chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+    for line in lines {
+        let style = line.color.stroke_width(2);
+        let points = line.points.iter().copied();
+        let series = if line.dashed {
+            chart.draw_series(DashedLineSeries::new(points, 6, 4, style))?
+        } else {
+            chart.draw_series(LineSeries::new(points, style))?
+        };
+        series
+            .label(line.name.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
     }
     chart
         .configure_series_labels()
@@ -374,8 +413,13 @@ mod tests {
             .collect();
         plot_curves(&records, &dir.path().join("curves.png")).unwrap();
         plot_confusion(&valid, &dir.path().join("confusion.png")).unwrap();
+        let reference = Reference {
+            name: "converged".into(),
+            metrics: &valid,
+        };
         plot_runs(
             &[("a".into(), records.clone()), ("b".into(), records)],
+            Some(&reference),
             &dir.path().join("runs.png"),
         )
         .unwrap();
