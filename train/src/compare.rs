@@ -177,10 +177,10 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
     }
     out.push_str(" train time |");
     if predicted {
-        out.push_str(" error AUROC |");
+        out.push_str(" error AUROC: distance | error AUROC: top prob. |");
     }
     out.push_str("\n|---|---:|---:|---:|---:|");
-    out.push_str(&"---:|".repeat(Expression::COUNT + 1 + usize::from(predicted)));
+    out.push_str(&"---:|".repeat(Expression::COUNT + 1 + 2 * usize::from(predicted)));
     out.push('\n');
     for ((loss, attention), runs) in &groups {
         let label = label(loss, *attention);
@@ -202,12 +202,12 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
         let minutes = runs.iter().map(|r| r.seconds()).sum::<f64>() / 60.0 / runs.len() as f64;
         write!(out, " {minutes:.0} min |")?;
         if predicted {
-            // The distance to the nearest center against "wrong": 50 is chance (in %, like the rest).
-            let aurocs: Option<Vec<f64>> = runs
-                .iter()
-                .map(|r| r.predictions.as_ref().and_then(Predictions::error_auroc))
-                .collect();
-            write!(out, " {} |", aurocs.map_or_else(|| "–".to_string(), |a| cell(&a)))?;
+            // The distance to the nearest center against "wrong", and the sensor's other flag, a
+            // low top probability, as its yardstick: 50 is chance (in %, like the rest).
+            for flag in [Predictions::error_auroc, Predictions::confidence_error_auroc] {
+                let aurocs: Option<Vec<f64>> = runs.iter().map(|r| r.predictions.as_ref().and_then(flag)).collect();
+                write!(out, " {} |", aurocs.map_or_else(|| "–".to_string(), |a| cell(&a)))?;
+            }
         }
         out.push('\n');
     }
@@ -501,12 +501,16 @@ mod tests {
         let paired_row = |tcl: [PathBuf; 2]| {
             let runs: Vec<PathBuf> = ce.iter().cloned().chain(tcl).collect();
             let table = table(&runs).unwrap();
-            assert!(table.contains(" error AUROC |"), "{table}");
+            assert!(
+                table.contains(" error AUROC: distance | error AUROC: top prob. |"),
+                "{table}"
+            );
             let (results, _) = table.split_once("Differences").unwrap();
+            // The distance ranks every error last; one confidence for every face ranks nothing.
             assert!(
                 results
                     .lines()
-                    .all(|l| !l.starts_with("| CE") || l.ends_with("min | 100.00 ± 0.00 |")),
+                    .all(|l| !l.starts_with("| CE") || l.ends_with("min | 100.00 ± 0.00 | 50.00 ± 0.00 |")),
                 "{table}"
             );
             let (_, paired) = table.split_once("Paired over seeds").expect("a paired table");
