@@ -11,7 +11,8 @@
 #   scripts/compare.sh ferplus:../shared/data/ferplus --smoke      # the whole flow in a few minutes
 #
 # Options: --epochs N (5), --seeds "S ..." ("42 43 44"), --imbalance RATIO, --attention on|off|both
-# (both), --limit N, --smoke, --out DIR (runs/compare, or runs/compare-imbalance-RATIO),
+# (both), --limit N, --smoke, --out DIR (runs/compare, runs/compare-imbalance-RATIO or
+# runs/compare-smoke),
 # --converged RUN (a full-length run folder, e.g. the shipped model's, drawn on the curves as a
 # dashed line at its final figures: how far the comparison's budget is from convergence).
 # Do not go below 3 epochs: the learning rate warms up over the whole first epoch, and one epoch
@@ -52,7 +53,7 @@ while [ $# -gt 0 ]; do
       shift 2 ;;
     --limit) extra+=(--limit "$2"); shift 2 ;;
     --converged) converged=(--converged "$2"); shift 2 ;;
-    --smoke) extra+=(--smoke); shift ;;
+    --smoke) extra+=(--smoke); out=${out:-runs/compare-smoke}; shift ;;
     -h|--help) usage 0 ;;
     *) echo "unknown option $1" >&2; usage 2 ;;
   esac
@@ -74,6 +75,12 @@ for seed in $seeds; do
       name=${entry%%:*}-attention-$attention-seed$seed
       run=$out/$name
       runs+=("$run")
+      # A kept run of another length would make the table mix budgets; `fer-train compare`
+      # refuses that, but only after every other run has trained.
+      if [ -f "$run/config.json" ] && ! grep -q "\"epochs\": $epochs," "$run/config.json"; then
+        echo "$run was trained for another number of epochs than $epochs: use another --out" >&2
+        exit 2
+      fi
       if [ -f "$run/report.json" ]; then
         echo "== $name: done, kept"
       elif [ -f "$run/config.json" ]; then
@@ -99,6 +106,9 @@ mkdir -p "$out/figures"
 : > "$out/figures/separation.txt"
 for run in "${first_runs[@]}"; do
   name=$(basename "$run")
-  line=$("$fer_train" embedding "$run" --out "$out/figures/embedding-$name.png" 2>/dev/null | grep 'faces:')
+  # Its progress goes to stderr, its measurement to stdout; a failure is reported, not fatal.
+  if ! line=$("$fer_train" embedding "$run" --out "$out/figures/embedding-$name.png" | grep 'faces:'); then
+    line="embedding failed (see the error above)"
+  fi
   echo "$name: $line" | tee -a "$out/figures/separation.txt"
 done

@@ -2,11 +2,11 @@
 //! each metric as mean ± spread over the seeds, so a reader sees which differences exceed the
 //! seed-to-seed variation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use fer_protocol::Expression;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -63,7 +63,17 @@ impl Run {
         configuration(&self.config)
     }
 
-    /// What every compared run must share: budget, backbone and the cross-entropy's targets.
+    /// The configuration without what the comparison varies (seed, loss, attention): every
+    /// compared run must share it.
+    fn shared_settings(&self) -> TrainConfig {
+        let mut config = self.config.clone();
+        config.seed = 0;
+        config.tcl = None;
+        config.network.attention = false;
+        config
+    }
+
+    /// The budget as the table's first line states it.
     fn budget_key(&self) -> String {
         let c = &self.config;
         format!(
@@ -145,6 +155,56 @@ fn difference(a: &[f64], b: &[f64]) -> String {
     )
 }
 
+/// Refuses runs that differ in anything but seed, loss and attention: the data, budget, network
+/// and augmentation must be one, and TCL runs must share λ and the margin (and α among the
+/// semi-synthesized ones).
+fn check_comparable(runs: &[Run]) -> Result<()> {
+    let first = &runs[0];
+    let shared = serde_json::to_value(first.shared_settings())?;
+    let first_tcl = runs.iter().find_map(|r| r.config.tcl.as_ref().map(|t| (r, t)));
+    for run in runs {
+        let settings = serde_json::to_value(run.shared_settings())?;
+        if settings != shared {
+            let fields: BTreeSet<&str> = match (&settings, &shared) {
+                (serde_json::Value::Object(a), serde_json::Value::Object(b)) => a
+                    .keys()
+                    .chain(b.keys())
+                    .filter(|k| a.get(*k) != b.get(*k))
+                    .map(String::as_str)
+                    .collect(),
+                _ => Default::default(),
+            };
+            bail!(
+                "{} has another budget than {}: they differ in more than seed, loss and attention (in {})",
+                run.path.display(),
+                first.path.display(),
+                fields.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+        if let (Some(tcl), Some((other, first_tcl))) = (&run.config.tcl, first_tcl) {
+            let alpha = |n: &Negatives| match n {
+                Negatives::SemiSynthesized { alpha } => Some(*alpha),
+                _ => None,
+            };
+            let same_alpha = match (
+                alpha(&tcl.negatives),
+                runs.iter()
+                    .find_map(|r| r.config.tcl.as_ref().and_then(|t| alpha(&t.negatives))),
+            ) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
+            ensure!(
+                tcl.lambda == first_tcl.lambda && tcl.margin == first_tcl.margin && same_alpha,
+                "{} and {} train the triplet-center loss with other settings (λ, margin or α)",
+                run.path.display(),
+                other.path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The markdown table of the runs; every run must share one training budget.
 pub fn table(paths: &[PathBuf]) -> Result<String> {
     ensure!(!paths.is_empty(), "no run folders given");
@@ -152,16 +212,8 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
         .iter()
         .map(|p| Run::load(p).with_context(|| format!("run {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
+    check_comparable(&runs)?;
     let budget = runs[0].budget_key();
-    for run in &runs {
-        ensure!(
-            run.budget_key() == budget,
-            "{} has another budget ({}) than {} ({budget})",
-            run.path.display(),
-            run.budget_key(),
-            runs[0].path.display()
-        );
-    }
     let mut groups: BTreeMap<(String, bool), Vec<&Run>> = BTreeMap::new();
     for run in &runs {
         groups
@@ -227,9 +279,16 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
         .filter_map(|(a, b)| Some((a.clone(), b.clone(), groups.get(&a)?, groups.get(&b)?)))
         .collect();
     if !pairs.is_empty() {
-        out.push_str(
-            "\nDifferences in points; beyond the spread when the two configurations' ranges over the seeds do not overlap.\n\n",
-        );
+        let (_, _, runs_a, runs_b) = &pairs[0];
+        write!(
+            out,
+            "\nDifferences in points; beyond the spread when the two configurations' ranges over the seeds \
+             do not overlap. With {} and {} seeds and no real difference that happens {:.0} % of the time, \
+             so one such cell is a hint, a pattern across cells more.\n\n",
+            runs_a.len(),
+            runs_b.len(),
+            100.0 * chance_beyond_spread(runs_a.len(), runs_b.len())
+        )?;
         out.push_str(
             "| configuration | against | Δ accuracy | Δ mean class acc. | Δ macro-F1 |\n|---|---|---:|---:|---:|\n",
         );
@@ -268,8 +327,36 @@ struct Paired {
     seeds: Vec<u64>,
     /// Per seed, `[Δ accuracy, Δ mean class accuracy]` (fractions).
     per_seed: Vec<[f64; 2]>,
-    /// 95 % bootstrap interval of the mean over seeds of each difference.
+    /// 95 % bootstrap interval of the mean over seeds of each difference, resampling the valid
+    /// faces: how much another valid set could move it, these trained models held fixed.
     interval: [(f64, f64); 2],
+    /// 95 % paired t interval of each mean difference over the seeds: how much another seed
+    /// could move it (`None` with one seed).
+    seed_interval: [Option<(f64, f64)>; 2],
+}
+
+/// The 97.5 % quantile of Student's t for 1..=10 degrees of freedom (two-sided 95 %). Beyond
+/// 10 the value for 10 is used, which errs wide. A table, not a statistics crate: statrs would
+/// bring nalgebra into the build for ten numbers.
+const T_975: [f64; 10] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
+
+/// The 95 % t interval of the mean of `values` (paired differences, one per seed).
+fn t_interval(values: &[f64]) -> Option<(f64, f64)> {
+    let n = values.len();
+    if n < 2 {
+        return None;
+    }
+    let m = mean(values);
+    let variance = values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let half = T_975[(n - 2).min(T_975.len() - 1)] * (variance / n as f64).sqrt();
+    Some((m - half, m + half))
+}
+
+/// The chance that two configurations with no real difference land "beyond the spread" (their
+/// ranges over `a` and `b` seeds do not overlap): 2 of the C(a + b, a) equally likely orders.
+fn chance_beyond_spread(a: usize, b: usize) -> f64 {
+    let orders = (1..=b).fold(1.0, |c, k| c * (a + k) as f64 / k as f64);
+    2.0 / orders
 }
 
 /// Pairs the runs of `a` and `b` by seed and resamples the valid faces (the same resample on
@@ -302,6 +389,13 @@ fn paired(a: &[&Run], b: &[&Run]) -> Result<Option<Paired>> {
         );
         [ma[0] - mb[0], ma[1] - mb[1]]
     };
+    for (seed, pa, _) in &matched[1..] {
+        ensure!(
+            pa.labels == matched[0].1.labels,
+            "seeds {seed} and {} were evaluated on different faces",
+            matched[0].0
+        );
+    }
     let n = matched[0].1.labels.len();
     let all: Vec<usize> = (0..n).collect();
     let per_seed: Vec<[f64; 2]> = matched.iter().map(|(_, pa, pb)| difference(&all, pa, pb)).collect();
@@ -328,28 +422,36 @@ fn paired(a: &[&Run], b: &[&Run]) -> Result<Option<Paired>> {
         let at = |q: f64| m[((m.len() - 1) as f64 * q).round() as usize];
         (at(0.025), at(0.975))
     });
+    let seed_interval = [0, 1].map(|i| t_interval(&per_seed.iter().map(|d| d[i]).collect::<Vec<_>>()));
     Ok(Some(Paired {
         seeds: matched.iter().map(|(seed, ..)| *seed).collect(),
         per_seed,
         interval,
+        seed_interval,
     }))
 }
 
-/// "+0.35 (+0.20, +0.50) [+0.10, +0.61]": the mean difference in points, each seed's, and the
-/// interval; in bold, "real", when the interval excludes 0 and every seed agrees in sign.
-fn paired_cell(per_seed: &[f64], (lo, hi): (f64, f64)) -> String {
+/// "+0.35 (+0.20, +0.50) faces [+0.10, +0.61] seeds [-0.40, +1.10]": the mean difference in
+/// points, each seed's, the interval over faces and the interval over seeds; in bold, "real",
+/// when both intervals exclude 0 (so neither another valid set nor another seed is likely to
+/// undo it).
+fn paired_cell(per_seed: &[f64], faces: (f64, f64), seeds: Option<(f64, f64)>) -> String {
     let mean = mean(per_seed);
-    let seeds: Vec<String> = per_seed.iter().map(|d| format!("{:+.2}", 100.0 * d)).collect();
-    let agree = per_seed.iter().all(|d| d.signum() == mean.signum() && *d != 0.0);
-    let real = agree && (lo > 0.0 || hi < 0.0);
+    let each: Vec<String> = per_seed.iter().map(|d| format!("{:+.2}", 100.0 * d)).collect();
+    let excludes_zero = |(lo, hi): (f64, f64)| lo > 0.0 || hi < 0.0;
+    let real = excludes_zero(faces) && seeds.is_some_and(excludes_zero);
+    let seeds = seeds.map_or_else(
+        || "one seed".to_string(),
+        |(lo, hi)| format!("[{:+.2}, {:+.2}]", 100.0 * lo, 100.0 * hi),
+    );
     format!(
-        "{}{:+.2}{} ({}) [{:+.2}, {:+.2}]",
+        "{}{:+.2}{} ({}) faces [{:+.2}, {:+.2}] seeds {seeds}",
         if real { "**" } else { "" },
         100.0 * mean,
         if real { " real**" } else { "" },
-        seeds.join(", "),
-        100.0 * lo,
-        100.0 * hi
+        each.join(", "),
+        100.0 * faces.0,
+        100.0 * faces.1
     )
 }
 
@@ -363,16 +465,26 @@ fn paired_table(out: &mut String, pairs: &[Pair<'_>]) -> Result<()> {
     write!(
         out,
         "\nPaired over seeds and faces: the mean difference in points, each seed's (seeds matched on \
-         both sides), and the 95 % interval of the mean from {BOOTSTRAP_RESAMPLES} bootstrap \
-         resamples of the {faces} valid faces (the same faces on both sides). **real**: the \
-         interval excludes 0 and every seed's difference has the mean's sign.\n\n"
+         both sides), the 95 % interval of the mean from {BOOTSTRAP_RESAMPLES} bootstrap \
+         resamples of the {faces} valid faces (the same faces on both sides: another valid set, \
+         these models fixed) and the 95 % paired t interval over the seeds (another seed). \
+         **real**: both intervals exclude 0. Each cell is a 95 % statement: among {cells} cells, \
+         about {chance:.1} could be bold by chance alone.\n\n",
+        cells = 2 * pairs.len(),
+        chance = 0.05 * 2.0 * pairs.len() as f64
     )?;
     out.push_str("| configuration | against | seeds | Δ accuracy | Δ mean class acc. |\n|---|---|---|---|---|\n");
     for (a, b, runs_a, runs_b) in pairs {
         let Some(p) = paired(runs_a, runs_b)? else {
             continue;
         };
-        let metric = |i: usize| paired_cell(&p.per_seed.iter().map(|d| d[i]).collect::<Vec<_>>(), p.interval[i]);
+        let metric = |i: usize| {
+            paired_cell(
+                &p.per_seed.iter().map(|d| d[i]).collect::<Vec<_>>(),
+                p.interval[i],
+                p.seed_interval[i],
+            )
+        };
         let seeds: Vec<String> = p.seeds.iter().map(u64::to_string).collect();
         writeln!(
             out,
@@ -497,8 +609,9 @@ mod tests {
         let ce = [
             predicted_run(dir.path(), "ce-1", 1, false, 100),
             predicted_run(dir.path(), "ce-2", 2, false, 104),
+            predicted_run(dir.path(), "ce-3", 3, false, 102),
         ];
-        let paired_row = |tcl: [PathBuf; 2]| {
+        let paired_row = |tcl: [PathBuf; 3]| {
             let runs: Vec<PathBuf> = ce.iter().cloned().chain(tcl).collect();
             let table = table(&runs).unwrap();
             assert!(
@@ -520,24 +633,42 @@ mod tests {
                 .expect("a paired row")
                 .to_string()
         };
-        // +60 and +46 of 200 faces: +30 and +23 points, both seeds agree, far outside resampling.
+        // +60, +46 and +54 of 200 faces: +30, +23 and +27 points, far outside both resampling
+        // and the seeds' t interval (26.67 ± 4.303 · 3.51 / √3).
         let row = paired_row([
             predicted_run(dir.path(), "tcl-1", 1, true, 160),
             predicted_run(dir.path(), "tcl-2", 2, true, 150),
+            predicted_run(dir.path(), "tcl-3", 3, true, 156),
         ]);
         assert!(
             row.starts_with(
-                "| CE + TCL semi-synth., attention | CE, attention | 1, 2 | **+26.50 real** (+30.00, +23.00) ["
+                "| CE + TCL semi-synth., attention | CE, attention | 1, 2, 3 | **+26.67 real** (+30.00, +23.00, +27.00) faces ["
             ),
             "{row}"
         );
-        // +1 and -1 face: the seeds disagree, so nothing is claimed.
+        assert!(row.contains("seeds [+17.94, +35.39] |"), "{row}");
+        // +1, -1 and +1 face: the seeds disagree, so nothing is claimed.
         let row = paired_row([
-            predicted_run(dir.path(), "tcl-3", 1, true, 101),
-            predicted_run(dir.path(), "tcl-4", 2, true, 103),
+            predicted_run(dir.path(), "tcl-4", 1, true, 101),
+            predicted_run(dir.path(), "tcl-5", 2, true, 103),
+            predicted_run(dir.path(), "tcl-6", 3, true, 103),
         ]);
-        assert!(row.contains("| 1, 2 | +0.00 (+0.50, -0.50) ["), "{row}");
+        assert!(row.contains("| 1, 2, 3 | +0.17 (+0.50, -0.50, +0.50) faces ["), "{row}");
         assert!(!row.contains("real"), "{row}");
+    }
+
+    #[test]
+    fn seed_intervals_and_chance_rates() {
+        let (lo, hi) = t_interval(&[1.0, 2.0, 3.0]).unwrap();
+        assert!((lo - (2.0 - 4.303 / 3f64.sqrt())).abs() < 1e-9 && (hi - (2.0 + 4.303 / 3f64.sqrt())).abs() < 1e-9);
+        assert_eq!(t_interval(&[1.0]), None);
+        // 2 of the 20 orders of 3 + 3 seeds, 2 of the 6 of 2 + 2.
+        assert!((chance_beyond_spread(3, 3) - 0.1).abs() < 1e-12);
+        assert!((chance_beyond_spread(2, 2) - 1.0 / 3.0).abs() < 1e-12);
+        // Both intervals must exclude 0.
+        assert!(paired_cell(&[0.1, 0.2], (0.05, 0.25), Some((0.01, 0.3))).contains("real"));
+        assert!(!paired_cell(&[0.1, 0.2], (0.05, 0.25), Some((-0.01, 0.3))).contains("real"));
+        assert!(!paired_cell(&[0.1], (0.05, 0.25), None).contains("real"));
     }
 
     #[test]
@@ -548,7 +679,26 @@ mod tests {
         let mut config = load_config(&b).unwrap();
         config.epochs += 1;
         std::fs::write(b.join(files::CONFIG), serde_json::to_string(&config).unwrap()).unwrap();
-        assert!(table(&[a, b]).unwrap_err().to_string().contains("another budget"));
+        assert!(
+            table(&[a.clone(), b.clone()])
+                .unwrap_err()
+                .to_string()
+                .contains("another budget")
+        );
         assert!(table(&[dir.path().join("missing")]).is_err());
+        // Settings the budget line does not show are checked too, and named.
+        config.epochs -= 1;
+        config.weight_decay *= 2.0;
+        std::fs::write(b.join(files::CONFIG), serde_json::to_string(&config).unwrap()).unwrap();
+        let error = table(&[a.clone(), b.clone()]).unwrap_err().to_string();
+        assert!(error.contains("(in weight_decay)"), "{error}");
+        // TCL runs must share λ and the margin.
+        let c = fake_run(dir.path(), "c", 2, true, 5);
+        let mut other = load_config(&c).unwrap();
+        other.tcl.as_mut().unwrap().lambda *= 2.0;
+        std::fs::write(c.join(files::CONFIG), serde_json::to_string(&other).unwrap()).unwrap();
+        let d = fake_run(dir.path(), "d", 1, true, 5);
+        let error = table(&[a, c, d]).unwrap_err().to_string();
+        assert!(error.contains("other settings"), "{error}");
     }
 }

@@ -1,7 +1,7 @@
 //! What a loss does to the embedding space: the embeddings of a split, a scale-free measure of
 //! how tight and separate the classes are, and a 2-D PCA projection to look at.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, bail};
 use burn::module::Param;
 use burn::prelude::*;
 use fer_protocol::Expression;
@@ -90,25 +90,41 @@ impl Separation {
 ///
 /// A cross-entropy run never trains its centers (they stay at their random start), so its center
 /// distances would be noise; class means are what a trained center approximates.
-pub fn with_class_mean_centers(mut model: ExpressionNet, samples: &[Sample], device: &Device) -> Result<ExpressionNet> {
-    let embedded = embed(&model, samples, device);
-    let means = class_means(&embedded);
-    let mut flat = Vec::new();
-    for (expression, mean) in Expression::ALL.iter().zip(&means) {
-        let mean = mean.as_ref().ok_or_else(|| {
-            anyhow!(
-                "the images hold no `{}` face, so its center cannot be estimated",
-                expression.name()
-            )
-        })?;
-        flat.extend(mean.iter().map(|&v| v as f32));
+pub fn with_class_mean_centers(model: ExpressionNet, samples: &[Sample], device: &Device) -> Result<ExpressionNet> {
+    let (model, present) = class_mean_centers(model, samples, device);
+    if let Some(absent) = present.iter().position(|p| !p) {
+        bail!(
+            "the images hold no `{}` face, so its center cannot be estimated",
+            Expression::ALL[absent].name()
+        );
     }
-    let dim = flat.len() / Expression::COUNT;
+    Ok(model)
+}
+
+/// Like [`with_class_mean_centers`], but a class without a face keeps a center at the origin,
+/// marked `false` in the returned list, for callers that can leave it out (a smoke run's few
+/// faces may lack a rare class).
+pub fn class_mean_centers(
+    mut model: ExpressionNet,
+    samples: &[Sample],
+    device: &Device,
+) -> (ExpressionNet, [bool; Expression::COUNT]) {
+    let embedded = embed(&model, samples, device);
+    let dim = model.centers.val().dims()[1];
+    let means = class_means(&embedded);
+    let present = std::array::from_fn(|k| means[k].is_some());
+    let flat: Vec<f32> = means
+        .iter()
+        .flat_map(|mean| match mean {
+            Some(mean) => mean.iter().map(|&v| v as f32).collect(),
+            None => vec![0.0; dim],
+        })
+        .collect();
     model.centers = Param::from_tensor(Tensor::from_data(
         TensorData::new(flat, [Expression::COUNT, dim]),
         device,
     ));
-    Ok(model)
+    (model, present)
 }
 
 fn class_means(embedded: &Embedded) -> Vec<Option<Vec<f64>>> {

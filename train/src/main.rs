@@ -366,6 +366,12 @@ fn run(cli: Cli) -> Result<()> {
                 summary.images_per_second,
                 if summary.interrupted { ", interrupted" } else { "" }
             );
+            if summary.interrupted {
+                // A script running several trainings (scripts/compare.sh) must stop here rather
+                // than go on as if this run had finished; 130 is the shell's code for Ctrl-C.
+                eprintln!("interrupted: resume with `fer-train train --resume {}`", run.display());
+                std::process::exit(130);
+            }
         }
         Command::Eval {
             checkpoint,

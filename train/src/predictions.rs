@@ -11,9 +11,9 @@ use fer_protocol::scores::{argmax, softmax};
 
 use crate::batch::eval_batch;
 use crate::dataset::Split;
-use crate::embedding::with_class_mean_centers;
+use crate::embedding::class_mean_centers;
 use crate::metrics::{Metrics, auroc};
-use crate::training::{load_checkpoint, load_split, read_json, write_json};
+use crate::training::{files, load_checkpoint, load_split, read_json, write_json};
 
 /// One run's answers on its valid split, face by face in the split's order.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -38,12 +38,19 @@ impl Predictions {
 
     /// Computes a finished run's predictions on its valid split.
     pub fn of_run(run: &Path, device: &Device) -> Result<Self> {
+        // An unfinished run's checkpoint is not the model its report will describe.
+        ensure!(
+            run.join(files::REPORT).is_file(),
+            "{} is not finished (no {}): finish it with `fer-train train --resume` first",
+            run.display(),
+            files::REPORT
+        );
         let (model, config) = load_checkpoint(run, device)?;
         let trained_centers = config.tcl.is_some();
-        let model = if trained_centers {
-            model
+        let (model, present) = if trained_centers {
+            (model, [true; Expression::COUNT])
         } else {
-            with_class_mean_centers(model, &load_split(&config, &config.data, Split::Train)?, device)?
+            class_mean_centers(model, &load_split(&config, &config.data, Split::Train)?, device)
         };
         let samples = load_split(&config, config.valid_spec(), Split::Valid)?;
         let model = model.valid();
@@ -68,8 +75,13 @@ impl Predictions {
             {
                 out.predicted.push(argmax(row));
                 out.confidence.push(confidence(row));
-                out.nearest_center
-                    .push(distance.iter().copied().fold(f32::INFINITY, f32::min));
+                // A class the training split lacks has no center to be near.
+                let nearest = distance
+                    .iter()
+                    .zip(present)
+                    .filter(|(_, present)| *present)
+                    .fold(f32::INFINITY, |nearest, (&d, _)| nearest.min(d));
+                out.nearest_center.push(nearest);
             }
             out.labels.extend(batch.labels.iter().map(|&l| l as usize));
         }

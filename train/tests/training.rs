@@ -10,6 +10,7 @@ use fer_protocol::Expression;
 use fer_train::dataset::{DatasetSpec, LoadOptions, Split, write_synthetic};
 use fer_train::loss::{Negatives, triplet_center_loss};
 use fer_train::model::{ExpressionNet, NetworkConfig};
+use fer_train::predictions::Predictions;
 use fer_train::training::{self, TrainConfig, files};
 
 /// Burn's random generator is global to the process and every test here draws from it
@@ -287,6 +288,24 @@ fn ferplus_smoke_run_on_the_shared_data() {
     assert_eq!(valid.class_counts().0[Expression::Neutral.index()], 1180);
     assert_eq!(valid.class_counts().0[Expression::Disgust.index()], 25);
     let runs = tempfile::tempdir().unwrap();
-    let summary = training::train(&TrainConfig::smoke(data), runs.path(), false).unwrap();
+    let summary = training::train(&TrainConfig::smoke(data.clone()), runs.path(), false).unwrap();
     assert_eq!(summary.valid.count, 64);
+
+    // A cross-entropy smoke run's 64 training faces hold no disgust: its predictions measure the
+    // distance to the classes that have a mean, rather than failing (scripts/compare.sh --smoke).
+    let config = TrainConfig {
+        tcl: None,
+        ..TrainConfig::smoke(data)
+    };
+    let train = training::load_split(&config, &config.data, Split::Train).unwrap();
+    assert!(train.iter().all(|s| s.label != Expression::Disgust));
+    let ce = runs.path().join("ce");
+    training::train(&config, &ce, false).unwrap();
+    let predictions = Predictions::of_run(&ce, &Device::flex()).unwrap();
+    assert!(!predictions.trained_centers);
+    assert!(predictions.nearest_center.iter().all(|d| d.is_finite()));
+    // An unfinished run's checkpoint is not its final model.
+    std::fs::remove_file(ce.join(files::REPORT)).unwrap();
+    let error = Predictions::of_run(&ce, &Device::flex()).unwrap_err().to_string();
+    assert!(error.contains("not finished"), "{error}");
 }
