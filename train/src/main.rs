@@ -455,7 +455,7 @@ fn run(cli: Cli) -> Result<()> {
                 })
                 .transpose()?;
             let reference = converged.as_ref().map(|run| fer_train::report::Reference {
-                name: format!("{}, {} epochs", run.label(), run.config.epochs),
+                name: format!("converged: {}, {} epochs", run.label(), run.config.epochs),
                 metrics: &run.report,
             });
             fer_train::report::plot_runs(&runs, reference.as_ref(), &out)?;

@@ -123,7 +123,7 @@ pub fn plot_curves(records: &[EpochRecord], path: &Path) -> Result<()> {
         "training loss",
         0.0..max_loss,
         &losses,
-        SeriesLabelPosition::UpperRight,
+        Some(SeriesLabelPosition::UpperRight),
     )?;
     let accuracies = [
         line("accuracy", |r| 100.0 * r.valid.accuracy, BLUE),
@@ -136,7 +136,7 @@ pub fn plot_curves(records: &[EpochRecord], path: &Path) -> Result<()> {
         "valid accuracy (%)",
         0.0..100.0,
         &accuracies,
-        SeriesLabelPosition::LowerRight,
+        Some(SeriesLabelPosition::LowerRight),
     )?;
     root.present().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
@@ -155,9 +155,14 @@ pub struct Reference<'a> {
 /// optional reference as a dashed horizontal line.
 pub fn plot_runs(runs: &[(String, Vec<EpochRecord>)], reference: Option<&Reference<'_>>, path: &Path) -> Result<()> {
     let font = font_family().ok_or_else(no_font)?;
-    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    // Eight configurations and a reference would cover a chart's data: their legend goes below
+    // both charts, two entries a row.
+    let entries = runs.len() + usize::from(reference.is_some());
+    let legend_height = 20 + 22 * entries.div_ceil(2) as u32;
+    let root = BitMapBackend::new(path, (1000, 400 + legend_height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(500);
+    let (charts, legend) = root.split_vertically(400);
+    let (left, right) = charts.split_horizontally(500);
     let last_epoch = runs
         .iter()
         .flat_map(|(_, records)| records.iter().map(|r| r.epoch as f64))
@@ -178,7 +183,7 @@ pub fn plot_runs(runs: &[(String, Vec<EpochRecord>)], reference: Option<&Referen
         let reference = reference.map(|r| {
             let v = 100.0 * value(r.metrics);
             Line {
-                name: format!("{}: {v:.2}", r.name),
+                name: r.name.clone(),
                 points: vec![(1.0, v), (last_epoch, v)],
                 color: BLACK,
                 dashed: true,
@@ -186,29 +191,48 @@ pub fn plot_runs(runs: &[(String, Vec<EpochRecord>)], reference: Option<&Referen
         });
         measured.chain(reference).collect()
     };
-    // Runs of one budget differ by a few points: zoom onto the data and keep the top part of
-    // each chart free for the legend.
+    // Runs of one budget differ by a few points: zoom onto the data.
     let zoomed = |lines: &[Line]| {
         let (lo, hi) = lines
             .iter()
             .flat_map(|line| line.points.iter().map(|p| p.1))
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-        let span = (hi - lo).max(1.0);
-        (lo - 0.05 * span).max(0.0)..hi + 0.9 * span
+        let pad = 0.05 * (hi - lo).max(1.0);
+        (lo - pad).max(0.0)..(hi + pad).min(100.0)
     };
     for (area, title, value) in [
         (&left, "valid accuracy (%)", (|m| m.accuracy) as fn(&Metrics) -> f64),
         (&right, "valid mean class accuracy (%)", |m| m.mean_class_accuracy),
     ] {
         let lines = lines(value);
-        line_chart(
-            area,
-            font,
-            title,
-            zoomed(&lines),
-            &lines,
-            SeriesLabelPosition::UpperLeft,
-        )?;
+        line_chart(area, font, title, zoomed(&lines), &lines, None)?;
+    }
+    let mut names: Vec<(String, RGBColor, bool)> = runs
+        .iter()
+        .zip(PALETTE.iter().cycle())
+        .map(|((name, _), &color)| (name.clone(), color, false))
+        .collect();
+    if let Some(r) = reference {
+        let name = format!(
+            "{} (final: {:.2} / {:.2})",
+            r.name,
+            100.0 * r.metrics.accuracy,
+            100.0 * r.metrics.mean_class_accuracy
+        );
+        names.push((name, BLACK, true));
+    }
+    for (i, (name, color, dashed)) in names.iter().enumerate() {
+        let (x, y) = (70 + 480 * (i as i32 % 2), 12 + 22 * (i as i32 / 2));
+        let style = color.stroke_width(2);
+        if *dashed {
+            for dash in 0..3 {
+                let x = x + 8 * dash;
+                legend.draw(&PathElement::new([(x, y + 7), (x + 5, y + 7)], style))?;
+            }
+        } else {
+            legend.draw(&PathElement::new([(x, y + 7), (x + 21, y + 7)], style))?;
+        }
+        legend.draw(&Text::new(name.as_str(), (x + 30, y), (font, 14)))?;
     }
     root.present().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
@@ -233,7 +257,7 @@ fn line_chart(
     title: &str,
     y: std::ops::Range<f64>,
     lines: &[Line],
-    legend: SeriesLabelPosition,
+    legend: Option<SeriesLabelPosition>,
 ) -> Result<()> {
     let epochs = lines
         .iter()
@@ -266,13 +290,15 @@ fn line_chart(
             .label(line.name.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
     }
-    chart
-        .configure_series_labels()
-        .position(legend)
-        .label_font((font, 13))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    if let Some(position) = legend {
+        chart
+            .configure_series_labels()
+            .position(position)
+            .label_font((font, 13))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
     Ok(())
 }
 
