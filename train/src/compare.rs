@@ -229,10 +229,10 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
     }
     out.push_str(" train time |");
     if predicted {
-        out.push_str(" error AUROC: distance | error AUROC: top prob. |");
+        out.push_str(" error AUROC: distance | error AUROC: distance ratio | error AUROC: top prob. |");
     }
     out.push_str("\n|---|---:|---:|---:|---:|");
-    out.push_str(&"---:|".repeat(Expression::COUNT + 1 + 2 * usize::from(predicted)));
+    out.push_str(&"---:|".repeat(Expression::COUNT + 1 + 3 * usize::from(predicted)));
     out.push('\n');
     for ((loss, attention), runs) in &groups {
         let label = label(loss, *attention);
@@ -254,9 +254,14 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
         let minutes = runs.iter().map(|r| r.seconds()).sum::<f64>() / 60.0 / runs.len() as f64;
         write!(out, " {minutes:.0} min |")?;
         if predicted {
-            // The distance to the nearest center against "wrong", and the sensor's other flag, a
-            // low top probability, as its yardstick: 50 is chance (in %, like the rest).
-            for flag in [Predictions::error_auroc, Predictions::confidence_error_auroc] {
+            // The distance to the nearest center against "wrong", the same relative to the
+            // second-nearest, and the sensor's other flag, a low top probability, as their
+            // yardstick: 50 is chance (in %, like the rest).
+            for flag in [
+                Predictions::error_auroc,
+                Predictions::ratio_error_auroc,
+                Predictions::confidence_error_auroc,
+            ] {
                 let aurocs: Option<Vec<f64>> = runs.iter().map(|r| r.predictions.as_ref().and_then(flag)).collect();
                 write!(out, " {} |", aurocs.map_or_else(|| "–".to_string(), |a| cell(&a)))?;
             }
@@ -592,6 +597,7 @@ mod tests {
             labels: vec![0; 200],
             predicted: (0..200).map(|i| usize::from(i >= correct)).collect(),
             nearest_center: (0..200).map(|i| i as f32).collect(),
+            second_center: vec![1000.0; 200],
             confidence: vec![0.5; 200],
             trained_centers: tcl,
         };
@@ -611,28 +617,28 @@ mod tests {
             predicted_run(dir.path(), "ce-2", 2, false, 104),
             predicted_run(dir.path(), "ce-3", 3, false, 102),
         ];
-        let paired_row = |tcl: [PathBuf; 3]| {
-            let runs: Vec<PathBuf> = ce.iter().cloned().chain(tcl).collect();
-            let table = table(&runs).unwrap();
-            assert!(
-                table.contains(" error AUROC: distance | error AUROC: top prob. |"),
-                "{table}"
-            );
-            let (results, _) = table.split_once("Differences").unwrap();
-            // The distance ranks every error last; one confidence for every face ranks nothing.
-            assert!(
-                results
+        let paired_row =
+            |tcl: [PathBuf; 3]| {
+                let runs: Vec<PathBuf> = ce.iter().cloned().chain(tcl).collect();
+                let table = table(&runs).unwrap();
+                assert!(
+                    table.contains(" error AUROC: distance | error AUROC: distance ratio | error AUROC: top prob. |"),
+                    "{table}"
+                );
+                let (results, _) = table.split_once("Differences").unwrap();
+                // The distance ranks every error last; one confidence for every face ranks nothing.
+                assert!(
+                    results.lines().all(|l| !l.starts_with("| CE")
+                        || l.ends_with("min | 100.00 ± 0.00 | 100.00 ± 0.00 | 50.00 ± 0.00 |")),
+                    "{table}"
+                );
+                let (_, paired) = table.split_once("Paired over seeds").expect("a paired table");
+                paired
                     .lines()
-                    .all(|l| !l.starts_with("| CE") || l.ends_with("min | 100.00 ± 0.00 | 50.00 ± 0.00 |")),
-                "{table}"
-            );
-            let (_, paired) = table.split_once("Paired over seeds").expect("a paired table");
-            paired
-                .lines()
-                .find(|l| l.starts_with("| CE + TCL"))
-                .expect("a paired row")
-                .to_string()
-        };
+                    .find(|l| l.starts_with("| CE + TCL"))
+                    .expect("a paired row")
+                    .to_string()
+            };
         // +60, +46 and +54 of 200 faces: +30, +23 and +27 points, far outside both resampling
         // and the seeds' t interval (26.67 ± 4.303 · 3.51 / √3).
         let row = paired_row([

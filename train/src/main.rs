@@ -428,11 +428,11 @@ fn run(cli: Cli) -> Result<()> {
                     || "n/a (no wrong or no right answer)".to_string(),
                     |a| format!("{a:.3}"),
                 );
-                let confidence = predictions
-                    .confidence_error_auroc()
-                    .map_or_else(|| "n/a".to_string(), |a| format!("{a:.3}"));
+                let or_na = |auroc: Option<f64>| auroc.map_or_else(|| "n/a".to_string(), |a| format!("{a:.3}"));
+                let ratio = or_na(predictions.ratio_error_auroc());
+                let confidence = or_na(predictions.confidence_error_auroc());
                 println!(
-                    "{}: {} faces, accuracy {:.2} %, error AUROC of the nearest-center distance {auroc} ({}), of 1 - top probability {confidence}",
+                    "{}: {} faces, accuracy {:.2} %, error AUROC of the nearest-center distance {auroc} ({}), of nearest / second-nearest {ratio}, of 1 - top probability {confidence}",
                     run.display(),
                     predictions.labels.len(),
                     100.0 * predictions.metrics(0..predictions.labels.len()).accuracy,

@@ -24,6 +24,10 @@ pub struct Predictions {
     pub predicted: Vec<usize>,
     /// Squared distance of each face's embedding to the nearest class center.
     pub nearest_center: Vec<f32>,
+    /// Squared distance to the second-nearest center (empty in files written before it was
+    /// kept; [`Self::load_or_write`] rewrites those).
+    #[serde(default)]
+    pub second_center: Vec<f32>,
     /// The largest softmax probability of each face.
     pub confidence: Vec<f32>,
     /// Whether those centers are the trained TCL centers; `false` for a cross-entropy run, whose
@@ -58,6 +62,7 @@ impl Predictions {
             labels: Vec::with_capacity(samples.len()),
             predicted: Vec::with_capacity(samples.len()),
             nearest_center: Vec::with_capacity(samples.len()),
+            second_center: Vec::with_capacity(samples.len()),
             confidence: Vec::with_capacity(samples.len()),
             trained_centers,
         };
@@ -76,12 +81,18 @@ impl Predictions {
                 out.predicted.push(argmax(row));
                 out.confidence.push(confidence(row));
                 // A class the training split lacks has no center to be near.
-                let nearest = distance
-                    .iter()
-                    .zip(present)
-                    .filter(|(_, present)| *present)
-                    .fold(f32::INFINITY, |nearest, (&d, _)| nearest.min(d));
+                let (nearest, second) = distance.iter().zip(present).filter(|(_, present)| *present).fold(
+                    (f32::INFINITY, f32::INFINITY),
+                    |(nearest, second), (&d, _)| {
+                        if d < nearest {
+                            (d, nearest)
+                        } else {
+                            (nearest, second.min(d))
+                        }
+                    },
+                );
                 out.nearest_center.push(nearest);
+                out.second_center.push(second);
             }
             out.labels.extend(batch.labels.iter().map(|&l| l as usize));
         }
@@ -90,10 +101,12 @@ impl Predictions {
 
     /// Reads `RUN/predictions.json`, computing and writing it first when the run has none.
     pub fn load_or_write(run: &Path, device: &Device) -> Result<Self> {
-        let path = run.join(Self::FILE);
-        if path.is_file() {
-            return read_json(&path);
+        if let Some(predictions) = Self::read(run)?
+            && predictions.second_center.len() == predictions.labels.len()
+        {
+            return Ok(predictions);
         }
+        let path = run.join(Self::FILE);
         let predictions = Self::of_run(run, device).with_context(|| format!("predicting with {}", run.display()))?;
         write_json(&path, &predictions)?;
         Ok(predictions)
@@ -110,6 +123,7 @@ impl Predictions {
         ensure!(
             predictions.predicted.len() == n
                 && predictions.nearest_center.len() == n
+                && [0, n].contains(&predictions.second_center.len())
                 && predictions.confidence.len() == n,
             "{}: labels, predictions, distances and confidences differ in length",
             path.display()
@@ -126,6 +140,22 @@ impl Predictions {
     /// distance against "wrong" (0.5: no better than chance; `None` if all right or all wrong).
     pub fn error_auroc(&self) -> Option<f64> {
         auroc(&self.nearest_center, &self.wrong())
+    }
+
+    /// The same for how nearly the face sits between two centers, nearest over second-nearest
+    /// distance (1: halfway), which does not grow with the embedding's scale as the distance
+    /// does (`None` for a file without second distances).
+    pub fn ratio_error_auroc(&self) -> Option<f64> {
+        if self.second_center.len() != self.labels.len() {
+            return None;
+        }
+        let ratio: Vec<f32> = self
+            .nearest_center
+            .iter()
+            .zip(&self.second_center)
+            .map(|(d1, d2)| if *d2 > 0.0 { d1 / d2 } else { 1.0 })
+            .collect();
+        auroc(&ratio, &self.wrong())
     }
 
     /// The same for a low top probability (`1 - confidence`), the other flag the sensor has: the
@@ -158,12 +188,20 @@ mod tests {
             predicted: vec![0, 1, 0, 1],
             // The two wrong answers are the two farthest faces: a perfect flag.
             nearest_center: vec![1.0, 2.0, 5.0, 4.0],
+            // Ratios 0.1, 0.2, 0.5, 0.4: the same order as the distances.
+            second_center: vec![10.0; 4],
             // Confidence ranks one right answer below a wrong one: 3 of 4 pairs ordered right.
             confidence: vec![0.9, 0.3, 0.2, 0.5],
             trained_centers: true,
         };
         assert_eq!(p.error_auroc(), Some(1.0));
         assert_eq!(p.confidence_error_auroc(), Some(0.75));
+        assert_eq!(p.ratio_error_auroc(), Some(1.0));
+        let older = Predictions {
+            second_center: Vec::new(),
+            ..p.clone()
+        };
+        assert_eq!(older.ratio_error_auroc(), None);
         assert!((confidence(&[0.0, 0.0]) - 0.5).abs() < 1e-6);
         assert!((confidence(&[2.0f32.ln(), 0.0]) - 2.0 / 3.0).abs() < 1e-6);
         assert_eq!(p.metrics([0, 0, 2]).accuracy, 2.0 / 3.0);
