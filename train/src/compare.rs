@@ -156,12 +156,17 @@ fn difference(a: &[f64], b: &[f64]) -> String {
 }
 
 /// Refuses runs that differ in anything but seed, loss and attention: the data, budget, network
-/// and augmentation must be one, and TCL runs must share λ and the margin (and α among the
-/// semi-synthesized ones).
+/// and augmentation must be one, TCL runs must share λ and the margin, and semi-synthesized
+/// ones α.
 fn check_comparable(runs: &[Run]) -> Result<()> {
     let first = &runs[0];
     let shared = serde_json::to_value(first.shared_settings())?;
     let first_tcl = runs.iter().find_map(|r| r.config.tcl.as_ref().map(|t| (r, t)));
+    let alpha = |r: &Run| match r.config.tcl.as_ref()?.negatives {
+        Negatives::SemiSynthesized { alpha } => Some(alpha),
+        _ => None,
+    };
+    let first_alpha = runs.iter().find_map(|r| alpha(r).map(|a| (r, a)));
     for run in runs {
         let settings = serde_json::to_value(run.shared_settings())?;
         if settings != shared {
@@ -181,22 +186,18 @@ fn check_comparable(runs: &[Run]) -> Result<()> {
                 fields.into_iter().collect::<Vec<_>>().join(", ")
             );
         }
-        if let (Some(tcl), Some((other, first_tcl))) = (&run.config.tcl, first_tcl) {
-            let alpha = |n: &Negatives| match n {
-                Negatives::SemiSynthesized { alpha } => Some(*alpha),
-                _ => None,
-            };
-            let same_alpha = match (
-                alpha(&tcl.negatives),
-                runs.iter()
-                    .find_map(|r| r.config.tcl.as_ref().and_then(|t| alpha(&t.negatives))),
-            ) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            };
+        if let (Some(tcl), Some((other, theirs))) = (&run.config.tcl, first_tcl) {
             ensure!(
-                tcl.lambda == first_tcl.lambda && tcl.margin == first_tcl.margin && same_alpha,
-                "{} and {} train the triplet-center loss with other settings (λ, margin or α)",
+                tcl.lambda == theirs.lambda && tcl.margin == theirs.margin,
+                "{} and {} train the triplet-center loss with other settings (λ or margin)",
+                run.path.display(),
+                other.path.display()
+            );
+        }
+        if let (Some(a), Some((other, theirs))) = (alpha(run), first_alpha) {
+            ensure!(
+                a == theirs,
+                "{} and {} mix semi-synthesized negatives of α {a} and {theirs}",
                 run.path.display(),
                 other.path.display()
             );
