@@ -705,7 +705,14 @@ mod tests {
         other.tcl.as_mut().unwrap().lambda *= 2.0;
         std::fs::write(c.join(files::CONFIG), serde_json::to_string(&other).unwrap()).unwrap();
         let d = fake_run(dir.path(), "d", 1, true, 5);
-        let error = table(&[a, c, d]).unwrap_err().to_string();
+        let error = table(&[a, c, d.clone()]).unwrap_err().to_string();
         assert!(error.contains("other settings"), "{error}");
+        // Semi-synthesized runs must share α.
+        let e = fake_run(dir.path(), "e", 2, true, 5);
+        let mut other = load_config(&e).unwrap();
+        other.tcl.as_mut().unwrap().negatives = Negatives::SemiSynthesized { alpha: 0.7 };
+        std::fs::write(e.join(files::CONFIG), serde_json::to_string(&other).unwrap()).unwrap();
+        let error = table(&[d, e]).unwrap_err().to_string();
+        assert!(error.contains("α 0.7 and 0.5"), "{error}");
     }
 }
