@@ -286,15 +286,19 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
         .collect();
     if !pairs.is_empty() {
         let (_, _, runs_a, runs_b) = &pairs[0];
-        write!(
-            out,
-            "\nDifferences in points; beyond the spread when the two configurations' ranges over the seeds \
-             do not overlap. With {} and {} seeds and no real difference that happens {:.0} % of the time, \
-             so one such cell is a hint, a pattern across cells more.\n\n",
-            runs_a.len(),
-            runs_b.len(),
-            100.0 * chance_beyond_spread(runs_a.len(), runs_b.len())
-        )?;
+        let (a, b) = (runs_a.len(), runs_b.len());
+        out.push_str(
+            "\nDifferences in points; beyond the spread when the two configurations' ranges over the seeds do not overlap.",
+        );
+        if a.min(b) > 1 {
+            write!(
+                out,
+                " With {a} and {b} seeds and no real difference that happens {:.0} % of the time, so one \
+                 such cell is a hint, a pattern across cells more.",
+                100.0 * chance_beyond_spread(a, b)
+            )?;
+        }
+        out.push_str("\n\n");
         out.push_str(
             "| configuration | against | Δ accuracy | Δ mean class acc. | Δ macro-F1 |\n|---|---|---:|---:|---:|\n",
         );
