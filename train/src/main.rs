@@ -86,6 +86,16 @@ enum Command {
         #[arg(required = true)]
         runs: Vec<PathBuf>,
     },
+    /// Copy a finished run's configuration, epochs, report and predictions (without checkpoint or
+    /// labels) to a folder that `compare` and `curves` read as the run: what a comparison commits
+    /// so that it can span sittings that keep nothing but the repository.
+    Record {
+        /// Run folder written by `fer-train train`, finished.
+        run: PathBuf,
+        /// Folder to write.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Draw several finished runs' valid accuracy per epoch in one image.
     Curves {
         /// Run folders written by `fer-train train`; each line is named after its configuration.
@@ -95,8 +105,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// A full-length run drawn as a dashed line at its final figures, to show how far the
-        /// runs' budget is from convergence (e.g. the shipped model's run folder).
-        #[arg(long, value_name = "RUN")]
+        /// runs' budget is from convergence: a run folder, or an export report such as
+        /// models/fer.report.json (the shipped model's f32 figures on valid).
+        #[arg(long, value_name = "RUN|REPORT")]
         converged: Option<PathBuf>,
     },
     /// Project a run's embeddings of the valid split onto 2-D (PCA), draw them coloured by class
@@ -444,19 +455,21 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
+        Command::Record { run, to } => {
+            fer_train::predictions::write_record(&run, &to, &Backend::Flex.device())?;
+            println!("recorded {} in {}", run.display(), to.display());
+        }
         Command::Curves { runs, out, converged } => {
             let runs = runs
                 .iter()
                 .map(|path| fer_train::compare::Run::load(path).map(|run| (run.label(), run.records)))
                 .collect::<Result<Vec<_>>>()?;
             let converged = converged
-                .map(|path| {
-                    fer_train::compare::Run::load(&path).with_context(|| format!("--converged {}", path.display()))
-                })
+                .map(|path| converged_reference(&path).with_context(|| format!("--converged {}", path.display())))
                 .transpose()?;
-            let reference = converged.as_ref().map(|run| fer_train::report::Reference {
-                name: format!("converged: {}, {} epochs", run.label(), run.config.epochs),
-                metrics: &run.report,
+            let reference = converged.as_ref().map(|(name, metrics)| fer_train::report::Reference {
+                name: name.clone(),
+                metrics,
             });
             fer_train::report::plot_runs(&runs, reference.as_ref(), &out)?;
             println!("wrote {}", out.display());
@@ -541,4 +554,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The legend and final figures of `--converged`: a run folder's report, or the f32 figures of
+/// an export report (`fer-export`'s, which names the run and epoch it exported).
+fn converged_reference(path: &std::path::Path) -> Result<(String, fer_train::metrics::Metrics)> {
+    if path.is_dir() {
+        let run = fer_train::compare::Run::load(path)?;
+        return Ok((
+            format!("converged: {}, {} epochs", run.label(), run.config.epochs),
+            run.report,
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct ExportReport {
+        model_version: String,
+        f32_metrics: fer_train::metrics::Metrics,
+    }
+    let report: ExportReport = training::read_json(path)?;
+    Ok((
+        format!("converged: {} (exported, f32)", report.model_version),
+        report.f32_metrics,
+    ))
 }

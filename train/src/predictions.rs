@@ -13,12 +13,14 @@ use crate::batch::eval_batch;
 use crate::dataset::Split;
 use crate::embedding::class_mean_centers;
 use crate::metrics::{Metrics, auroc};
-use crate::training::{files, load_checkpoint, load_split, read_json, write_json};
+use crate::training::{files, load_checkpoint, load_config, load_split, read_json, write_json};
 
 /// One run's answers on its valid split, face by face in the split's order.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Predictions {
-    /// True class index of each face.
+    /// True class index of each face; a record ([`write_record`]) leaves them out, since they are
+    /// the data set's, and [`Self::read`] reads them back from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<usize>,
     /// Predicted class index (the logits' argmax).
     pub predicted: Vec<usize>,
@@ -118,7 +120,10 @@ impl Predictions {
         if !path.is_file() {
             return Ok(None);
         }
-        let predictions: Self = read_json(&path)?;
+        let mut predictions: Self = read_json(&path)?;
+        if predictions.labels.is_empty() && !predictions.predicted.is_empty() {
+            predictions.labels = labels_from_data(run, &predictions.predicted)?;
+        }
         let n = predictions.labels.len();
         ensure!(
             predictions.predicted.len() == n
@@ -168,6 +173,70 @@ impl Predictions {
     fn wrong(&self) -> Vec<bool> {
         self.labels.iter().zip(&self.predicted).map(|(l, p)| l != p).collect()
     }
+}
+
+/// Writes a finished run's record to `to`: its configuration, epochs, report and predictions
+/// (computed first if missing), without the checkpoint and without the labels. `compare` and
+/// `curves` read a record as they read the run, so a comparison can span sittings that keep
+/// nothing but the repository; the labels are the data set's, which stays out of it.
+pub fn write_record(run: &Path, to: &Path, device: &Device) -> Result<()> {
+    let predictions = Predictions::load_or_write(run, device)?;
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    let copy = |file: &str| {
+        std::fs::copy(run.join(file), to.join(file))
+            .with_context(|| format!("copying {} to {}", run.join(file).display(), to.display()))
+    };
+    copy(files::CONFIG)?;
+    copy(files::METRICS)?;
+    write_json(
+        &to.join(Predictions::FILE),
+        &Predictions {
+            labels: Vec::new(),
+            ..predictions.clone()
+        },
+    )?;
+    // The report last: a record with a report is a whole one (scripts/compare.sh keeps it).
+    copy(files::REPORT)?;
+    // Proves now, while the run is at hand, that the labels come back.
+    let back = Predictions::read(to).and_then(|back| {
+        ensure!(
+            back.as_ref() == Some(&predictions),
+            "its predictions do not read back as the run's"
+        );
+        Ok(())
+    });
+    if let Err(error) = back {
+        std::fs::remove_file(to.join(files::REPORT))?;
+        return Err(error.context(format!(
+            "{} is not a faithful record of {}",
+            to.display(),
+            run.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The labels a record left out, read from its run's valid data. They must give back, with the
+/// recorded answers, the confusion matrix of the run's report: the same faces in the same order.
+fn labels_from_data(run: &Path, predicted: &[usize]) -> Result<Vec<usize>> {
+    let config = load_config(run)?;
+    let samples = load_split(&config, config.valid_spec(), Split::Valid).with_context(|| {
+        format!(
+            "{}: a record keeps no labels; reading them from its valid data",
+            run.display()
+        )
+    })?;
+    let labels: Vec<usize> = samples.iter().map(|s| s.label.index()).collect();
+    let report: Metrics = read_json(&run.join(files::REPORT))?;
+    ensure!(
+        labels.len() == predicted.len()
+            && Metrics::from_pairs(labels.iter().copied().zip(predicted.iter().copied())).confusion == report.confusion,
+        "{}: its valid data ({} faces) does not give its report's confusion matrix with its answers ({}): not the faces it was evaluated on",
+        run.display(),
+        labels.len(),
+        predicted.len()
+    );
+    Ok(labels)
 }
 
 /// The largest softmax probability of a row of logits.

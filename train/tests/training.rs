@@ -304,6 +304,26 @@ fn ferplus_smoke_run_on_the_shared_data() {
     let predictions = Predictions::of_run(&ce, &Device::flex()).unwrap();
     assert!(!predictions.trained_centers);
     assert!(predictions.nearest_center.iter().all(|d| d.is_finite()));
+
+    // A record keeps no checkpoint and no labels, yet reads back as the run (labels from the data).
+    let record = runs.path().join("record");
+    fer_train::predictions::write_record(&ce, &record, &Device::flex()).unwrap();
+    assert!(!record.join(files::MODEL).exists());
+    let text = std::fs::read_to_string(record.join(Predictions::FILE)).unwrap();
+    assert!(!text.contains("labels"), "{text}");
+    let recorded = fer_train::compare::Run::load(&record).unwrap();
+    let predictions = Predictions::load_or_write(&ce, &Device::flex()).unwrap();
+    assert_eq!(recorded.predictions.as_ref(), Some(&predictions));
+    assert_eq!(recorded.report.count, predictions.labels.len());
+    // Labels that do not give the report's confusion matrix are not this run's faces.
+    let report = std::fs::read_to_string(record.join(files::REPORT)).unwrap();
+    let mut report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let angry_as_angry = &mut report["confusion"][0][0];
+    *angry_as_angry = (angry_as_angry.as_u64().unwrap() + 1).into();
+    std::fs::write(record.join(files::REPORT), report.to_string()).unwrap();
+    let error = format!("{:#}", fer_train::compare::Run::load(&record).unwrap_err());
+    assert!(error.contains("not the faces it was evaluated on"), "{error}");
+
     // An unfinished run's checkpoint is not its final model.
     std::fs::remove_file(ce.join(files::REPORT)).unwrap();
     let error = Predictions::of_run(&ce, &Device::flex()).unwrap_err().to_string();
