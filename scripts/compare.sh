@@ -12,20 +12,22 @@
 #
 # Options: --epochs N (5), --seeds "S ..." ("42 43 44"), --imbalance RATIO, --attention on|off|both
 # (both), --limit N, --smoke, --out DIR (runs/compare, runs/compare-imbalance-RATIO or
-# runs/compare-smoke),
-# --converged RUN (a full-length run folder, e.g. the shipped model's, drawn on the curves as a
-# dashed line at its final figures: how far the comparison's budget is from convergence).
+# runs/compare-smoke), --records DIR (docs/runs/<DIR's name>; DIR/records with --smoke),
+# --converged RUN|REPORT (a full-length run folder or an export report, e.g.
+# models/fer.report.json, drawn on the curves as a dashed line at its final figures: how far the
+# comparison's budget is from convergence).
 # Do not go below 3 epochs: the learning rate warms up over the whole first epoch, and one epoch
 # of 6000 images left every configuration answering "surprise" (13-23 % accuracy).
 #
-# Runs go to DIR/<configuration>-seed<S>; a finished run is kept, an interrupted one is resumed,
-# so the command can be rerun after a stop (the runs may span several sittings). Each finished
-# run's answers on valid, face by face, go to its predictions.json (`fer-train predictions`), from
-# which the table gets its paired statistics and each run's error AUROC. The table is also written
-# to DIR/comparison.md. For the first seed it also draws every configuration's valid accuracy per
-# epoch (figures/curves.png) and each one's embedding of the valid split projected by PCA
-# (figures/embedding-<run>.png), and writes how tight and separate the classes are
-# (figures/separation.txt). On 2 idle CPU cores an epoch of model v2 on FER+ takes about 190 s
+# Runs train in DIR/<configuration>-seed<S> (checkpoints, not committed); an interrupted one is
+# resumed. A finished run is recorded (`fer-train record`) in RECORDS/<configuration>-seed<S>: its
+# configuration, epochs, report and answers on valid face by face (predictions.json, for the
+# paired statistics and the error AUROC), and for the first seed its embedding of the valid split
+# projected by PCA (embedding.png) and how tight and separate the classes are (separation.txt).
+# Records are small and committed: a recorded run is never trained again, so the comparison can
+# span sittings that keep nothing but the repository. When every run is recorded, the table goes
+# to RECORDS/comparison.md and every configuration's valid accuracy per epoch for the first seed
+# to RECORDS/curves.png. On 2 idle CPU cores an epoch of model v2 on FER+ takes about 190 s
 # (median of the undisturbed epochs of runs/v2-e48-seed7), a long-tailed one (ratio 100: about
 # 16,200 faces) about 125 s: the 24 FER+ runs and the 12 long-tailed ones at 5 epochs are about
 # 8.4 hours.
@@ -37,12 +39,13 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0";
 [ $# -ge 1 ] || usage 2
 [ "$1" = "-h" ] || [ "$1" = "--help" ] && usage 0
 data=$1; shift
-epochs=5 seeds="42 43 44" out= extra=() attentions="on off" converged=()
+epochs=5 seeds="42 43 44" out= records= extra=() attentions="on off" converged=()
 while [ $# -gt 0 ]; do
   case $1 in
     --epochs) epochs=$2; shift 2 ;;
     --seeds) seeds=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --records) records=$2; shift 2 ;;
     --imbalance) extra+=(--imbalance "$2"); out=${out:-runs/compare-imbalance-$2}; shift 2 ;;
     --attention)
       case $2 in
@@ -59,6 +62,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 out=${out:-runs/compare}
+case " ${extra[*]} " in
+  *" --smoke "*) records=${records:-$out/records} ;;
+  *) records=${records:-docs/runs/$(basename "$out")} ;;
+esac
+first=${seeds%% *}
 
 cargo build -q -p fer-train
 fer_train=${CARGO_TARGET_DIR:-target}/debug/fer-train
@@ -74,15 +82,21 @@ for seed in $seeds; do
     for attention in $attentions; do
       name=${entry%%:*}-attention-$attention-seed$seed
       run=$out/$name
-      runs+=("$run")
+      record=$records/$name
+      runs+=("$record")
       # A kept run of another length would make the table mix budgets; `fer-train compare`
       # refuses that, but only after every other run has trained.
-      if [ -f "$run/config.json" ] && ! grep -q "\"epochs\": $epochs," "$run/config.json"; then
-        echo "$run was trained for another number of epochs than $epochs: use another --out" >&2
-        exit 2
-      fi
-      if [ -f "$run/report.json" ]; then
-        echo "== $name: done, kept"
+      for kept in "$record" "$run"; do
+        if [ -f "$kept/config.json" ] && ! grep -q "\"epochs\": $epochs," "$kept/config.json"; then
+          echo "$kept was trained for another number of epochs than $epochs: use another --out and --records" >&2
+          exit 2
+        fi
+      done
+      if [ -f "$record/report.json" ]; then
+        echo "== $name: recorded in $record"
+        continue
+      elif [ -f "$run/report.json" ]; then
+        echo "== $name: done, recording"
       elif [ -f "$run/config.json" ]; then
         echo "== $name: resuming"
         "$fer_train" train --resume "$run"
@@ -92,23 +106,24 @@ for seed in $seeds; do
         "$fer_train" train --data "$data" --out "$run" ${entry#*:} --attention "$attention" \
           --epochs "$epochs" --seed "$seed" "${extra[@]}"
       fi
+      # The embedding needs the checkpoint, which the record leaves out: drawn now. Its progress
+      # goes to stderr, its measurement to stdout; a failure is reported, not fatal.
+      if [ "$seed" = "$first" ]; then
+        mkdir -p "$record"
+        if ! line=$("$fer_train" embedding "$run" --out "$record/embedding.png" | grep 'faces:'); then
+          line="embedding failed (see the error above)"
+        fi
+        echo "$line" > "$record/separation.txt"
+      fi
+      # Last, so that a record with a report is a whole one.
+      "$fer_train" record "$run" --to "$record"
     done
   done
 done
 "$fer_train" predictions "${runs[@]}"
-"$fer_train" compare "${runs[@]}" | tee "$out/comparison.md"
+"$fer_train" compare "${runs[@]}" | tee "$records/comparison.md"
 
-first=${seeds%% *}
 first_runs=()
 for run in "${runs[@]}"; do [[ $run == *-seed$first ]] && first_runs+=("$run"); done
-mkdir -p "$out/figures"
-"$fer_train" curves "${first_runs[@]}" --out "$out/figures/curves.png" "${converged[@]}"
-: > "$out/figures/separation.txt"
-for run in "${first_runs[@]}"; do
-  name=$(basename "$run")
-  # Its progress goes to stderr, its measurement to stdout; a failure is reported, not fatal.
-  if ! line=$("$fer_train" embedding "$run" --out "$out/figures/embedding-$name.png" | grep 'faces:'); then
-    line="embedding failed (see the error above)"
-  fi
-  echo "$name: $line" | tee -a "$out/figures/separation.txt"
-done
+"$fer_train" curves "${first_runs[@]}" --out "$records/curves.png" "${converged[@]}"
+for run in "${first_runs[@]}"; do echo "$(basename "$run"): $(cat "$run/separation.txt")"; done
