@@ -217,7 +217,8 @@ pub fn write_record(run: &Path, to: &Path, device: &Device) -> Result<()> {
 }
 
 /// The labels a record left out, read from its run's valid data. They must give back, with the
-/// recorded answers, the confusion matrix of the run's report: the same faces in the same order.
+/// recorded answers, the confusion matrix of the run's report, which other faces or the same
+/// faces in another order would not.
 fn labels_from_data(run: &Path, predicted: &[usize]) -> Result<Vec<usize>> {
     let config = load_config(run)?;
     let samples = load_split(&config, config.valid_spec(), Split::Valid).with_context(|| {
