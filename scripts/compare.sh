@@ -27,14 +27,15 @@
 # Records are small and committed: a recorded run is never trained again, so the comparison can
 # span sittings that keep nothing but the repository. When every run is recorded, the table goes
 # to RECORDS/comparison.md and every configuration's valid accuracy per epoch for the first seed
-# to RECORDS/curves.png. On 2 idle CPU cores an epoch of model v2 on FER+ takes about 190 s
-# (median of the undisturbed epochs of runs/v2-e48-seed7), a long-tailed one (ratio 100: about
-# 16,200 faces) about 125 s: the 24 FER+ runs and the 12 long-tailed ones at 5 epochs are about
-# 8.4 hours.
+# to RECORDS/curves.png.
 #
 # --jobs 2 trains two runs at once, each logging to DIR/<run>.log. On the 2-core machine of
 # 2026-11-30 one training kept its main thread busy and its workers mostly waiting (73 % of both
-# cores, 74 images/s), and two at once trained 75-80 images/s each: twice the throughput.
+# cores, 74 images/s), and two at once trained 75-80 images/s each: twice the throughput. There,
+# two at a time, a FER+ run took about 28 min and a long-tailed one (ratio 100: about 16,200
+# faces) about 19 min (5 epochs, embedding and record included): the 24 FER+ runs and the 12
+# long-tailed ones are about 7.5 hours with --jobs 2. (The machine of 2026-11-29 trained one run
+# at 190 s per FER+ epoch, the median of runs/v2-e48-seed7's undisturbed epochs.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
