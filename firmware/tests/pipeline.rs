@@ -435,9 +435,10 @@ fn bench_times_every_stage_and_profiles_both_networks() {
     assert!(stderr(&bad).contains("at least one frame"), "{}", stderr(&bad));
 }
 
-/// tract picks the AVX-512 VNNI int8 kernel where the CPU has it; the AVX2 kernel, which the
-/// patched tract-linalg (patches/tract-linalg) changes, runs on every other x86 host. Both must
-/// compute the golden vectors.
+/// tract picks a VNNI int8 kernel (AVX-512 VNNI, or AVX-VNNI on ymm) where the CPU has one; the
+/// AVX2 kernel, which the patched tract-linalg (patches/tract-linalg) changes, runs on every other
+/// x86 host. Switching both VNNI families off (the AMX kernels need AVX-512 too) forces the AVX2
+/// kernel on any host, and it must compute the golden vectors.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn the_patched_avx2_int8_kernel_computes_the_golden_vectors() {
@@ -447,7 +448,10 @@ fn the_patched_avx2_int8_kernel_computes_the_golden_vectors() {
     }
     let avx2 = |args: &[&str]| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_fer-sensor"));
-        command.current_dir(root()).args(args).env("TRACT_CPU_ISA", "-avx512f");
+        command
+            .current_dir(root())
+            .args(args)
+            .env("TRACT_CPU_ISA", "-avx512f,-avxvnni");
         let out = command.output().expect("running fer-sensor");
         (String::from_utf8_lossy(&out.stdout).into_owned(), out)
     };

@@ -438,14 +438,22 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
 
     // Only now, so a bad data set spec leaves no empty run folder behind.
     std::fs::create_dir_all(run).with_context(|| format!("creating run folder {}", run.display()))?;
-    let (mut model, mut optimizer, mut state) = if resume {
-        let saved = load_config(run)?;
-        if saved != *config {
-            bail!(
-                "{}: config.json differs from this run's settings; resume with the saved config",
-                run.display()
-            );
-        }
+    if resume && load_config(run)? != *config {
+        bail!(
+            "{}: config.json differs from this run's settings; resume with the saved config",
+            run.display()
+        );
+    }
+    // state.json is written last in a checkpoint: without it no epoch finished, and a run killed
+    // that early has nothing to continue from but its config, so it starts over.
+    let from_checkpoint = resume && run.join(files::STATE).is_file();
+    if resume && !from_checkpoint {
+        eprintln!(
+            "{}: stopped before its first epoch ended; starting it again",
+            run.display()
+        );
+    }
+    let (mut model, mut optimizer, mut state) = if from_checkpoint {
         let (model, _) = load_checkpoint(run, &device)?;
         let optimizer = AdamWConfig::new()
             .with_weight_decay(config.weight_decay)

@@ -73,13 +73,15 @@ fn a_killed_and_resumed_run_equals_an_uninterrupted_one() {
     let expected = outcome(&reference);
     assert_eq!(expected.1.len(), 8);
 
-    // Kill after 1, 3 and 5 finished epochs plus a moment, so the kill lands mid-epoch, during
-    // evaluation or while a checkpoint is written, wherever the timing puts it.
-    for (i, (after_epochs, delay_ms)) in [(1, 0), (3, 7), (5, 23)].into_iter().enumerate() {
+    // Kill as soon as config.json exists (before any checkpoint), then after 1, 3 and 5 finished
+    // epochs plus a moment, so the kill lands mid-epoch, during evaluation or while a checkpoint
+    // is written, wherever the timing puts it.
+    for (i, (after_epochs, delay_ms)) in [(0, 0), (1, 0), (3, 7), (5, 23)].into_iter().enumerate() {
         let run = root.path().join(format!("killed{i}"));
         let mut child = fresh_run(&data, &run).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
-        while epochs_done(&run) < after_epochs && Instant::now() < deadline {
+        let started = || run.join(files::CONFIG).is_file();
+        while (!started() || epochs_done(&run) < after_epochs) && Instant::now() < deadline {
             if child.try_wait().unwrap().is_some() {
                 break;
             }
