@@ -237,7 +237,8 @@ struct TrainArgs {
     /// Run folder to write.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
-    /// Continue the run in this folder from its last checkpoint, with its saved settings.
+    /// Continue the run in this folder from its last checkpoint, with its saved settings (one
+    /// stopped before its first checkpoint starts over).
     #[arg(long, conflicts_with_all = ["data", "out"])]
     resume: Option<PathBuf>,
     /// Loss: the cross-entropy baseline or CE + triplet-center loss.
