@@ -12,7 +12,8 @@
 #
 # Options: --epochs N (5), --seeds "S ..." ("42 43 44"), --imbalance RATIO, --attention on|off|both
 # (both), --limit N, --smoke, --jobs N (runs trained at once, 1; see below), --out DIR
-# (runs/compare, runs/compare-imbalance-RATIO or runs/compare-smoke), --records DIR (docs/runs/<DIR's name>; DIR/records with --smoke),
+# (runs/compare, runs/compare-imbalance-RATIO or runs/compare-smoke), --records DIR
+# (docs/runs/<DIR's name>; DIR/records with --smoke),
 # --converged RUN|REPORT (a full-length run folder or an export report, e.g.
 # models/fer.report.json, drawn on the curves as a dashed line at its final figures: how far the
 # comparison's budget is from convergence).
