@@ -8,8 +8,8 @@ use burn::prelude::*;
 use fer_protocol::{Expression, INPUT};
 
 use crate::batch::HostBatch;
+use crate::kernels::{batch_norm_relu, depthwise, max_pool2x2, pointwise, stem_conv};
 use crate::model::{ExpressionNet, NetworkConfig};
-use crate::separable::{depthwise, pointwise};
 use crate::training::{Backend, TclConfig, train_step};
 
 /// Forward and backward time of one op of the network, in isolation.
@@ -69,17 +69,16 @@ pub fn profile_ops(backend: Backend, network: &NetworkConfig, batch_size: usize,
             input,
             &|x| match &block.depthwise {
                 Some(_) => pointwise(&block.conv, x),
-                None => block.conv.forward(x),
+                None => stem_conv(&block.conv, x),
             },
         ));
         let output = [batch_size, spec.output, spec.side, spec.side];
-        ops.push(time(format!("block {i} batch norm"), output, &|x| {
-            block.norm.forward(x)
+        ops.push(time(format!("block {i} batch norm + relu"), output, &|x| {
+            batch_norm_relu(&block.norm, x)
         }));
-        ops.push(time(format!("block {i} relu"), output, &burn::tensor::activation::relu));
         if spec.pool {
             let pool = burn::nn::pool::MaxPool2dConfig::new([2, 2]).init();
-            ops.push(time(format!("block {i} max-pool"), output, &|x| pool.forward(x)));
+            ops.push(time(format!("block {i} max-pool"), output, &|x| max_pool2x2(&pool, x)));
         }
     }
     let side = fer_protocol::INPUT.width / 8;

@@ -13,12 +13,12 @@ pub mod bench;
 pub mod compare;
 pub mod dataset;
 pub mod embedding;
+mod kernels;
 pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod predictions;
 pub mod report;
-mod separable;
 pub mod training;
 
 /// Skips a test whose input (the shared data set, a system font) is absent, with the reason on

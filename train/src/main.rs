@@ -547,6 +547,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -556,6 +557,27 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Tells glibc's allocator to keep freed memory for reuse instead of handing it back to the kernel.
+///
+/// A training step allocates and frees activations of up to 19 MB each (64 × 32 × 48 × 48
+/// floats). By default glibc serves blocks that large with fresh `mmap`s, or trims them off the
+/// heap once freed, so every step faults and zeroes its memory in page by page again: a v2 step
+/// took 290 ms that way and 188 ms with the memory kept (`fer-train bench`, docs/results.md).
+/// The cost is a resident size that stays at its peak, as it does in any framework's caching
+/// allocator.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes allocator parameters; it runs before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// Other allocators are left as they are.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
 
 /// The legend and final figures of `--converged`: a run folder's report, or the f32 figures of
 /// an export report (`fer-export`'s, which names the run and epoch it exported).

@@ -16,7 +16,7 @@ use burn::tensor::activation::relu;
 use fer_protocol::{Expression, INPUT};
 
 use crate::attention::{SelectiveAttention, global_average_pool};
-use crate::separable::pointwise;
+use crate::kernels::{batch_norm_relu, depthwise, max_pool2x2, pointwise, stem_conv};
 
 /// The kind of conv block the backbone is built from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -198,10 +198,10 @@ impl ConvBlock {
 
     pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = match &self.depthwise {
-            Some(depthwise) => pointwise(&self.conv, crate::separable::depthwise(depthwise, x)),
-            None => self.conv.forward(x),
+            Some(dw) => pointwise(&self.conv, depthwise(dw, x)),
+            None => stem_conv(&self.conv, x),
         };
-        relu(self.norm.forward(y))
+        batch_norm_relu(&self.norm, y)
     }
 }
 
@@ -262,7 +262,7 @@ impl ExpressionNet {
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x);
             if self.pools_after(i) {
-                x = self.pool.forward(x);
+                x = max_pool2x2(&self.pool, x);
             }
         }
         x

@@ -31,6 +31,8 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use rayon::prelude::*;
 
+use super::LANES;
+
 /// Stride 1, padding 1, one group per channel.
 fn options(channels: usize) -> ConvOptions<2> {
     ConvOptions::new([1, 1], [1, 1], [1, 1], channels)
@@ -85,17 +87,46 @@ impl DepthwiseBackend for Flex {
 }
 
 /// `Σ_{y,x} g[y, x] · x[y + i − 1, x + j − 1]` over one channel plane, zero outside it.
-fn tap_product(x: &[f32], g: &[f32], height: usize, width: usize, i: usize, j: usize) -> f32 {
+///
+/// One dot product over the plane's rows taken as a single flat run, so that it vectorises even
+/// on 6-pixel rows: in flat indexing `g[p]` pairs with `x[p + (i − 1)·width + j − 1]`, which is
+/// right everywhere but at the row ends, where a shifted column wraps into the next or previous
+/// row; those few pairs are subtracted again.
+pub(super) fn tap_product(x: &[f32], g: &[f32], height: usize, width: usize, i: usize, j: usize) -> f32 {
     let rows = (1usize.saturating_sub(i))..(height + 1 - i).min(height);
-    let cols = (1usize.saturating_sub(j))..(width + 1 - j).min(width);
-    let mut sum = 0.0;
+    if rows.is_empty() || width == 0 {
+        return 0.0;
+    }
+    let offset = (i as isize - 1) * width as isize + j as isize - 1;
+    let first = (rows.start * width).max((-offset).max(0) as usize);
+    let last = (rows.end * width).min(((height * width) as isize - offset) as usize);
+    let source = |p: usize| (p as isize + offset) as usize;
+    let mut sum = dot(&g[first..last], &x[source(first)..source(last)]);
+    let wrapped_column = match j {
+        0 => 0,
+        2 => width - 1,
+        _ => return sum,
+    };
     for y in rows {
-        let g_row = &g[y * width + cols.start..y * width + cols.end];
-        let source = (y + i - 1) * width + cols.start + j - 1;
-        let x_row = &x[source..source + cols.len()];
-        sum += g_row.iter().zip(x_row).map(|(g, x)| g * x).sum::<f32>();
+        let p = y * width + wrapped_column;
+        if (first..last).contains(&p) {
+            sum -= g[p] * x[source(p)];
+        }
     }
     sum
+}
+
+/// `Σ a[k]·b[k]` in [`LANES`] independent partial sums.
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (a_chunks, a_rest) = a.as_chunks::<LANES>();
+    let (b_chunks, b_rest) = b.as_chunks::<LANES>();
+    let mut sums = [0.0f32; LANES];
+    for (a, b) in a_chunks.iter().zip(b_chunks) {
+        for lane in 0..LANES {
+            sums[lane] += a[lane] * b[lane];
+        }
+    }
+    sums.iter().sum::<f32>() + a_rest.iter().zip(b_rest).map(|(a, b)| a * b).sum::<f32>()
 }
 
 impl<B: Backend + DepthwiseBackend, C: CheckpointStrategy> DepthwiseBackend for Autodiff<B, C> {

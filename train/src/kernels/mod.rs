@@ -1,0 +1,138 @@
+//! The training step's kernels for Burn's flex backend: operations whose forward and backward
+//! passes Burn composes from generic tensor ops (many passes over memory, often on one core),
+//! written here as Burn backend extensions with backward passes of their own.
+//!
+//! Each computes the same numbers as the Burn ops it replaces (its tests compare outputs,
+//! gradients and running statistics, and check gradients against finite differences), is
+//! parallel and deterministic, and is used only while training: inference and export keep
+//! Burn's modules, which the ONNX export folds and quantizes. Other backends (ndarray, with the
+//! `ndarray` feature) keep Burn's own ops through each extension's default methods.
+
+mod batch_norm;
+mod max_pool;
+mod separable;
+mod stem;
+
+pub(crate) use batch_norm::batch_norm_relu;
+pub(crate) use max_pool::max_pool2x2;
+pub(crate) use separable::{depthwise, pointwise};
+pub(crate) use stem::stem_conv;
+
+use std::mem::MaybeUninit;
+
+/// Independent partial sums per reduction, a multiple of every x86 and ARM f32 vector width: the
+/// compiler vectorises independent lanes, while a single running float sum it may not reorder
+/// stays scalar.
+const LANES: usize = 8;
+
+/// The least work, in elements, worth handing to another thread: smaller planes (a 6x6 map is 36
+/// elements) are grouped into tasks of at least this many.
+const MIN_PARALLEL_ELEMENTS: usize = 16 * 1024;
+
+/// An output buffer of `planes × plane` elements that parallel tasks write plane by plane, in any
+/// order, without zeroing it first: a fresh `vec![0.0; n]` of activations is a memset of up to
+/// 19 MB on the calling thread while the other core waits.
+struct Planes<T> {
+    buffer: Vec<T>,
+    start: *mut MaybeUninit<T>,
+    plane: usize,
+    planes: usize,
+}
+
+// SAFETY: tasks on other threads only reach disjoint planes through `plane`, whose contract
+// forbids handing out one plane twice.
+unsafe impl<T: Send> Send for Planes<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Planes<T> {}
+
+impl<T> Planes<T> {
+    /// `planes` planes of `plane` elements, uninitialised.
+    fn new(planes: usize, plane: usize) -> Self {
+        let mut buffer = Vec::with_capacity(planes * plane);
+        let start = buffer.spare_capacity_mut().as_mut_ptr();
+        Self {
+            buffer,
+            start,
+            plane,
+            planes,
+        }
+    }
+
+    /// Plane `index`, to be written.
+    ///
+    /// # Safety
+    ///
+    /// No other reference to plane `index` may be alive while this one is.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn plane(&self, index: usize) -> &mut [MaybeUninit<T>] {
+        assert!(index < self.planes, "plane {index} of {}", self.planes);
+        // SAFETY: in bounds of the allocation (checked above); exclusive by the contract.
+        unsafe { std::slice::from_raw_parts_mut(self.start.add(index * self.plane), self.plane) }
+    }
+
+    /// The written buffer.
+    ///
+    /// # Safety
+    ///
+    /// Every element of every plane must have been written.
+    unsafe fn finish(mut self) -> Vec<T> {
+        // SAFETY: the capacity is `planes × plane` and, by the contract, all of it is initialised.
+        unsafe { self.buffer.set_len(self.planes * self.plane) };
+        self.buffer
+    }
+}
+
+/// Fills `out` with zeros and gives it back initialised.
+fn zeroed(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    out.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just written; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use burn::prelude::*;
+
+    /// Asserts `|a − b| ≤ tolerance · (1 + |b|)` element-wise.
+    pub(crate) fn assert_close(a: &[f32], b: &[f32], tolerance: f32, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+        for (i, (&a, &b)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (a - b).abs() <= tolerance * (1.0 + b.abs()),
+                "{what}, element {i}: {a} against {b}"
+            );
+        }
+    }
+
+    /// Checks the gradient autodiff gives each of `inputs` (flat) for the scalar `loss(inputs)`
+    /// against central differences, at up to eight elements of each input.
+    pub(crate) fn finite_difference_check(inputs: &[Tensor<1>], loss: impl Fn(&[Tensor<1>]) -> Tensor<1>) {
+        const H: f32 = 1e-2;
+        let tracked: Vec<Tensor<1>> = inputs.iter().map(|t| t.clone().require_grad()).collect();
+        let grads = loss(&tracked).backward();
+        for (i, input) in inputs.iter().enumerate() {
+            let analytic = tracked[i]
+                .grad(&grads)
+                .expect("every input gets a gradient")
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let values = input.to_data().try_to_vec::<f32>().unwrap();
+            for j in (0..values.len()).step_by(values.len().div_ceil(8)) {
+                let at = |delta: f32| {
+                    let mut moved = values.clone();
+                    moved[j] += delta;
+                    let mut args = inputs.to_vec();
+                    args[i] = Tensor::from_data(TensorData::new(moved, [values.len()]), &input.device());
+                    loss(&args).into_scalar::<f32>() as f64
+                };
+                let numeric = (at(H) - at(-H)) / (2.0 * H as f64);
+                let autodiff = analytic[j] as f64;
+                assert!(
+                    (numeric - autodiff).abs() <= 2e-2 * (1.0 + numeric.abs()),
+                    "input {i}, element {j}: autodiff {autodiff}, finite difference {numeric}"
+                );
+            }
+        }
+    }
+}
