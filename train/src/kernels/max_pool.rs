@@ -96,13 +96,7 @@ impl MaxPoolBackend for Flex {
                     );
                     let row = oy * out_w..(oy + 1) * out_w;
                     for ((ox, y), a) in out[row.clone()].iter_mut().enumerate().zip(&mut argmax[row]) {
-                        let window = [top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]];
-                        let (mut best, mut at) = (window[0], 0u8);
-                        for (k, &v) in window.iter().enumerate().skip(1) {
-                            if v > best || v.is_nan() {
-                                (best, at) = (v, k as u8);
-                            }
-                        }
+                        let (best, at) = window_max(top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]);
                         y.write(best);
                         a.write(at);
                     }
@@ -146,6 +140,21 @@ impl MaxPoolBackend for Flex {
         // SAFETY: each task zeroed its whole plane before scattering into it.
         let out = unsafe { out.finish() };
         FlexTensor::from_data(TensorData::new(out, shape))
+    }
+}
+
+/// The maximum of a 2x2 window `[[a, b], [c, d]]` and its place (0–3, row-major): the first
+/// maximum, or the last NaN. Written as pairwise selects, not a loop of comparisons, which on
+/// activations branches unpredictably.
+#[inline(always)]
+fn window_max(a: f32, b: f32, c: f32, d: f32) -> (f32, u8) {
+    let wins = |challenger: f32, holder: f32| challenger > holder || challenger.is_nan();
+    let (top, top_at) = if wins(b, a) { (b, 1) } else { (a, 0) };
+    let (bottom, bottom_at) = if wins(d, c) { (d, 3) } else { (c, 2) };
+    if wins(bottom, top) {
+        (bottom, bottom_at)
+    } else {
+        (top, top_at)
     }
 }
 
@@ -229,13 +238,31 @@ mod tests {
     }
 
     #[test]
-    fn ties_go_to_the_first_maximum() {
+    fn ties_and_nans_choose_as_burn_does() {
         let device = Device::flex().autodiff();
-        let x = Tensor::<4>::from_floats([[[[1.0, 3.0], [3.0, 3.0]]]], &device).require_grad();
         let pool = MaxPool2dConfig::new(WINDOW).init();
-        let grads = max_pool2x2(&pool, x.clone()).sum().backward();
-        let dx = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
-        assert_eq!(dx, [0.0, 1.0, 0.0, 0.0]);
+        // Ties go to the first maximum (row-major); a NaN wins its window, the last of several.
+        for (window, winner) in [
+            ([[1.0, 3.0], [3.0, 3.0]], 1),
+            ([[f32::NAN, 1.0], [f32::NAN, 0.0]], 2),
+            ([[2.0, f32::NAN], [5.0, 1.0]], 1),
+            ([[0.0, 0.0], [0.0, 0.0]], 0),
+        ] {
+            let gradient = |fast: bool| {
+                let x = Tensor::<4>::from_floats([[window]], &device).require_grad();
+                let y = if fast {
+                    max_pool2x2(&pool, x.clone())
+                } else {
+                    pool.forward(x.clone())
+                };
+                let grads = y.sum().backward();
+                x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap()
+            };
+            let mut expected = [0.0; 4];
+            expected[winner] = 1.0;
+            assert_eq!(gradient(false), expected, "Burn on {window:?}");
+            assert_eq!(gradient(true), expected, "the kernel on {window:?}");
+        }
     }
 
     #[test]

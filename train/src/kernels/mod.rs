@@ -10,12 +10,14 @@
 
 mod batch_norm;
 mod max_pool;
+mod pointwise;
 mod separable;
 mod stem;
 
 pub(crate) use batch_norm::batch_norm_relu;
 pub(crate) use max_pool::max_pool2x2;
-pub(crate) use separable::{depthwise, pointwise};
+pub(crate) use pointwise::pointwise;
+pub(crate) use separable::depthwise;
 pub(crate) use stem::stem_conv;
 
 use std::mem::MaybeUninit;

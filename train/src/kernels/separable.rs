@@ -1,6 +1,5 @@
-//! The two convs of a separable block, each with a training path that Burn's flex backend runs
-//! fast: the depthwise 3x3 conv with a backward pass of its own, the 1x1 conv as a matmul. Both
-//! compute the same numbers as `Conv2d`, and inference and export keep `Conv2d`.
+//! The depthwise 3x3 conv of a separable block, with a backward pass of its own for training. It
+//! computes the same numbers as `Conv2d`, and inference and export keep `Conv2d`.
 //!
 //! Burn 0.22's flex backend has a fast, parallel depthwise forward kernel, but no depthwise
 //! backward: autodiff falls back on Burn's generic conv gradients, a grouped transposed conv for
@@ -167,26 +166,6 @@ impl<B: Backend + DepthwiseBackend, C: CheckpointStrategy> DepthwiseBackend for 
     }
 }
 
-/// A 1x1 conv without bias; while its weight is being trained, computed as a batched matmul.
-///
-/// Same numbers either way, but a different cost: Burn's flex backend takes a 1x1 conv's weight
-/// gradient through its generic conv (an `H x W` kernel over the batch, one matrix-vector
-/// product per input channel), while a matmul's backward is two gemms — see `fer-train bench
-/// --ops` and docs/results.md. Inference and export keep the conv, which BatchNorm folds into and
-/// the int8 export quantizes.
-pub(crate) fn pointwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let weight = conv.weight.val();
-    if !weight.is_require_grad() {
-        return conv.forward(x);
-    }
-    let [b, c, h, w] = x.dims();
-    let [out, ..] = weight.dims();
-    weight
-        .reshape([1, out, c])
-        .matmul(x.reshape([b, c, h * w]))
-        .reshape([b, out, h, w])
-}
-
 /// The depthwise conv of a separable block; while its weight is being trained, through
 /// [`DepthwiseBackend`] (same numbers as the conv, a faster backward).
 pub(crate) fn depthwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
@@ -206,32 +185,6 @@ mod tests {
     use burn::nn::conv::Conv2dConfig;
 
     use super::*;
-
-    #[test]
-    fn pointwise_matmul_matches_the_conv_and_its_gradients() {
-        let device = Device::flex().autodiff();
-        device.seed(3);
-        let conv = Conv2dConfig::new([5, 6], [1, 1]).with_bias(false).init(&device);
-        let x = Tensor::<4>::random([2, 5, 4, 3], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let r = Tensor::<4>::random([2, 6, 4, 3], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let fast = pointwise(&conv, x.clone().require_grad());
-        let reference = conv.forward(x.clone().require_grad());
-        assert!(
-            conv.weight.val().is_require_grad(),
-            "the test must take the matmul path"
-        );
-        let max_diff = |a: Tensor<4>, b: Tensor<4>| (a - b).abs().max().into_scalar::<f32>();
-        assert!(max_diff(fast.clone(), reference.clone()) < 1e-5);
-        let grads_fast = (fast * r.clone()).sum().backward();
-        let grads_reference = (reference * r).sum().backward();
-        let weight_grad = |g| conv.weight.val().grad(g).unwrap();
-        assert!(max_diff(weight_grad(&grads_fast), weight_grad(&grads_reference)) < 1e-4);
-        // Without gradients (evaluation, export) it is the conv itself.
-        let inference = conv.valid();
-        assert!(!inference.weight.val().is_require_grad());
-        let x = x.inner();
-        assert!(max_diff(pointwise(&inference, x.clone()), inference.forward(x)) == 0.0);
-    }
 
     #[test]
     fn forward_and_both_gradients_match_the_grouped_conv() {

@@ -1,0 +1,253 @@
+//! The 1x1 conv (no bias) of a separable block for training: batched matmuls forward and for the
+//! input gradient, and a weight gradient that accumulates the batch in place.
+//!
+//! Replaces `Conv2d::forward` for the pointwise convs while they train. Burn 0.22's flex backend
+//! takes a 1x1 conv's weight gradient through its generic conv (an `H × W` kernel over the batch,
+//! one matrix-vector product per input channel); as a broadcast matmul `[1, O, C] @ [B, C, HW]`
+//! its weight gradient is a batch of `B` products `dY_b · X_bᵀ` written out as `[B, O, C]` and
+//! then summed over the batch, which at 6x6 maps and 256 channels costs three times the forward
+//! pass (`fer-train bench --ops`). Here each of two halves of the batch is accumulated by gemm
+//! straight into one `[O, C]` buffer, and the two halves added (in a fixed order, so training stays
+//! deterministic). Inference and export keep `Conv2d`, which BatchNorm folds into and the int8
+//! export quantizes.
+
+// See kernels/separable.rs: the ndarray backend stays routable for `--backend ndarray`.
+#![cfg_attr(feature = "ndarray", allow(deprecated))]
+
+#[cfg(feature = "ndarray")]
+use burn::backend::NdArray;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, Shape, TensorMetadata, backend_extension};
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+use rayon::prelude::*;
+
+/// `[B, C, H, W]` as `[B, C, H·W]`.
+fn flat<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let [b, c, h, w] = x.shape().dims();
+    B::float_reshape(x, Shape::new([b, c, h * w]))
+}
+
+/// `[O, C, 1, 1]` as `[1, O, C]`.
+fn matrix<B: Backend>(weight: FloatTensor<B>) -> FloatTensor<B> {
+    let [o, c, _, _] = weight.shape().dims();
+    B::float_reshape(weight, Shape::new([1, o, c]))
+}
+
+/// The 1x1 conv without bias, with its own backward pass.
+#[cfg_attr(feature = "ndarray", backend_extension(Flex, NdArray, Autodiff))]
+#[cfg_attr(not(feature = "ndarray"), backend_extension(Flex, Autodiff))]
+pub trait PointwiseBackend: Backend {
+    /// `x` `[B, C, H, W]` through `weight` `[O, C, 1, 1]`: `[B, O, H, W]`.
+    fn pointwise_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let [b, _, h, w] = x.shape().dims();
+        let out = weight.shape()[0];
+        let y = Self::float_matmul(matrix::<Self>(weight), flat::<Self>(x));
+        Self::float_reshape(y, Shape::new([b, out, h, w]))
+    }
+
+    /// The gradient of `x`, given the output's gradient `grad`.
+    fn pointwise_conv_input_grad(weight: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let [b, _, h, w] = grad.shape().dims();
+        let channels = weight.shape()[1];
+        let weight_t = Self::float_swap_dims(matrix::<Self>(weight), 1, 2);
+        let x_grad = Self::float_matmul(weight_t, flat::<Self>(grad));
+        Self::float_reshape(x_grad, Shape::new([b, channels, h, w]))
+    }
+
+    /// The gradient of `weight` `[O, C, 1, 1]`, given the input `x` and the output's gradient.
+    fn pointwise_conv_weight_grad(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        batched_weight_grad::<Self>(x, grad)
+    }
+}
+
+/// Burn's way: a batch of products `dY_b · X_bᵀ`, `[B, O, C]`, summed over the batch.
+fn batched_weight_grad<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+    let [out, channels] = [grad.shape()[1], x.shape()[1]];
+    let x_t = B::float_swap_dims(flat::<B>(x), 1, 2);
+    let per_sample = B::float_matmul(flat::<B>(grad), x_t);
+    B::float_reshape(B::float_sum_dim(per_sample, 0), Shape::new([out, channels, 1, 1]))
+}
+
+#[cfg(feature = "ndarray")]
+impl PointwiseBackend for NdArray {}
+
+impl PointwiseBackend for Flex {
+    fn pointwise_conv_weight_grad(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+        let (Some(xs), Some(grads)) = (x.as_slice::<f32>(), grad.as_slice::<f32>()) else {
+            return batched_weight_grad::<Self>(x, grad);
+        };
+        let [batch, channels, height, width] = x.shape().dims();
+        let out = grad.shape()[1];
+        let plane = height * width;
+        let halves = rayon::current_num_threads().clamp(1, batch.max(1));
+        let per_half = batch.div_ceil(halves);
+        let partials: Vec<Vec<f32>> = (0..halves)
+            .into_par_iter()
+            .map(|half| {
+                let mut sum = vec![0.0f32; out * channels];
+                for b in (half * per_half)..((half + 1) * per_half).min(batch) {
+                    let (g, x) = (
+                        &grads[b * out * plane..][..out * plane],
+                        &xs[b * channels * plane..][..channels * plane],
+                    );
+                    // SAFETY: `sum` is `[out, channels]` row-major, `g` is `[out, plane]`
+                    // row-major and `x` `[channels, plane]` row-major, read as its transpose
+                    // `[plane, channels]` (row stride 1, column stride `plane`); all in bounds.
+                    unsafe {
+                        gemm::gemm(
+                            out,
+                            channels,
+                            plane,
+                            sum.as_mut_ptr(),
+                            1,
+                            channels as isize,
+                            true,
+                            g.as_ptr(),
+                            1,
+                            plane as isize,
+                            x.as_ptr(),
+                            plane as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+                sum
+            })
+            .collect();
+        let mut total = vec![0.0f32; out * channels];
+        for partial in &partials {
+            for (t, p) in total.iter_mut().zip(partial) {
+                *t += p;
+            }
+        }
+        FlexTensor::from_data(TensorData::new(total, [out, channels, 1, 1]))
+    }
+}
+
+impl<B: Backend + PointwiseBackend, C: CheckpointStrategy> PointwiseBackend for Autodiff<B, C> {
+    fn pointwise_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct PointwiseBackward;
+
+        impl<B: Backend + PointwiseBackend> Backward<B, 2> for PointwiseBackward {
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_weight] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, weight) = ops.state;
+                if let Some(node) = node_weight {
+                    grads.register::<B>(node.id, B::pointwise_conv_weight_grad(x, grad.clone()));
+                }
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, B::pointwise_conv_input_grad(weight, grad));
+                }
+            }
+        }
+
+        let (x, x_node) = x.into_parts();
+        let (weight, weight_node) = weight.into_parts();
+        let output = B::pointwise_conv(x.clone(), weight.clone());
+        match PointwiseBackward
+            .prepare::<C>([x_node, weight_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x, weight), output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+}
+
+/// `conv.forward(x)` for a 1x1 conv without bias; while its weight is being trained, through
+/// [`PointwiseBackend`] (the same numbers, a faster backward).
+pub(crate) fn pointwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let weight = conv.weight.val();
+    if !weight.is_require_grad() {
+        return conv.forward(x);
+    }
+    Tensor::from_dispatch(<Dispatch as PointwiseBackend>::pointwise_conv(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Distribution;
+
+    use super::*;
+    use crate::kernels::tests::{assert_close, finite_difference_check};
+
+    #[test]
+    fn forward_and_both_gradients_match_burns_conv() {
+        let device = Device::flex().autodiff();
+        // An odd batch splits unevenly; non-square maps catch swapped height and width.
+        for (seed, shape, out) in [(1, [2, 5, 4, 3], 6), (2, [3, 4, 6, 6], 8), (3, [64, 32, 6, 6], 16)] {
+            device.seed(seed);
+            let conv = Conv2dConfig::new([shape[1], out], [1, 1])
+                .with_bias(false)
+                .init(&device);
+            let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            let [b, _, h, w] = shape;
+            let r = Tensor::<4>::random([b, out, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let run = |fast: bool| {
+                let x = x.clone().require_grad();
+                let y = if fast {
+                    pointwise(&conv, x.clone())
+                } else {
+                    conv.forward(x.clone())
+                };
+                let grads = (y.clone() * r.clone()).sum().backward();
+                let vec = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+                [
+                    vec(y),
+                    vec(x.grad(&grads).unwrap()),
+                    vec(conv.weight.val().grad(&grads).unwrap()),
+                ]
+            };
+            let (fast, reference) = (run(true), run(false));
+            for ((name, a), b) in ["output", "input gradient", "weight gradient"]
+                .iter()
+                .zip(&fast)
+                .zip(&reference)
+            {
+                assert_close(a, b, 1e-4, &format!("{name} of {shape:?} × {out}"));
+            }
+        }
+        // Without gradients (evaluation, export) it is the conv itself.
+        let conv = Conv2dConfig::new([3, 4], [1, 1]).with_bias(false).init(&device).valid();
+        let x = Tensor::<4>::random([2, 3, 2, 2], Distribution::Normal(0.0, 1.0), &Device::flex());
+        let same = (pointwise(&conv, x.clone()) - conv.forward(x)).abs().max();
+        assert_eq!(same.into_scalar::<f32>(), 0.0);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let device = Device::flex().autodiff();
+        device.seed(14);
+        let random = |n: usize| Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &device);
+        let (x, weight, r) = (random(60), random(12), random(80).reshape([5, 4, 2, 2]));
+        finite_difference_check(&[x, weight], |inputs| {
+            let output = <Dispatch as PointwiseBackend>::pointwise_conv(
+                inputs[0].clone().reshape([5, 3, 2, 2]).into_dispatch(),
+                inputs[1].clone().reshape([4, 3, 1, 1]).into_dispatch(),
+            );
+            (Tensor::<4>::from_dispatch(output) * r.clone()).sum()
+        });
+    }
+}
