@@ -36,7 +36,7 @@ CATEGORIES = [
     (r"batch_norm", "BatchNorm (Burn, composed; its main-thread part)"),
     (r"burn_flex::ops::pool|max_pool", "max-pool (Burn)"),
     (r"conv_transpose", "transposed conv (Burn: depthwise input gradient)"),
-    (r"burn_flex::ops::conv|conv_plane", "conv (Burn: stem, depthwise forward, weight gradients)"),
+    (r"burn_flex::ops::conv|conv_plane", "conv (Burn: depthwise forward; before the kernels, the stem too)"),
     (r"gemm", "gemm (1x1 convs as matmuls, linear layers, im2col)"),
     (r"copy_2d_tiled|to_contiguous|copy_strided", "copies into contiguous layout (Burn)"),
     (r"burn_optim", "optimizer"),

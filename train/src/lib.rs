@@ -2,9 +2,10 @@
 //!
 //! Data flows one way: [`dataset`] loads labelled crops, [`augment`] and [`batch`] turn them into
 //! model inputs through `fer_protocol`'s preprocessing, [`model`] (with [`attention`]) maps them
-//! to embeddings and logits, [`loss`] scores them, [`training`] runs the loop and writes a run
-//! folder, [`metrics`] and [`report`] say how good the result is, and [`embedding`],
-//! [`predictions`] and [`compare`] show what the loss does and which configuration wins.
+//! to embeddings and logits (while training, through the fused kernels of `kernels`), [`loss`]
+//! scores them, [`training`] runs the loop and writes a run folder, [`metrics`] and [`report`] say
+//! how good the result is, and [`embedding`], [`predictions`] and [`compare`] show what the loss
+//! does and which configuration wins.
 
 pub mod attention;
 pub mod augment;

@@ -527,6 +527,8 @@ fn run(cli: Cli) -> Result<()> {
             backend,
             ops,
         } => {
+            anyhow::ensure!(steps > 0, "--steps must be at least 1");
+            anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
             for backend in backend {
                 if ops {
                     let profile = fer_train::bench::profile_ops(backend, &network.config(), batch_size, steps);

@@ -13,7 +13,8 @@
 //!
 //! The numbers are Burn's `batch_norm_train` + `relu`: the biased batch variance, for the
 //! normalisation and for the running statistics alike (Burn's convention; PyTorch keeps the
-//! unbiased one); epsilon inside the square root; a zero gradient where the output is zero.
+//! unbiased one); epsilon inside the square root; a zero gradient where the output is zero; a NaN
+//! passed through, forward and backward.
 //! Inference and export keep `BatchNorm` and ReLU, which fold into the conv before it.
 
 // See kernels/separable.rs: the ndarray backend stays routable for `--backend ndarray`.
@@ -125,22 +126,24 @@ impl BatchNormReluBackend for Flex {
             .into_par_iter()
             .map(|c| {
                 let input = |b: usize| &xs[(b * channels + c) * plane..][..plane];
-                // Moments about the channel's first value: exact for any offset, where
-                // Σx² − (Σx)²/n would cancel for a channel whose mean is large next to its spread.
+                // Moments about the channel's first value, where Σx² − (Σx)²/n would cancel for a
+                // channel whose mean is large next to its spread.
                 let shift = xs[c * plane];
                 let (sum, squares) = (0..batch)
                     .map(|b| shifted_moments(input(b), shift))
                     .fold((0.0, 0.0), |(s, q), (ds, dq)| (s + ds, q + dq));
                 let centre = sum / count;
-                let (mean, variance) = (shift as f64 + centre, (squares / count - centre * centre).max(0.0));
-                // y = max(0, x·scale + offset), scale = γ/√(σ² + ε), offset = β − μ·scale.
-                let scale = gammas[c] as f64 / (variance + epsilon).sqrt();
-                let (offset, scale) = ((betas[c] as f64 - mean * scale) as f32, scale as f32);
+                // Clamped at 0 against rounding, but not with `max`, which would turn a NaN into 0.
+                let variance = squares / count - centre * centre;
+                let (mean, variance) = (shift as f64 + centre, if variance < 0.0 { 0.0 } else { variance });
+                // y = relu((x − μ)·scale + β), scale = γ/√(σ² + ε).
+                let scale = (gammas[c] as f64 / (variance + epsilon).sqrt()) as f32;
+                let (centre, beta) = (mean as f32, betas[c]);
                 for b in 0..batch {
                     // SAFETY: plane b·C + c belongs to this channel's task alone.
                     let out = unsafe { output.plane(b * channels + c) };
                     for (y, &x) in out.iter_mut().zip(input(b)) {
-                        y.write((x * scale + offset).max(0.0));
+                        y.write(relu_of((x - centre) * scale + beta));
                     }
                 }
                 (mean, variance)
@@ -247,9 +250,10 @@ fn gated_sums(grad: &[f32], y: &[f32], x: &[f32], mean: f32) -> (f64, f64) {
     let centre = f32x8::splat(mean);
     let (mut sums, mut products) = (f32x8::ZERO, f32x8::ZERO);
     for ((&g, &y), &x) in grad_chunks.iter().zip(y_chunks).zip(x_chunks) {
+        // Zero where y ≤ 0, which keeps a NaN output's gradient, as `gate` does.
         let g = f32x8::from(y)
-            .simd_gt(f32x8::ZERO)
-            .bitselect(f32x8::from(g), f32x8::ZERO);
+            .simd_le(f32x8::ZERO)
+            .bitselect(f32x8::ZERO, f32x8::from(g));
         sums += g;
         products += g * (f32x8::from(x) - centre);
     }
@@ -262,9 +266,15 @@ fn gated_sums(grad: &[f32], y: &[f32], x: &[f32], mean: f32) -> (f64, f64) {
     (sum, product)
 }
 
-/// `g` where the ReLU's output `y` is positive, else 0.
+/// The ReLU's gradient `g` given its output `y`: zero where the output is zero, kept where it is
+/// positive or NaN, as Burn's `relu_backward` does.
 fn gate(g: f32, y: f32) -> f32 {
-    if y > 0.0 { g } else { 0.0 }
+    if y.is_nan() || y > 0.0 { g } else { 0.0 }
+}
+
+/// Burn's ReLU: a NaN passes through, as in PyTorch.
+fn relu_of(v: f32) -> f32 {
+    if v.is_nan() || v > 0.0 { v } else { 0.0 }
 }
 
 /// The sum of a vector's lanes, in f64.
@@ -418,6 +428,39 @@ mod tests {
             for ((name, a), b) in names.iter().zip(&fused).zip(&reference) {
                 assert_close(a, b, 2e-4, &format!("{name} of {shape:?} (offset {offset})"));
             }
+        }
+    }
+
+    #[test]
+    fn zeros_and_nans_meet_the_relu_as_in_burn() {
+        let device = Device::flex().autodiff();
+        // Channel 0 is constant: it normalises to exactly 0, so with β = 0 its output is exactly 0
+        // and its gradient is cut. Channel 1 holds a NaN, which spreads through its statistics
+        // and passes the ReLU, forward and backward.
+        let shape = [2, 2, 3, 3];
+        let mut values = vec![2.0f32; 36];
+        for b in 0..2 {
+            for k in 0..9 {
+                values[(b * 2 + 1) * 9 + k] = (b * 9 + k) as f32 * 0.37 - 1.0;
+            }
+        }
+        values[9 + 4] = f32::NAN;
+        let x = Tensor::<4>::from_data(TensorData::new(values, shape), &device);
+        let r = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let module = || BatchNormConfig::new(2).init(&device);
+        let fused = run(true, &x, &r, &module());
+        let reference = run(false, &x, &r, &module());
+        assert!(fused[0][..9].iter().all(|&y| y == 0.0) && fused[0][9..18].iter().all(|y| y.is_nan()));
+        let names = [
+            "output",
+            "input gradient",
+            "γ gradient",
+            "β gradient",
+            "running mean",
+            "running var",
+        ];
+        for ((name, a), b) in names.iter().zip(&fused).zip(&reference) {
+            assert_close(a, b, 1e-5, name);
         }
     }
 

@@ -4,12 +4,12 @@
 //! Replaces `MaxPool2d::forward` while the network trains. Burn 0.22's flex backend pools through
 //! its general 3-D kernel (any size, stride, padding and dilation), one output at a time with the
 //! window's bounds worked out per element, and keeps the argmax as an `i64` flat index per output;
-//! at the stem's 48x48 maps that was most of 40 ms a step (`fer-train bench --ops`). Here a 2x2
-//! window is read as two pairs from two rows, the argmax is a byte (0–3, row-major in the window),
-//! and the backward writes each gradient to its window's winner, zero elsewhere. Both are
-//! parallel over planes. Ties go to the first maximum in row-major order and the last NaN wins
-//! its window, as in Burn; a map with an odd side drops its last row or column, as `floor` does.
-//! Inference and export keep `MaxPool2d`.
+//! at the stem's 48x48 maps that took 37 ms forward and 23 ms backward (`fer-train bench --ops`,
+//! batch 64). Here a 2x2 window is read as two pairs from two rows, the argmax is a byte (0–3,
+//! row-major in the window), and the backward writes each gradient to its window's winner, zero
+//! elsewhere. Both are parallel over planes. Ties go to the first maximum in row-major order and
+//! the last NaN wins its window, as in Burn; a map with an odd side drops its last row or column,
+//! as `floor` does. Inference and export keep `MaxPool2d`.
 
 // See kernels/separable.rs: the ndarray backend stays routable for `--backend ndarray`.
 #![cfg_attr(feature = "ndarray", allow(deprecated))]
@@ -23,6 +23,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, IntDType, TensorMetadata, backend_extension};
+use burn::nn::PaddingConfig2d;
 use burn::nn::pool::MaxPool2d;
 use burn::prelude::*;
 use rayon::prelude::*;
@@ -187,10 +188,15 @@ impl<B: Backend + MaxPoolBackend, C: CheckpointStrategy> MaxPoolBackend for Auto
     }
 }
 
-/// `pool.forward(x)` for the network's 2x2, stride-2 pool; while training (an autodiff device),
-/// through [`MaxPoolBackend`].
+/// `pool.forward(x)`; for a 2x2, stride-2 pool without padding while training (an autodiff
+/// device), through [`MaxPoolBackend`].
 pub(crate) fn max_pool2x2(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
-    if !x.device().is_autodiff() {
+    let two_by_two = pool.kernel_size == WINDOW
+        && pool.stride == WINDOW
+        && pool.dilation == [1, 1]
+        && pool.padding == PaddingConfig2d::Valid
+        && !pool.ceil_mode;
+    if !two_by_two || !x.device().is_autodiff() {
         return pool.forward(x);
     }
     let (output, _) = <Dispatch as MaxPoolBackend>::max_pool2x2(x.into_dispatch());

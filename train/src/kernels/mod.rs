@@ -95,12 +95,12 @@ fn zeroed(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 pub(crate) mod tests {
     use burn::prelude::*;
 
-    /// Asserts `|a − b| ≤ tolerance · (1 + |b|)` element-wise.
+    /// Asserts `|a − b| ≤ tolerance · (1 + |b|)` element-wise, NaN matching only NaN.
     pub(crate) fn assert_close(a: &[f32], b: &[f32], tolerance: f32, what: &str) {
         assert_eq!(a.len(), b.len(), "{what}: lengths differ");
         for (i, (&a, &b)) in a.iter().zip(b).enumerate() {
             assert!(
-                (a - b).abs() <= tolerance * (1.0 + b.abs()),
+                (a.is_nan() && b.is_nan()) || (a - b).abs() <= tolerance * (1.0 + b.abs()),
                 "{what}, element {i}: {a} against {b}"
             );
         }

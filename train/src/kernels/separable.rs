@@ -26,6 +26,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use rayon::prelude::*;
@@ -92,7 +93,7 @@ impl DepthwiseBackend for Flex {
 /// right everywhere but at the row ends, where a shifted column wraps into the next or previous
 /// row; those few pairs are subtracted again.
 pub(super) fn tap_product(x: &[f32], g: &[f32], height: usize, width: usize, i: usize, j: usize) -> f32 {
-    let rows = (1usize.saturating_sub(i))..(height + 1 - i).min(height);
+    let rows = (1usize.saturating_sub(i))..(height + 1).saturating_sub(i).min(height);
     if rows.is_empty() || width == 0 {
         return 0.0;
     }
@@ -166,11 +167,19 @@ impl<B: Backend + DepthwiseBackend, C: CheckpointStrategy> DepthwiseBackend for 
     }
 }
 
-/// The depthwise conv of a separable block; while its weight is being trained, through
-/// [`DepthwiseBackend`] (same numbers as the conv, a faster backward).
+/// `conv.forward(x)`; while the weight of a depthwise 3x3 conv (stride 1, padding 1, no bias) is
+/// being trained, through [`DepthwiseBackend`] (same numbers as the conv, a faster backward).
 pub(crate) fn depthwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let weight = conv.weight.val();
-    if !weight.is_require_grad() {
+    let [channels, per_group, ..] = weight.dims();
+    let depthwise3x3 = per_group == 1
+        && conv.groups == channels
+        && conv.kernel_size == [3, 3]
+        && conv.bias.is_none()
+        && conv.stride == [1, 1]
+        && conv.dilation == [1, 1]
+        && conv.padding == PaddingConfig2d::Explicit(1, 1, 1, 1);
+    if !depthwise3x3 || !weight.is_require_grad() {
         return conv.forward(x);
     }
     Tensor::from_dispatch(<Dispatch as DepthwiseBackend>::depthwise3x3(
@@ -181,38 +190,75 @@ pub(crate) fn depthwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 #[cfg(test)]
 mod tests {
-    use burn::nn::PaddingConfig2d;
     use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Distribution;
 
     use super::*;
+    use crate::kernels::tests::{assert_close, finite_difference_check};
+
+    fn depthwise_conv(channels: usize, device: &Device) -> Conv2d {
+        Conv2dConfig::new([channels, channels], [3, 3])
+            .with_groups(channels)
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_bias(false)
+            .init(device)
+    }
 
     #[test]
     fn forward_and_both_gradients_match_the_grouped_conv() {
         let device = Device::flex().autodiff();
-        device.seed(5);
-        let conv = Conv2dConfig::new([3, 3], [3, 3])
-            .with_groups(3)
-            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-            .with_bias(false)
-            .init(&device);
-        let random =
-            |shape: [usize; 4]| Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        // A non-square map catches swapped height and width.
-        let (x, r) = (random([2, 3, 5, 4]), random([2, 3, 5, 4]));
-        let run = |fast: bool| {
-            let x = x.clone().require_grad();
-            let y = if fast {
-                depthwise(&conv, x.clone())
-            } else {
-                conv.forward(x.clone())
+        // A non-square map catches swapped height and width; one-pixel rows and columns and 2x2
+        // maps are where every tap's row wraps.
+        for (seed, shape) in [
+            (5, [2, 3, 5, 4]),
+            (6, [1, 2, 7, 1]),
+            (7, [2, 2, 1, 6]),
+            (8, [3, 4, 2, 2]),
+            (9, [2, 1, 1, 1]),
+            (10, [4, 16, 12, 12]),
+        ] {
+            device.seed(seed);
+            let conv = depthwise_conv(shape[1], &device);
+            let random = |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            let (x, r) = (random(shape), random(shape));
+            let run = |fast: bool| {
+                let x = x.clone().require_grad();
+                let y = if fast {
+                    depthwise(&conv, x.clone())
+                } else {
+                    conv.forward(x.clone())
+                };
+                let grads = (y.clone() * r.clone()).sum().backward();
+                let vec = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+                [
+                    vec(y),
+                    vec(x.grad(&grads).unwrap()),
+                    vec(conv.weight.val().grad(&grads).unwrap()),
+                ]
             };
-            let grads = (y.clone() * r.clone()).sum().backward();
-            (y, x.grad(&grads).unwrap(), conv.weight.val().grad(&grads).unwrap())
-        };
-        let ((y, dx, dw), (y_ref, dx_ref, dw_ref)) = (run(true), run(false));
-        let max_diff = |a: Tensor<4>, b: Tensor<4>| (a - b).abs().max().into_scalar::<f32>();
-        assert!(max_diff(y, y_ref) < 1e-5);
-        assert!(max_diff(dx, dx_ref) < 1e-5);
-        assert!(max_diff(dw, dw_ref) < 1e-4);
+            let (fast, reference) = (run(true), run(false));
+            for ((name, a), b) in ["output", "input gradient", "weight gradient"]
+                .iter()
+                .zip(&fast)
+                .zip(&reference)
+            {
+                assert_close(a, b, 1e-4, &format!("{name} of {shape:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let device = Device::flex().autodiff();
+        device.seed(15);
+        let random = |n: usize| Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &device);
+        let (x, weight, r) = (random(40), random(18), random(40).reshape([2, 2, 2, 5]));
+        finite_difference_check(&[x, weight], |inputs| {
+            let output = <Dispatch as DepthwiseBackend>::depthwise3x3(
+                inputs[0].clone().reshape([2, 2, 2, 5]).into_dispatch(),
+                inputs[1].clone().reshape([2, 1, 3, 3]).into_dispatch(),
+            );
+            (Tensor::<4>::from_dispatch(output) * r.clone()).sum()
+        });
     }
 }

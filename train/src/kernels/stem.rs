@@ -241,8 +241,14 @@ mod tests {
     #[test]
     fn forward_and_both_gradients_match_burns_conv() {
         let device = Device::flex().autodiff();
-        // Non-square maps catch swapped height and width; a 1-pixel side has no neighbours.
-        for (seed, shape, channels) in [(1, [2, 1, 5, 4], 3), (2, [3, 1, 1, 6], 2), (3, [8, 1, 48, 48], 32)] {
+        // Non-square maps catch swapped height and width; a one-pixel side has no neighbours.
+        for (seed, shape, channels) in [
+            (1, [2, 1, 5, 4], 3),
+            (2, [3, 1, 1, 6], 2),
+            (3, [2, 1, 6, 1], 2),
+            (4, [2, 1, 2, 2], 3),
+            (5, [8, 1, 48, 48], 32),
+        ] {
             device.seed(seed);
             let conv = stem(channels, &device);
             let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
