@@ -565,7 +565,7 @@ fn main() -> ExitCode {
 /// A training step allocates and frees activations of up to 19 MB each (64 × 32 × 48 × 48
 /// floats). By default glibc serves blocks that large with fresh `mmap`s, or trims them off the
 /// heap once freed, so every step faults and zeroes its memory in page by page again: a v2 step
-/// took 290 ms that way and 188 ms with the memory kept (`fer-train bench`, docs/results.md).
+/// took 291 ms that way and 188 ms with the memory kept (`fer-train bench`, docs/results.md).
 /// The cost is a resident size that stays at its peak, as it does in any framework's caching
 /// allocator.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
