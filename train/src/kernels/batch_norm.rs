@@ -391,6 +391,31 @@ mod tests {
         ]
     }
 
+    /// Asserts that the kernel gives Burn's output, gradients and running statistics on `x`
+    /// (loss `sum(y ⊙ r)`), each path with its own module from `module`; returns the kernel's
+    /// output.
+    fn assert_matches_burn(
+        x: &Tensor<4>,
+        r: &Tensor<4>,
+        module: impl Fn() -> BatchNorm,
+        tolerance: f32,
+        what: &str,
+    ) -> Vec<f32> {
+        let [kernel, reference] = [true, false].map(|fused| run(fused, x, r, &module()));
+        let names = [
+            "output",
+            "input gradient",
+            "γ gradient",
+            "β gradient",
+            "running mean",
+            "running var",
+        ];
+        for ((name, a), b) in names.iter().zip(&kernel).zip(&reference) {
+            assert_close(a, b, tolerance, &format!("{name} of {what}"));
+        }
+        kernel.into_iter().next().unwrap()
+    }
+
     #[test]
     fn matches_burns_batch_norm_and_relu_on_random_shapes() {
         let device = Device::flex().autodiff();
@@ -405,29 +430,16 @@ mod tests {
             device.seed(seed);
             let noise = |n: usize| Tensor::<1>::random([n], Distribution::Normal(0.0, 0.5), &device);
             let (gamma, beta) = (noise(shape[1]) + 1.0, noise(shape[1]));
-            // Two equal modules: clones of one would share their running statistics.
+            // A fresh module per path: clones of one would share their running statistics.
             let module = || {
                 let mut norm = BatchNormConfig::new(shape[1]).init(&device);
                 norm.gamma = Param::from_tensor(gamma.clone());
                 norm.beta = Param::from_tensor(beta.clone());
                 norm
             };
-            let (fused_norm, reference_norm) = (module(), module());
             let random = |s: [usize; 4]| Tensor::<4>::random(s, Distribution::Normal(0.0, 1.0), &device);
             let (x, r) = (random(shape) * 3.0 + offset, random(shape));
-            let fused = run(true, &x, &r, &fused_norm);
-            let reference = run(false, &x, &r, &reference_norm);
-            let names = [
-                "output",
-                "input gradient",
-                "γ gradient",
-                "β gradient",
-                "running mean",
-                "running var",
-            ];
-            for ((name, a), b) in names.iter().zip(&fused).zip(&reference) {
-                assert_close(a, b, 2e-4, &format!("{name} of {shape:?} (offset {offset})"));
-            }
+            assert_matches_burn(&x, &r, module, 2e-4, &format!("{shape:?} (offset {offset})"));
         }
     }
 
@@ -447,21 +459,14 @@ mod tests {
         values[9 + 4] = f32::NAN;
         let x = Tensor::<4>::from_data(TensorData::new(values, shape), &device);
         let r = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        let module = || BatchNormConfig::new(2).init(&device);
-        let fused = run(true, &x, &r, &module());
-        let reference = run(false, &x, &r, &module());
-        assert!(fused[0][..9].iter().all(|&y| y == 0.0) && fused[0][9..18].iter().all(|y| y.is_nan()));
-        let names = [
-            "output",
-            "input gradient",
-            "γ gradient",
-            "β gradient",
-            "running mean",
-            "running var",
-        ];
-        for ((name, a), b) in names.iter().zip(&fused).zip(&reference) {
-            assert_close(a, b, 1e-5, name);
-        }
+        let output = assert_matches_burn(
+            &x,
+            &r,
+            || BatchNormConfig::new(2).init(&device),
+            1e-5,
+            "zeros and a NaN",
+        );
+        assert!(output[..9].iter().all(|&y| y == 0.0) && output[9..18].iter().all(|y| y.is_nan()));
     }
 
     #[test]

@@ -22,6 +22,13 @@ pub(crate) use stem::stem_conv;
 
 use std::mem::MaybeUninit;
 
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend};
+
 /// Independent partial sums per reduction, a multiple of every x86 and ARM f32 vector width: the
 /// compiler vectorises independent lanes, while a single running float sum it may not reorder
 /// stays scalar.
@@ -30,6 +37,55 @@ const LANES: usize = 8;
 /// The least work, in elements, worth handing to another thread: smaller planes (a 6x6 map is 36
 /// elements) are grouped into tasks of at least this many.
 const MIN_PARALLEL_ELEMENTS: usize = 16 * 1024;
+
+/// A gradient of a conv-like op `y = f(x, weight)`: from `x`, `weight` and the output's gradient.
+type ConvGrad<B> = fn(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>;
+
+/// The backward pass of a conv-like op: its weight's and its input's gradient.
+#[derive(Debug)]
+struct ConvBackward<B: Backend> {
+    weight_grad: ConvGrad<B>,
+    input_grad: ConvGrad<B>,
+}
+
+impl<B: Backend> Backward<B, 2> for ConvBackward<B> {
+    /// The input and the weight.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight) = ops.state;
+        if let Some(node) = node_weight {
+            grads.register::<B>(node.id, (self.weight_grad)(x.clone(), weight.clone(), grad.clone()));
+        }
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, (self.input_grad)(x, weight, grad));
+        }
+    }
+}
+
+/// Runs the conv-like op `forward(x, weight)` on the inner backend and records it for autodiff
+/// with the given gradients (what the conv kernels' `Autodiff` implementations share).
+fn conv_with_backward<B: Backend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    forward: fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+    weight_grad: ConvGrad<B>,
+    input_grad: ConvGrad<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let (x, x_node) = x.into_parts();
+    let (weight, weight_node) = weight.into_parts();
+    let output = forward(x.clone(), weight.clone());
+    let backward = ConvBackward {
+        weight_grad,
+        input_grad,
+    };
+    match backward.prepare::<C>([x_node, weight_node]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish((x, weight), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
 
 /// An output buffer of `planes × plane` elements that parallel tasks write plane by plane, in any
 /// order, without zeroing it first: a fresh `vec![0.0; n]` of activations is a memset of up to
@@ -93,7 +149,45 @@ fn zeroed(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use burn::nn::conv::Conv2d;
     use burn::prelude::*;
+    use burn::tensor::Distribution;
+
+    /// Asserts that `fast(conv, x)` gives `conv.forward(x)`'s output, input gradient and weight
+    /// gradient (under the loss `sum(y ⊙ r)`, `r` random) on a random `x` of `shape`.
+    pub(crate) fn assert_matches_conv(conv: &Conv2d, shape: [usize; 4], fast: fn(&Conv2d, Tensor<4>) -> Tensor<4>) {
+        let device = conv.weight.device();
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let r = Tensor::<4>::random(conv.forward(x.clone()).dims(), Distribution::Normal(0.0, 1.0), &device);
+        let run = |kernel: bool| {
+            let x = x.clone().require_grad();
+            let y = if kernel {
+                fast(conv, x.clone())
+            } else {
+                conv.forward(x.clone())
+            };
+            let grads = (y.clone() * r.clone()).sum().backward();
+            let vec = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+            [
+                vec(y),
+                vec(x.grad(&grads).unwrap()),
+                vec(conv.weight.val().grad(&grads).unwrap()),
+            ]
+        };
+        let (kernel, reference) = (run(true), run(false));
+        for ((name, a), b) in ["output", "input gradient", "weight gradient"]
+            .iter()
+            .zip(&kernel)
+            .zip(&reference)
+        {
+            assert_close(
+                a,
+                b,
+                1e-4,
+                &format!("{name} of {shape:?} through {:?}", conv.weight.dims()),
+            );
+        }
+    }
 
     /// Asserts `|a − b| ≤ tolerance · (1 + |b|)` element-wise, NaN matching only NaN.
     pub(crate) fn assert_close(a: &[f32], b: &[f32], tolerance: f32, what: &str) {

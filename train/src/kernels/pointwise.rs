@@ -16,10 +16,7 @@
 
 #[cfg(feature = "ndarray")]
 use burn::backend::NdArray;
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, Shape, TensorMetadata, backend_extension};
@@ -27,6 +24,8 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use rayon::prelude::*;
+
+use super::conv_with_backward;
 
 /// Samples whose weight gradients one task accumulates (a batch of 64 makes two tasks, one per
 /// core here).
@@ -145,36 +144,13 @@ impl PointwiseBackend for Flex {
 
 impl<B: Backend + PointwiseBackend, C: CheckpointStrategy> PointwiseBackend for Autodiff<B, C> {
     fn pointwise_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct PointwiseBackward;
-
-        impl<B: Backend + PointwiseBackend> Backward<B, 2> for PointwiseBackward {
-            type State = (FloatTensor<B>, FloatTensor<B>);
-
-            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let [node_x, node_weight] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x, weight) = ops.state;
-                if let Some(node) = node_weight {
-                    grads.register::<B>(node.id, B::pointwise_conv_weight_grad(x, grad.clone()));
-                }
-                if let Some(node) = node_x {
-                    grads.register::<B>(node.id, B::pointwise_conv_input_grad(weight, grad));
-                }
-            }
-        }
-
-        let (x, x_node) = x.into_parts();
-        let (weight, weight_node) = weight.into_parts();
-        let output = B::pointwise_conv(x.clone(), weight.clone());
-        match PointwiseBackward
-            .prepare::<C>([x_node, weight_node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((x, weight), output),
-            OpsKind::UnTracked(prep) => prep.finish(output),
-        }
+        conv_with_backward::<B, C>(
+            x,
+            weight,
+            B::pointwise_conv,
+            |x, _, grad| B::pointwise_conv_weight_grad(x, grad),
+            |_, weight, grad| B::pointwise_conv_input_grad(weight, grad),
+        )
     }
 }
 
@@ -206,7 +182,7 @@ mod tests {
     use burn::tensor::Distribution;
 
     use super::*;
-    use crate::kernels::tests::{assert_close, finite_difference_check};
+    use crate::kernels::tests::{assert_matches_conv, finite_difference_check};
 
     #[test]
     fn forward_and_both_gradients_match_burns_conv() {
@@ -218,36 +194,15 @@ mod tests {
             let conv = Conv2dConfig::new([shape[1], out], [1, 1])
                 .with_bias(false)
                 .init(&device);
-            let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-            let [b, _, h, w] = shape;
-            let r = Tensor::<4>::random([b, out, h, w], Distribution::Normal(0.0, 1.0), &device);
-            let run = |fast: bool| {
-                let x = x.clone().require_grad();
-                let y = if fast {
-                    pointwise(&conv, x.clone())
-                } else {
-                    conv.forward(x.clone())
-                };
-                let grads = (y.clone() * r.clone()).sum().backward();
-                let vec = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
-                [
-                    vec(y),
-                    vec(x.grad(&grads).unwrap()),
-                    vec(conv.weight.val().grad(&grads).unwrap()),
-                ]
-            };
-            let (fast, reference) = (run(true), run(false));
-            for ((name, a), b) in ["output", "input gradient", "weight gradient"]
-                .iter()
-                .zip(&fast)
-                .zip(&reference)
-            {
-                assert_close(a, b, 1e-4, &format!("{name} of {shape:?} × {out}"));
-            }
+            assert_matches_conv(&conv, shape, pointwise);
         }
-        // Without gradients (evaluation, export) it is the conv itself.
-        let conv = Conv2dConfig::new([3, 4], [1, 1]).with_bias(false).init(&device).valid();
-        let x = Tensor::<4>::random([2, 3, 2, 2], Distribution::Normal(0.0, 1.0), &Device::flex());
+    }
+
+    #[test]
+    fn inference_keeps_the_conv() {
+        let device = Device::flex();
+        let conv = Conv2dConfig::new([3, 4], [1, 1]).with_bias(false).init(&device);
+        let x = Tensor::<4>::random([2, 3, 2, 2], Distribution::Normal(0.0, 1.0), &device);
         let same = (pointwise(&conv, x.clone()) - conv.forward(x)).abs().max();
         assert_eq!(same.into_scalar::<f32>(), 0.0);
     }

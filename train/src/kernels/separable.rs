@@ -18,10 +18,7 @@
 
 #[cfg(feature = "ndarray")]
 use burn::backend::NdArray;
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
@@ -31,7 +28,7 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::LANES;
+use super::{LANES, conv_with_backward};
 
 /// Stride 1, padding 1, one group per channel.
 fn options(channels: usize) -> ConvOptions<2> {
@@ -131,39 +128,14 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 impl<B: Backend + DepthwiseBackend, C: CheckpointStrategy> DepthwiseBackend for Autodiff<B, C> {
     fn depthwise3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct DepthwiseBackward;
-
-        impl<B: Backend + DepthwiseBackend> Backward<B, 2> for DepthwiseBackward {
-            type State = (FloatTensor<B>, FloatTensor<B>);
-
-            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let [node_x, node_weight] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x, weight) = ops.state;
-                if let Some(node) = node_weight {
-                    let weight_grad = B::depthwise3x3_weight_grad(x, weight.clone(), grad.clone());
-                    grads.register::<B>(node.id, weight_grad);
-                }
-                if let Some(node) = node_x {
-                    // A stride-1, padding-1 transposed conv is the conv with the kernel flipped.
-                    let flipped = B::float_flip(weight, &[2, 3]);
-                    grads.register::<B>(node.id, B::depthwise3x3(grad, flipped));
-                }
-            }
-        }
-
-        let (x, x_node) = x.into_parts();
-        let (weight, weight_node) = weight.into_parts();
-        let output = B::depthwise3x3(x.clone(), weight.clone());
-        match DepthwiseBackward
-            .prepare::<C>([x_node, weight_node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((x, weight), output),
-            OpsKind::UnTracked(prep) => prep.finish(output),
-        }
+        conv_with_backward::<B, C>(
+            x,
+            weight,
+            B::depthwise3x3,
+            B::depthwise3x3_weight_grad,
+            // A stride-1, padding-1 transposed conv is the conv with the kernel flipped.
+            |_, weight, grad| B::depthwise3x3(grad, B::float_flip(weight, &[2, 3])),
+        )
     }
 }
 
@@ -194,7 +166,7 @@ mod tests {
     use burn::tensor::Distribution;
 
     use super::*;
-    use crate::kernels::tests::{assert_close, finite_difference_check};
+    use crate::kernels::tests::{assert_matches_conv, finite_difference_check};
 
     fn depthwise_conv(channels: usize, device: &Device) -> Conv2d {
         Conv2dConfig::new([channels, channels], [3, 3])
@@ -218,32 +190,7 @@ mod tests {
             (10, [4, 16, 12, 12]),
         ] {
             device.seed(seed);
-            let conv = depthwise_conv(shape[1], &device);
-            let random = |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-            let (x, r) = (random(shape), random(shape));
-            let run = |fast: bool| {
-                let x = x.clone().require_grad();
-                let y = if fast {
-                    depthwise(&conv, x.clone())
-                } else {
-                    conv.forward(x.clone())
-                };
-                let grads = (y.clone() * r.clone()).sum().backward();
-                let vec = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
-                [
-                    vec(y),
-                    vec(x.grad(&grads).unwrap()),
-                    vec(conv.weight.val().grad(&grads).unwrap()),
-                ]
-            };
-            let (fast, reference) = (run(true), run(false));
-            for ((name, a), b) in ["output", "input gradient", "weight gradient"]
-                .iter()
-                .zip(&fast)
-                .zip(&reference)
-            {
-                assert_close(a, b, 1e-4, &format!("{name} of {shape:?}"));
-            }
+            assert_matches_conv(&depthwise_conv(shape[1], &device), shape, depthwise);
         }
     }
 

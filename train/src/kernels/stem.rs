@@ -16,10 +16,7 @@
 
 #[cfg(feature = "ndarray")]
 use burn::backend::NdArray;
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
@@ -30,7 +27,7 @@ use burn::prelude::*;
 use rayon::prelude::*;
 
 use super::separable::tap_product;
-use super::{MIN_PARALLEL_ELEMENTS, Planes, zeroed};
+use super::{MIN_PARALLEL_ELEMENTS, Planes, conv_with_backward, zeroed};
 
 /// Stride 1, padding 1, one group.
 fn options() -> ConvOptions<2> {
@@ -168,37 +165,13 @@ impl StemConvBackend for Flex {
 
 impl<B: Backend + StemConvBackend, C: CheckpointStrategy> StemConvBackend for Autodiff<B, C> {
     fn stem_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct StemConvBackward;
-
-        impl<B: Backend + StemConvBackend> Backward<B, 2> for StemConvBackward {
-            type State = (FloatTensor<B>, FloatTensor<B>);
-
-            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let [node_x, node_weight] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x, weight) = ops.state;
-                if let Some(node) = node_weight {
-                    let weight_grad = B::stem_conv_weight_grad(x.clone(), weight.clone(), grad.clone());
-                    grads.register::<B>(node.id, weight_grad);
-                }
-                if let Some(node) = node_x {
-                    grads.register::<B>(node.id, B::stem_conv_input_grad(x, weight, grad));
-                }
-            }
-        }
-
-        let (x, x_node) = x.into_parts();
-        let (weight, weight_node) = weight.into_parts();
-        let output = B::stem_conv(x.clone(), weight.clone());
-        match StemConvBackward
-            .prepare::<C>([x_node, weight_node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((x, weight), output),
-            OpsKind::UnTracked(prep) => prep.finish(output),
-        }
+        conv_with_backward::<B, C>(
+            x,
+            weight,
+            B::stem_conv,
+            B::stem_conv_weight_grad,
+            B::stem_conv_input_grad,
+        )
     }
 }
 
@@ -229,7 +202,7 @@ mod tests {
     use burn::tensor::Distribution;
 
     use super::*;
-    use crate::kernels::tests::{assert_close, finite_difference_check};
+    use crate::kernels::tests::{assert_matches_conv, finite_difference_check};
 
     fn stem(channels: usize, device: &Device) -> Conv2d {
         Conv2dConfig::new([1, channels], [3, 3])
@@ -250,33 +223,7 @@ mod tests {
             (5, [8, 1, 48, 48], 32),
         ] {
             device.seed(seed);
-            let conv = stem(channels, &device);
-            let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-            let [b, _, h, w] = shape;
-            let r = Tensor::<4>::random([b, channels, h, w], Distribution::Normal(0.0, 1.0), &device);
-            let run = |fast: bool| {
-                let x = x.clone().require_grad();
-                let y = if fast {
-                    stem_conv(&conv, x.clone())
-                } else {
-                    conv.forward(x.clone())
-                };
-                let grads = (y.clone() * r.clone()).sum().backward();
-                let vec = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
-                [
-                    vec(y),
-                    vec(x.grad(&grads).unwrap()),
-                    vec(conv.weight.val().grad(&grads).unwrap()),
-                ]
-            };
-            let (fast, reference) = (run(true), run(false));
-            for ((name, a), b) in ["output", "input gradient", "weight gradient"]
-                .iter()
-                .zip(&fast)
-                .zip(&reference)
-            {
-                assert_close(a, b, 1e-4, &format!("{name} of {shape:?} × {channels}"));
-            }
+            assert_matches_conv(&stem(channels, &device), shape, stem_conv);
         }
     }
 
