@@ -188,15 +188,20 @@ impl<B: Backend + MaxPoolBackend, C: CheckpointStrategy> MaxPoolBackend for Auto
     }
 }
 
-/// `pool.forward(x)`; for a 2x2, stride-2 pool without padding while training (an autodiff
-/// device), through [`MaxPoolBackend`].
-pub(crate) fn max_pool2x2(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
-    let two_by_two = pool.kernel_size == WINDOW
+/// Whether `pool` is a 2x2, stride-2 max-pool without padding, rounding down: what
+/// [`MaxPoolBackend`] computes.
+pub(crate) fn is_pool2x2(pool: &MaxPool2d) -> bool {
+    pool.kernel_size == WINDOW
         && pool.stride == WINDOW
         && pool.dilation == [1, 1]
         && pool.padding == PaddingConfig2d::Valid
-        && !pool.ceil_mode;
-    if !two_by_two || !x.device().is_autodiff() {
+        && !pool.ceil_mode
+}
+
+/// `pool.forward(x)`; for a 2x2 pool ([`is_pool2x2`]) while training (an autodiff device), through
+/// [`MaxPoolBackend`].
+pub(crate) fn max_pool2x2(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    if !is_pool2x2(pool) || !x.device().is_autodiff() {
         return pool.forward(x);
     }
     let (output, _) = <Dispatch as MaxPoolBackend>::max_pool2x2(x.into_dispatch());
@@ -215,6 +220,7 @@ mod tests {
     fn matches_burns_max_pool_on_random_shapes() {
         let device = Device::flex().autodiff();
         let pool = MaxPool2dConfig::new(WINDOW).init();
+        assert!(is_pool2x2(&pool), "the test must take the kernel's path");
         // Odd sides (the last row or column is dropped), non-square maps, one plane, many planes.
         for (seed, shape) in [
             (1, [2, 3, 6, 8]),

@@ -154,11 +154,10 @@ impl<B: Backend + PointwiseBackend, C: CheckpointStrategy> PointwiseBackend for 
     }
 }
 
-/// `conv.forward(x)`; while the weight of a 1x1 conv (stride 1, no padding, no bias) is being
-/// trained, through [`PointwiseBackend`] (the same numbers, a faster backward).
-pub(crate) fn pointwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let weight = conv.weight.val();
-    let one_by_one = conv.kernel_size == [1, 1]
+/// Whether `conv` is a 1x1 conv with stride 1, no padding and no bias: what [`PointwiseBackend`]
+/// computes.
+pub(crate) fn is_pointwise(conv: &Conv2d) -> bool {
+    conv.kernel_size == [1, 1]
         && conv.bias.is_none()
         && conv.stride == [1, 1]
         && conv.dilation == [1, 1]
@@ -166,8 +165,14 @@ pub(crate) fn pointwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         && matches!(
             conv.padding,
             PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0)
-        );
-    if !one_by_one || !weight.is_require_grad() {
+        )
+}
+
+/// `conv.forward(x)`; while the weight of a 1x1 conv ([`is_pointwise`]) is being trained, through
+/// [`PointwiseBackend`] (the same numbers, a faster backward).
+pub(crate) fn pointwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let weight = conv.weight.val();
+    if !is_pointwise(conv) || !weight.is_require_grad() {
         return conv.forward(x);
     }
     Tensor::from_dispatch(<Dispatch as PointwiseBackend>::pointwise_conv(
@@ -194,6 +199,7 @@ mod tests {
             let conv = Conv2dConfig::new([shape[1], out], [1, 1])
                 .with_bias(false)
                 .init(&device);
+            assert!(is_pointwise(&conv), "the test must take the kernel's path");
             assert_matches_conv(&conv, shape, pointwise);
         }
     }

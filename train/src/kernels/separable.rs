@@ -139,19 +139,24 @@ impl<B: Backend + DepthwiseBackend, C: CheckpointStrategy> DepthwiseBackend for 
     }
 }
 
-/// `conv.forward(x)`; while the weight of a depthwise 3x3 conv (stride 1, padding 1, no bias) is
-/// being trained, through [`DepthwiseBackend`] (same numbers as the conv, a faster backward).
-pub(crate) fn depthwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let weight = conv.weight.val();
-    let [channels, per_group, ..] = weight.dims();
-    let depthwise3x3 = per_group == 1
+/// Whether `conv` is a depthwise 3x3 conv with stride 1, padding 1 and no bias: what
+/// [`DepthwiseBackend`] computes.
+pub(crate) fn is_depthwise3x3(conv: &Conv2d) -> bool {
+    let [channels, per_group, ..] = conv.weight.dims();
+    per_group == 1
         && conv.groups == channels
         && conv.kernel_size == [3, 3]
         && conv.bias.is_none()
         && conv.stride == [1, 1]
         && conv.dilation == [1, 1]
-        && conv.padding == PaddingConfig2d::Explicit(1, 1, 1, 1);
-    if !depthwise3x3 || !weight.is_require_grad() {
+        && conv.padding == PaddingConfig2d::Explicit(1, 1, 1, 1)
+}
+
+/// `conv.forward(x)`; while the weight of a depthwise 3x3 conv ([`is_depthwise3x3`]) is being
+/// trained, through [`DepthwiseBackend`] (same numbers as the conv, a faster backward).
+pub(crate) fn depthwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let weight = conv.weight.val();
+    if !is_depthwise3x3(conv) || !weight.is_require_grad() {
         return conv.forward(x);
     }
     Tensor::from_dispatch(<Dispatch as DepthwiseBackend>::depthwise3x3(
@@ -190,7 +195,9 @@ mod tests {
             (10, [4, 16, 12, 12]),
         ] {
             device.seed(seed);
-            assert_matches_conv(&depthwise_conv(shape[1], &device), shape, depthwise);
+            let conv = depthwise_conv(shape[1], &device);
+            assert!(is_depthwise3x3(&conv), "the test must take the kernel's path");
+            assert_matches_conv(&conv, shape, depthwise);
         }
     }
 

@@ -175,19 +175,24 @@ impl<B: Backend + StemConvBackend, C: CheckpointStrategy> StemConvBackend for Au
     }
 }
 
-/// `conv.forward(x)`; while the weight of a one-input-channel 3x3 conv (stride 1, padding 1, no
-/// bias) is being trained, through [`StemConvBackend`].
-pub(crate) fn stem_conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let weight = conv.weight.val();
-    let [_, inputs, kh, kw] = weight.dims();
-    let stem = inputs == 1
-        && [kh, kw] == [3, 3]
+/// Whether `conv` is a 3x3 conv over one input channel with stride 1, padding 1 and no bias: what
+/// [`StemConvBackend`] computes.
+pub(crate) fn is_stem(conv: &Conv2d) -> bool {
+    let [_, inputs, ..] = conv.weight.dims();
+    inputs == 1
+        && conv.kernel_size == [3, 3]
         && conv.bias.is_none()
         && conv.stride == [1, 1]
         && conv.dilation == [1, 1]
         && conv.groups == 1
-        && conv.padding == PaddingConfig2d::Explicit(1, 1, 1, 1);
-    if !stem || !weight.is_require_grad() {
+        && conv.padding == PaddingConfig2d::Explicit(1, 1, 1, 1)
+}
+
+/// `conv.forward(x)`; while the weight of a stem conv ([`is_stem`]) is being trained, through
+/// [`StemConvBackend`].
+pub(crate) fn stem_conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let weight = conv.weight.val();
+    if !is_stem(conv) || !weight.is_require_grad() {
         return conv.forward(x);
     }
     Tensor::from_dispatch(<Dispatch as StemConvBackend>::stem_conv(
@@ -223,7 +228,9 @@ mod tests {
             (5, [8, 1, 48, 48], 32),
         ] {
             device.seed(seed);
-            assert_matches_conv(&stem(channels, &device), shape, stem_conv);
+            let conv = stem(channels, &device);
+            assert!(is_stem(&conv), "the test must take the kernel's path");
+            assert_matches_conv(&conv, shape, stem_conv);
         }
     }
 
