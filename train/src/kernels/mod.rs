@@ -27,7 +27,9 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend};
+use burn::backend::{Autodiff, Backend, DispatchTensor};
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
 
 /// Independent partial sums per reduction, a multiple of every x86 and ARM f32 vector width: the
 /// compiler vectorises independent lanes, while a single running float sum it may not reorder
@@ -85,6 +87,21 @@ fn conv_with_backward<B: Backend, C: CheckpointStrategy>(
         OpsKind::Tracked(prep) => prep.finish((x, weight), output),
         OpsKind::UnTracked(prep) => prep.finish(output),
     }
+}
+
+/// `conv.forward(x)`, or, where `kernel_applies` to the conv and its weight is being trained, the
+/// kernel `op` on `x` and the weight (what the conv kernels' wrappers share).
+fn conv_or_kernel(
+    conv: &Conv2d,
+    x: Tensor<4>,
+    kernel_applies: bool,
+    op: fn(DispatchTensor, DispatchTensor) -> DispatchTensor,
+) -> Tensor<4> {
+    let weight = conv.weight.val();
+    if !kernel_applies || !weight.is_require_grad() {
+        return conv.forward(x);
+    }
+    Tensor::from_dispatch(op(x.into_dispatch(), weight.into_dispatch()))
 }
 
 /// An output buffer of `planes × plane` elements that parallel tasks write plane by plane, in any

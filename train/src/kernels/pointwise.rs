@@ -25,7 +25,7 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::conv_with_backward;
+use super::{conv_or_kernel, conv_with_backward};
 
 /// Samples whose weight gradients one task accumulates (a batch of 64 makes two tasks, one per
 /// core here).
@@ -171,14 +171,12 @@ pub(crate) fn is_pointwise(conv: &Conv2d) -> bool {
 /// `conv.forward(x)`; while the weight of a 1x1 conv ([`is_pointwise`]) is being trained, through
 /// [`PointwiseBackend`] (the same numbers, a faster backward).
 pub(crate) fn pointwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let weight = conv.weight.val();
-    if !is_pointwise(conv) || !weight.is_require_grad() {
-        return conv.forward(x);
-    }
-    Tensor::from_dispatch(<Dispatch as PointwiseBackend>::pointwise_conv(
-        x.into_dispatch(),
-        weight.into_dispatch(),
-    ))
+    conv_or_kernel(
+        conv,
+        x,
+        is_pointwise(conv),
+        <Dispatch as PointwiseBackend>::pointwise_conv,
+    )
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::{LANES, conv_with_backward};
+use super::{LANES, conv_or_kernel, conv_with_backward};
 
 /// Stride 1, padding 1, one group per channel.
 fn options(channels: usize) -> ConvOptions<2> {
@@ -155,14 +155,12 @@ pub(crate) fn is_depthwise3x3(conv: &Conv2d) -> bool {
 /// `conv.forward(x)`; while the weight of a depthwise 3x3 conv ([`is_depthwise3x3`]) is being
 /// trained, through [`DepthwiseBackend`] (same numbers as the conv, a faster backward).
 pub(crate) fn depthwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let weight = conv.weight.val();
-    if !is_depthwise3x3(conv) || !weight.is_require_grad() {
-        return conv.forward(x);
-    }
-    Tensor::from_dispatch(<Dispatch as DepthwiseBackend>::depthwise3x3(
-        x.into_dispatch(),
-        weight.into_dispatch(),
-    ))
+    conv_or_kernel(
+        conv,
+        x,
+        is_depthwise3x3(conv),
+        <Dispatch as DepthwiseBackend>::depthwise3x3,
+    )
 }
 
 #[cfg(test)]

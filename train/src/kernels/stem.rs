@@ -27,7 +27,7 @@ use burn::prelude::*;
 use rayon::prelude::*;
 
 use super::separable::tap_product;
-use super::{MIN_PARALLEL_ELEMENTS, Planes, conv_with_backward, zeroed};
+use super::{MIN_PARALLEL_ELEMENTS, Planes, conv_or_kernel, conv_with_backward, zeroed};
 
 /// Stride 1, padding 1, one group.
 fn options() -> ConvOptions<2> {
@@ -191,14 +191,7 @@ pub(crate) fn is_stem(conv: &Conv2d) -> bool {
 /// `conv.forward(x)`; while the weight of a stem conv ([`is_stem`]) is being trained, through
 /// [`StemConvBackend`].
 pub(crate) fn stem_conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let weight = conv.weight.val();
-    if !is_stem(conv) || !weight.is_require_grad() {
-        return conv.forward(x);
-    }
-    Tensor::from_dispatch(<Dispatch as StemConvBackend>::stem_conv(
-        x.into_dispatch(),
-        weight.into_dispatch(),
-    ))
+    conv_or_kernel(conv, x, is_stem(conv), <Dispatch as StemConvBackend>::stem_conv)
 }
 
 #[cfg(test)]
