@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod align;
+pub mod backoff;
 pub mod bench;
 pub mod classify;
 pub mod config;

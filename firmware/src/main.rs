@@ -12,8 +12,9 @@ use fer_firmware::config::Config;
 use fer_firmware::decide::Select;
 use fer_firmware::publish::gpio::{Gpio, pi};
 use fer_firmware::publish::mqtt::{self, Mqtt, MqttOptions};
-use fer_firmware::publish::serial::{self, Mode, Serial, SerialOptions};
-use fer_firmware::publish::{JsonLines, Opener, Publisher, Supervised};
+use fer_firmware::publish::serial::{self, Mode, Serial, SerialOptions, UartWriter};
+use fer_firmware::publish::stdout::{JsonLines, ReaderGone};
+use fer_firmware::publish::{Opener, Publisher, Supervised};
 use fer_firmware::selftest::{self, Check};
 use fer_firmware::sensor::{self, LoopOptions, Sensor};
 use fer_firmware::source::Feed;
@@ -178,6 +179,10 @@ impl Cli {
     }
 }
 
+/// The exit status when stdout's reader closed the pipe: what a shell reports for a tool that
+/// SIGPIPE killed (128 + 13), so pipelines read it as a broken pipe, not a crash.
+const BROKEN_PIPE: u8 = 141;
+
 /// Wait before the first reopen of a failed publisher (doubling up to 30 s).
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
 
@@ -191,7 +196,7 @@ fn publishers(config: &Config, model: &str) -> Vec<Box<dyn Publisher>> {
         let every_frame = p.stdout.every_frame;
         openers.push((
             "stdout".into(),
-            Box::new(move || Ok(Box::new(JsonLines::new(std::io::stdout(), every_frame, "stdout")))),
+            Box::new(move || Ok(Box::new(JsonLines::stdout(every_frame)?))),
         ));
     }
     if let Some(s) = p.serial.clone() {
@@ -201,7 +206,7 @@ fn publishers(config: &Config, model: &str) -> Vec<Box<dyn Publisher>> {
             name,
             Box::new(move || {
                 let uart = serial::open(&s.port, s.baud)?;
-                Ok(Box::new(Serial::new(uart, s.mode, s.every_frame, &label)))
+                Ok(Box::new(Serial::new(UartWriter(uart), s.mode, s.every_frame, &label)?))
             }),
         ));
     }
@@ -431,6 +436,10 @@ fn main() -> ExitCode {
     }
     match run(&config) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<ReaderGone>() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(BROKEN_PIPE)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

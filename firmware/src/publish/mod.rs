@@ -3,9 +3,10 @@
 
 pub mod gpio;
 pub mod mqtt;
+pub mod outlet;
 pub mod serial;
+pub mod stdout;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -13,6 +14,7 @@ use fer_protocol::{Frame, Reading};
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
 use crate::decide::Decision;
 
 /// One frame's published decision.
@@ -130,13 +132,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A publisher that fails alone: an error (an unplugged USB-serial adapter, a port missing at
 /// start) is logged once per back-off step, the publisher is closed and reopened with
 /// exponential back-off, and the others keep publishing meanwhile. Once reopened it is sent the
-/// current decision as a change, so change-only outputs catch up at once.
+/// current decision as a change, so change-only outputs catch up at once. The back-off starts
+/// over only after the reopened publisher worked for a while ([`Backoff`]). One error is not
+/// contained: stdout's reader closing the pipe ([`stdout::ReaderGone`]) ends the sensor.
 pub struct Supervised {
     name: String,
     open: Opener,
     current: Option<Box<dyn Publisher>>,
-    first_backoff: Duration,
-    backoff: Duration,
+    backoff: Backoff,
     retry_at: Instant,
     failures: u64,
 }
@@ -144,12 +147,16 @@ pub struct Supervised {
 impl Supervised {
     /// Opens the publisher now; a failure is logged and retried after `first_backoff`.
     pub fn new(name: &str, first_backoff: Duration, open: Opener) -> Self {
+        Self::with_backoff(name, Backoff::new(first_backoff, MAX_BACKOFF.max(first_backoff)), open)
+    }
+
+    /// Like [`Supervised::new`] with its own back-off.
+    pub fn with_backoff(name: &str, backoff: Backoff, open: Opener) -> Self {
         let mut supervised = Self {
             name: name.to_string(),
             open,
             current: None,
-            first_backoff,
-            backoff: first_backoff,
+            backoff,
             retry_at: Instant::now(),
             failures: 0,
         };
@@ -169,7 +176,7 @@ impl Supervised {
                     info!("{}: open again", self.name);
                 }
                 self.current = Some(p);
-                self.backoff = self.first_backoff;
+                self.backoff.connected();
                 true
             }
             Err(e) => {
@@ -179,14 +186,26 @@ impl Supervised {
         }
     }
 
+    /// Logs a contained failure and schedules the next attempt; passes on one that ends the sensor.
     fn failed(&mut self, e: anyhow::Error) {
-        warn!(
-            "{}: {e:#}; other outputs carry on, retrying in {:?}",
-            self.name, self.backoff
-        );
+        let wait = self.backoff.failed();
+        warn!("{}: {e:#}; other outputs carry on, retrying in {wait:?}", self.name);
         self.failures += 1;
-        self.retry_at = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.retry_at = Instant::now() + wait;
+    }
+
+    /// Closes the current publisher after its error; the error comes back if it ends the sensor.
+    fn lost(&mut self, e: anyhow::Error) -> Result<()> {
+        if let Some(p) = &mut self.current {
+            // Best effort: the device may be gone, and pins get their own idle on drop.
+            let _ = p.shutdown();
+        }
+        self.current = None;
+        if e.is::<stdout::ReaderGone>() {
+            return Err(e);
+        }
+        self.failed(e);
+        Ok(())
     }
 }
 
@@ -209,24 +228,17 @@ impl Publisher for Supervised {
             &caught_up
         };
         let publisher = self.current.as_mut().expect("opened above");
-        if let Err(e) = publisher.publish(event) {
-            // Best effort: the device may be gone, and pins get their own idle on drop.
-            let _ = publisher.shutdown();
-            self.current = None;
-            self.failed(e);
+        match publisher.publish(event) {
+            Ok(()) => Ok(()),
+            Err(e) => self.lost(e),
         }
-        Ok(())
     }
 
     fn status(&mut self, status: &Status) -> Result<()> {
-        if let Some(p) = &mut self.current
-            && let Err(e) = p.status(status)
-        {
-            let _ = p.shutdown();
-            self.current = None;
-            self.failed(e);
+        match self.current.as_mut().map(|p| p.status(status)) {
+            Some(Err(e)) => self.lost(e),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn shutdown(&mut self) -> Result<()> {
@@ -234,38 +246,6 @@ impl Publisher for Supervised {
             Some(p) => p.shutdown(),
             None => Ok(()),
         }
-    }
-}
-
-/// JSON lines on a writer (stdout in the sensor): one per change, or one per frame.
-pub struct JsonLines<W: Write> {
-    out: W,
-    every_frame: bool,
-    label: String,
-}
-
-impl<W: Write> JsonLines<W> {
-    /// Writes to `out`; `label` names it in logs.
-    pub fn new(out: W, every_frame: bool, label: &str) -> Self {
-        Self {
-            out,
-            every_frame,
-            label: label.to_string(),
-        }
-    }
-}
-
-impl<W: Write> Publisher for JsonLines<W> {
-    fn name(&self) -> String {
-        self.label.clone()
-    }
-
-    fn publish(&mut self, event: &Event) -> Result<()> {
-        if self.every_frame || event.decision.changed {
-            writeln!(self.out, "{}", event.json())?;
-            self.out.flush()?;
-        }
-        Ok(())
     }
 }
 
@@ -288,24 +268,6 @@ pub(crate) mod tests {
                 changed,
             },
         }
-    }
-
-    #[test]
-    fn json_lines_only_on_change_unless_every_frame() {
-        let mut changes = JsonLines::new(Vec::new(), false, "test");
-        let mut all = JsonLines::new(Vec::new(), true, "test");
-        for (i, changed) in [true, false, false, true].into_iter().enumerate() {
-            let e = event(i as u64, Reading::Expression(Expression::Happiness), changed);
-            changes.publish(&e).unwrap();
-            all.publish(&e).unwrap();
-        }
-        let text = String::from_utf8(changes.out).unwrap();
-        assert_eq!(text.lines().count(), 2);
-        assert_eq!(String::from_utf8(all.out).unwrap().lines().count(), 4);
-        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-        assert_eq!(first["reading"], "happiness");
-        assert_eq!(first["confidence"], 0.8);
-        assert_eq!(first["face"], serde_json::Value::Null);
     }
 
     /// Records what reaches it; fails the publishes whose sequence is in `fail`.
@@ -358,6 +320,53 @@ pub(crate) mod tests {
             supervised.publish(&event(i, Reading::NoFace, true)).unwrap();
         }
         assert_eq!(supervised.failures(), 1, "no retry before the back-off ends");
+    }
+
+    #[test]
+    fn an_output_that_opens_but_fails_at_once_is_retried_ever_more_slowly() {
+        let opens = std::rc::Rc::new(std::cell::Cell::new(0));
+        let o = opens.clone();
+        // Opens fine, fails every publish: a reader that never reads, a broker that drops us.
+        let open: Opener = Box::new(move || {
+            o.set(o.get() + 1);
+            Ok(Box::new(Flaky {
+                log: Default::default(),
+                fail: &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            }) as Box<dyn Publisher>)
+        });
+        let backoff = Backoff::forgiving_after(
+            Duration::from_millis(20),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        );
+        let mut supervised = Supervised::with_backoff("flaky", backoff, open);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(400) {
+            supervised.publish(&event(1, Reading::NoFace, true)).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Waits of 20, 40, 80, 160 ms fit in 400 ms: five opens, not the twenty a back-off
+        // forgiven by every successful open would make.
+        assert!((4..=6).contains(&opens.get()), "{} opens", opens.get());
+    }
+
+    #[test]
+    fn a_closed_stdout_is_not_contained_but_ends_the_sensor() {
+        let open: Opener = Box::new(|| {
+            struct Gone;
+            impl Publisher for Gone {
+                fn name(&self) -> String {
+                    "stdout".into()
+                }
+                fn publish(&mut self, _: &Event) -> Result<()> {
+                    Err(stdout::ReaderGone("stdout".into()).into())
+                }
+            }
+            Ok(Box::new(Gone) as Box<dyn Publisher>)
+        });
+        let mut supervised = Supervised::new("stdout", Duration::ZERO, open);
+        let err = supervised.publish(&event(0, Reading::NoFace, true)).unwrap_err();
+        assert!(err.is::<stdout::ReaderGone>(), "{err:#}");
     }
 
     #[test]

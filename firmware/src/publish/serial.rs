@@ -1,12 +1,14 @@
 //! Serial publisher: the binary frames of [`fer_protocol::wire`] or JSON lines on a UART or any
 //! tty (USB adapters, pseudo-terminals), opened through rppal.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rppal::uart::{Parity, Uart};
 
+use super::outlet::{Outlet, QUEUE};
 use super::{Event, Publisher};
 
 /// What goes on the line.
@@ -55,11 +57,10 @@ pub trait SerialPort {
     fn receive(&mut self, buffer: &mut [u8], timeout: Duration) -> Result<usize>;
 }
 
-/// How long one message may take to leave: a receiver that stopped reading (or hardware flow
-/// control held off) must not stall the frame loop.
+/// How long one message of the self-test's loopback may take to leave.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Opens a tty as a UART, 8N1, non-blocking writes (sends wait at most [`WRITE_TIMEOUT`]).
+/// Opens a tty as a UART, 8N1, non-blocking writes.
 pub fn open(port: &Path, baud: u32) -> Result<Uart> {
     let mut uart = Uart::with_path(port, baud, Parity::None, 8, 1)
         .with_context(|| format!("opening serial port {} at {baud} baud", port.display()))?;
@@ -95,27 +96,53 @@ impl SerialPort for Uart {
     }
 }
 
-/// Publishes events on a serial port.
-pub struct Serial<S: SerialPort> {
-    port: S,
+/// A UART as the publisher's writer thread writes to it: non-blocking, so a full output buffer
+/// takes no bytes (the thread waits it out) instead of blocking a close.
+pub struct UartWriter(pub Uart);
+
+impl Write for UartWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(|e| match e {
+            rppal::uart::Error::Io(e) => e,
+            other => std::io::Error::other(other),
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How long a stop waits for queued messages to leave on a slow line.
+const DRAIN: Duration = Duration::from_millis(200);
+
+/// Publishes events on a serial port, written on their own thread (see [`Outlet`]): a receiver
+/// that stops reading costs dropped messages, never a stalled frame loop or half a message.
+pub struct Serial {
+    outlet: Outlet,
     mode: Mode,
     every_frame: bool,
     label: String,
 }
 
-impl<S: SerialPort> Serial<S> {
+impl Serial {
     /// Publishes on `port`; `label` names it in logs.
-    pub fn new(port: S, mode: Mode, every_frame: bool, label: &str) -> Self {
-        Self {
-            port,
+    pub fn new(port: impl Write + Send + 'static, mode: Mode, every_frame: bool, label: &str) -> Result<Self> {
+        Ok(Self {
+            outlet: Outlet::spawn(port, label, QUEUE).with_context(|| format!("starting the {label} writer"))?,
             mode,
             every_frame,
             label: label.to_string(),
-        }
+        })
+    }
+
+    /// Messages dropped because the receiver did not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.outlet.dropped()
     }
 }
 
-impl<S: SerialPort> Publisher for Serial<S> {
+impl Publisher for Serial {
     fn name(&self) -> String {
         self.label.clone()
     }
@@ -124,10 +151,17 @@ impl<S: SerialPort> Publisher for Serial<S> {
         if !(self.every_frame || event.decision.changed) {
             return Ok(());
         }
-        match self.mode {
-            Mode::Binary => self.port.send(&event.frame().encode()),
-            Mode::Json => self.port.send(format!("{}\n", event.json()).as_bytes()),
-        }
-        .with_context(|| format!("writing to {}", self.label))
+        let bytes = match self.mode {
+            Mode::Binary => event.frame().encode().to_vec(),
+            Mode::Json => format!("{}\n", event.json()).into_bytes(),
+        };
+        self.outlet
+            .send(bytes)
+            .with_context(|| format!("writing to {}", self.label))
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        self.outlet.close(DRAIN);
+        Ok(())
     }
 }

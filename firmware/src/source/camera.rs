@@ -14,13 +14,16 @@ use v4l::video::Capture;
 use v4l::{Device, FourCC};
 use yuvutils_rs::{YuvPackedImage, YuvRange, YuvStandardMatrix, yuyv422_to_rgb};
 
-use super::{Frame, FrameSource, PixelFormat, SourceOptions};
+use super::{Frame, FrameSource, PixelFormat, Skips, SourceOptions};
 use crate::Stop;
+use crate::backoff::Backoff;
 
 const MJPG: FourCC = FourCC { repr: *b"MJPG" };
 const YUYV: FourCC = FourCC { repr: *b"YUYV" };
 /// Memory-mapped buffers queued with the driver.
 const BUFFERS: u32 = 4;
+/// First wait before reopening a camera that failed.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest wait between reopen attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -40,8 +43,9 @@ pub struct Camera {
     options: SourceOptions,
     open: Option<Open>,
     stop: Stop,
+    backoff: Backoff,
     frames: u64,
-    skipped: usize,
+    skipped: Skips,
 }
 
 impl Camera {
@@ -66,25 +70,26 @@ impl Camera {
             options: options.clone(),
             open: Some(open),
             stop,
+            backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
             frames: 0,
-            skipped: 0,
+            skipped: Skips::default(),
         })
     }
 
     /// Reopens the camera until it answers or the sensor is asked to stop.
     fn reopen(&mut self) -> Result<bool> {
-        let mut backoff = Duration::from_millis(250);
         while !self.stop.requested() {
             match start(&self.path, &self.options) {
                 Ok(open) => {
                     info!("camera {} is back", self.path.display());
                     self.open = Some(open);
+                    self.backoff.connected();
                     return Ok(true);
                 }
                 Err(e) => {
-                    warn!("camera {}: {e:#}; retrying in {backoff:?}", self.path.display());
-                    self.stop.sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let wait = self.backoff.failed();
+                    warn!("camera {}: {e:#}; retrying in {wait:?}", self.path.display());
+                    self.stop.sleep(wait);
                 }
             }
         }
@@ -157,14 +162,23 @@ impl FrameSource for Camera {
                             }));
                         }
                         Err(e) => {
-                            self.skipped += 1;
-                            warn!("camera {}: skipping frame {}: {e}", self.path.display(), self.frames);
+                            self.skipped.skip(format_args!(
+                                "camera {}: skipping frame {}: {e}",
+                                self.path.display(),
+                                self.frames
+                            ));
                         }
                     }
                 }
                 Err(e) => {
-                    warn!("camera {} stopped answering: {e}", self.path.display());
+                    // A camera that streams again at once and fails again must not spin.
+                    let wait = self.backoff.failed();
+                    warn!(
+                        "camera {} stopped answering: {e}; reopening in {wait:?}",
+                        self.path.display()
+                    );
                     self.open = None;
+                    self.stop.sleep(wait);
                 }
             }
             if self.stop.requested() {
@@ -174,7 +188,7 @@ impl FrameSource for Camera {
     }
 
     fn skipped(&self) -> usize {
-        self.skipped
+        self.skipped.count()
     }
 
     fn describe(&self) -> String {
