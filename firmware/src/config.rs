@@ -12,7 +12,10 @@ use crate::detect::DetectOptions;
 use crate::publish::gpio::GpioOptions;
 use crate::publish::mqtt::MqttOptions;
 use crate::publish::serial::SerialOptions;
-use crate::source::SourceOptions;
+use crate::source::{MAX_SIDE, SourceOptions};
+
+/// The largest configuration file read: the commented example is 4 KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// The whole configuration; every section and key is optional and defaults as documented in
 /// `firmware/fer-sensor.toml`.
@@ -105,9 +108,22 @@ impl Default for StatusOptions {
 }
 
 impl Config {
-    /// Reads and validates a TOML file.
+    /// Reads and validates a TOML file of at most [`MAX_CONFIG_BYTES`].
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        use std::io::Read;
+        let reading = || format!("reading config {}", path.display());
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .with_context(reading)?
+            .take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .with_context(reading)?;
+        ensure!(
+            text.len() as u64 <= MAX_CONFIG_BYTES,
+            "config {}: larger than {} KiB, which no configuration is",
+            path.display(),
+            MAX_CONFIG_BYTES >> 10
+        );
         Self::parse(&text).with_context(|| format!("config {}", path.display()))
     }
 
@@ -123,7 +139,7 @@ impl Config {
         let in_unit = |key: &str, v: f32, zero_ok: bool| {
             ensure!(
                 v <= 1.0 && (v > 0.0 || (zero_ok && v == 0.0)),
-                "{key} = {v} is out of range ({}0, 1]",
+                "{key} = {v} is out of range {}0, 1]",
                 if zero_ok { "[" } else { "(" }
             );
             Ok(())
@@ -133,6 +149,12 @@ impl Config {
         ensure!(
             s.width >= 64 && s.height >= 64,
             "source.width/height = {}x{} is too small (64x64 at least)",
+            s.width,
+            s.height
+        );
+        ensure!(
+            s.width <= MAX_SIDE && s.height <= MAX_SIDE,
+            "source.width/height = {}x{} is too large ({MAX_SIDE}x{MAX_SIDE} at most)",
             s.width,
             s.height
         );
@@ -148,7 +170,12 @@ impl Config {
             s.signal_timeout_s
         );
         ensure!(self.model.max_faces >= 1, "model.max_faces must be at least 1");
-        in_unit("detect.score_threshold", self.detect.score_threshold, false)?;
+        let score = self.detect.score_threshold;
+        // No score reaches 1 after the sigmoid: at 1 nothing would ever be detected.
+        ensure!(
+            score > 0.0 && score < 1.0,
+            "detect.score_threshold = {score} is out of range (0, 1)"
+        );
         // At 1 no overlap exceeds the threshold, so no two boxes of one face would ever merge.
         ensure!(self.detect.every_frames >= 1, "detect.every_frames must be at least 1");
         let iou = self.detect.iou_threshold;
@@ -231,6 +258,12 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_never_ends_is_refused_after_a_bounded_read() {
+        let err = format!("{:#}", Config::load(Path::new("/dev/zero")).unwrap_err());
+        assert!(err.contains("larger than 1024 KiB"), "{err}");
+    }
+
+    #[test]
     fn an_empty_file_gives_the_defaults() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
     }
@@ -247,6 +280,9 @@ mod tests {
         // Floats that parse but cannot work: infinities, NaN, a threshold nothing exceeds.
         assert!(err("[status]\ninterval_s = inf\n").contains("status.interval_s = inf"));
         assert!(err("[detect]\niou_threshold = 1.0\n").contains("detect.iou_threshold = 1"));
+        assert!(err("[detect]\nscore_threshold = 1.0\n").contains("detect.score_threshold = 1 is out of range (0, 1)"));
+        assert!(err("[decide]\nalpha = 0\n").contains("decide.alpha = 0 is out of range (0, 1]"));
+        assert!(err("[source]\nwidth = 100000\nheight = 100000\n").contains("8192x8192 at most"));
         assert!(err("[detect]\nscore_threshold = nan\n").contains("detect.score_threshold = NaN"));
         assert!(err("[decide]\nmax_center_distance = inf\n").contains("decide.max_center_distance = inf"));
         assert!(err("[align]\nscale = nan\n").contains("align.scale = NaN"));

@@ -3,9 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use tracing::warn;
 
-use super::{Frame, FrameSource};
+use super::{Frame, FrameSource, Skips};
 
 /// Extensions read from a directory.
 const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "ppm"];
@@ -18,7 +17,7 @@ pub struct Files {
     paths: Vec<PathBuf>,
     next: usize,
     passes_left: Option<u32>,
-    skipped: usize,
+    skipped: Skips,
     read_this_pass: usize,
     pattern: String,
 }
@@ -70,7 +69,7 @@ impl Files {
             paths,
             next: 0,
             passes_left: (repeat > 0).then_some(repeat),
-            skipped: 0,
+            skipped: Skips::default(),
             read_this_pass: 0,
             pattern: pattern.to_string(),
         })
@@ -112,16 +111,13 @@ impl FrameSource for Files {
             }
             let path = &self.paths[self.next];
             self.next += 1;
-            match image::open(path) {
+            match super::read_image(path) {
                 Ok(image) => {
                     self.read_this_pass += 1;
                     let name = path
                         .file_name()
                         .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-                    let frame = Frame {
-                        image: image.to_rgb8(),
-                        name,
-                    };
+                    let frame = Frame { image, name };
                     if self.hold > 1 {
                         self.held = Some((
                             Frame {
@@ -133,16 +129,13 @@ impl FrameSource for Files {
                     }
                     return Ok(Some(frame));
                 }
-                Err(e) => {
-                    self.skipped += 1;
-                    warn!("skipping {}: {e}", path.display());
-                }
+                Err(e) => self.skipped.skip(format_args!("skipping {}: {e:#}", path.display())),
             }
         }
     }
 
     fn skipped(&self) -> usize {
-        self.skipped
+        self.skipped.count()
     }
 
     fn describe(&self) -> String {
@@ -153,6 +146,31 @@ impl FrameSource for Files {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_without_pixels_too_large_or_not_regular_are_skipped_saying_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a-empty.ppm"), b"P6\n0 0\n255\n").unwrap();
+        // A header that claims 20000x20000 (1.2 GB decoded) in a few bytes.
+        std::fs::write(d.join("b-huge.ppm"), b"P6\n20000 20000\n255\n").unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.join("c-device.jpg")).unwrap();
+        image::RgbImage::from_pixel(8, 6, image::Rgb([1, 2, 3]))
+            .save(d.join("d-good.png"))
+            .unwrap();
+        let mut files = Files::open(d.to_str().unwrap(), 1, 1).unwrap();
+        let frame = files.next_frame().unwrap().expect("the good file");
+        assert_eq!((frame.name.as_str(), files.skipped()), ("d-good.png", 3));
+        assert!(files.next_frame().unwrap().is_none());
+        let why = |name: &str| format!("{:#}", super::super::read_image(&d.join(name)).unwrap_err());
+        assert!(why("a-empty.ppm").contains("no pixels"), "{}", why("a-empty.ppm"));
+        assert!(why("b-huge.ppm").contains("at most 8192x8192"), "{}", why("b-huge.ppm"));
+        assert!(
+            why("c-device.jpg").contains("not a regular file"),
+            "{}",
+            why("c-device.jpg")
+        );
+    }
 
     #[test]
     fn every_listed_extension_is_read() {

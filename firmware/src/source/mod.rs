@@ -5,11 +5,14 @@ pub mod files;
 pub mod mjpeg;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use image::RgbImage;
+use tracing::warn;
 
 /// One captured frame.
 pub struct Frame {
@@ -120,16 +123,25 @@ pub fn open(options: &SourceOptions, stop: crate::Stop) -> Result<Box<dyn FrameS
     })
 }
 
+/// The largest frame side the sensor accepts, from any source: above every camera it runs on
+/// (a 12-megapixel module's 4608x2592), and small enough that no header can claim gigabytes.
+pub const MAX_SIDE: u32 = 8192;
+
+/// Decoder limits for an image of at most `max` (width, height): the decoded frame and the
+/// decoder's own buffers, nothing like the image crate's 512 MiB default.
+fn limits(max: (u32, u32)) -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(max.0);
+    limits.max_image_height = Some(max.1);
+    limits.max_alloc = Some(u64::from(max.0) * u64::from(max.1) * 8 + (1 << 20));
+    limits
+}
+
 /// Decodes a JPEG frame from a stream, refusing one larger than `max` (width, height) from its
 /// header, before anything is allocated: a few bytes on stdin must not claim gigabytes.
 pub fn decode_jpeg(bytes: &[u8], max: (u32, u32)) -> Result<RgbImage> {
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg);
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(max.0);
-    limits.max_image_height = Some(max.1);
-    // Room for the decoded frame and the decoder's own buffers, nothing like the 512 MiB default.
-    limits.max_alloc = Some(u64::from(max.0) * u64::from(max.1) * 8 + (1 << 20));
-    reader.limits(limits);
+    reader.limits(limits(max));
     match reader.decode() {
         Ok(image) => Ok(image.into_rgb8()),
         Err(image::ImageError::Limits(e)) => Err(anyhow!(
@@ -138,6 +150,72 @@ pub fn decode_jpeg(bytes: &[u8], max: (u32, u32)) -> Result<RgbImage> {
             max.1
         )),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The largest image file read, in bytes: a photo of [`MAX_SIDE`] squared compresses to less.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads and decodes an image file within bounds: a regular file (not a device or a pipe behind
+/// an image's name) of at most [`MAX_FILE_BYTES`], decoding to at most [`MAX_SIDE`] a side. The
+/// error says which bound it broke.
+pub fn read_image(path: &std::path::Path) -> Result<RgbImage> {
+    let meta = std::fs::metadata(path)?;
+    anyhow::ensure!(meta.is_file(), "not a regular file");
+    anyhow::ensure!(
+        meta.len() <= MAX_FILE_BYTES,
+        "{} MB, over the {} MB limit for an image file",
+        meta.len() >> 20,
+        MAX_FILE_BYTES >> 20
+    );
+    let mut reader = image::ImageReader::open(path)?.with_guessed_format()?;
+    reader.limits(limits((MAX_SIDE, MAX_SIDE)));
+    let image = match reader.decode() {
+        Ok(image) => image.into_rgb8(),
+        Err(image::ImageError::Limits(e)) => {
+            anyhow::bail!("{e}: images may be at most {MAX_SIDE}x{MAX_SIDE}")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    anyhow::ensure!(
+        image.width() > 0 && image.height() > 0,
+        "{}x{}: no pixels",
+        image.width(),
+        image.height()
+    );
+    Ok(image)
+}
+
+/// The least time between two warnings about skipped frames.
+const SKIP_WARNING_EVERY: Duration = Duration::from_secs(5);
+
+/// Frames a source skipped, counted, with warnings that a stream of bad frames cannot flood: the
+/// first in full, then at most one every few seconds carrying how many were skipped since.
+#[derive(Debug, Default)]
+pub struct Skips {
+    count: usize,
+    warned_at: Option<Instant>,
+    unreported: usize,
+}
+
+impl Skips {
+    /// Counts a skipped frame; `why` names it and says why (it is logged unless one was lately).
+    pub fn skip(&mut self, why: impl std::fmt::Display) {
+        self.count += 1;
+        if self.warned_at.is_some_and(|t| t.elapsed() < SKIP_WARNING_EVERY) {
+            self.unreported += 1;
+            return;
+        }
+        match std::mem::take(&mut self.unreported) {
+            0 => warn!("{why}"),
+            n => warn!("{why} ({n} more frames skipped since the last warning)"),
+        }
+        self.warned_at = Some(Instant::now());
+    }
+
+    /// Frames skipped so far.
+    pub fn count(&self) -> usize {
+        self.count
     }
 }
 
@@ -153,8 +231,8 @@ pub enum Next {
 
 enum Message {
     Opened(String),
-    Frame(Frame, Duration, usize),
-    End(usize),
+    Frame(Frame, Duration),
+    End,
     Failed(anyhow::Error),
 }
 
@@ -165,7 +243,9 @@ enum Message {
 pub struct Feed {
     frames: Receiver<Message>,
     describe: String,
-    skipped: usize,
+    /// Frames the source skipped, kept current by its thread (not only as frames arrive: a run
+    /// of bad frames ended by a stop must still show in the summary).
+    skipped: Arc<AtomicUsize>,
     ended: bool,
 }
 
@@ -176,15 +256,17 @@ impl Feed {
         F: FnOnce() -> Result<Box<dyn FrameSource>> + Send + 'static,
     {
         let (tx, rx) = sync_channel(1);
+        let skipped = Arc::new(AtomicUsize::new(0));
+        let counter = skipped.clone();
         std::thread::Builder::new()
             .name("frame source".into())
-            .spawn(move || feed(open, &tx, &stop))
+            .spawn(move || feed(open, &tx, &stop, &counter))
             .context("starting the frame source thread")?;
         match rx.recv() {
             Ok(Message::Opened(describe)) => Ok(Self {
                 frames: rx,
                 describe,
-                skipped: 0,
+                skipped,
                 ended: false,
             }),
             Ok(Message::Failed(e)) => Err(e),
@@ -198,12 +280,9 @@ impl Feed {
             return Ok(Next::End);
         }
         match self.frames.recv_timeout(wait) {
-            Ok(Message::Frame(frame, capture, skipped)) => {
-                self.skipped = skipped;
-                Ok(Next::Frame(frame, capture))
-            }
-            Ok(Message::End(skipped)) => {
-                (self.skipped, self.ended) = (skipped, true);
+            Ok(Message::Frame(frame, capture)) => Ok(Next::Frame(frame, capture)),
+            Ok(Message::End) => {
+                self.ended = true;
                 Ok(Next::End)
             }
             Ok(Message::Failed(e)) => {
@@ -219,9 +298,9 @@ impl Feed {
         }
     }
 
-    /// Frames the source skipped as unreadable, as of the last frame.
+    /// Frames the source skipped as unreadable so far.
     pub fn skipped(&self) -> usize {
-        self.skipped
+        self.skipped.load(Ordering::SeqCst)
     }
 
     /// The source's one-line description.
@@ -230,7 +309,7 @@ impl Feed {
     }
 }
 
-fn feed<F>(open: F, tx: &SyncSender<Message>, stop: &crate::Stop)
+fn feed<F>(open: F, tx: &SyncSender<Message>, stop: &crate::Stop, skipped: &AtomicUsize)
 where
     F: FnOnce() -> Result<Box<dyn FrameSource>>,
 {
@@ -248,16 +327,17 @@ where
     while !stop.requested() {
         let t = Instant::now();
         let message = match source.next_frame() {
-            Ok(Some(frame)) => Message::Frame(frame, t.elapsed(), source.skipped()),
-            Ok(None) => Message::End(source.skipped()),
+            Ok(Some(frame)) => Message::Frame(frame, t.elapsed()),
+            Ok(None) => Message::End,
             Err(e) => Message::Failed(e),
         };
+        skipped.store(source.skipped(), Ordering::SeqCst);
         let last = !matches!(message, Message::Frame(..));
         if tx.send(message).is_err() || last {
             return;
         }
     }
-    let _ = tx.send(Message::End(source.skipped()));
+    let _ = tx.send(Message::End);
 }
 
 #[cfg(test)]
