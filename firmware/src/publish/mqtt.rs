@@ -26,9 +26,18 @@ use anyhow::{Context, Result, bail, ensure};
 use rumqttc::{Client, Connection, Event as MqttEvent, LastWill, Outgoing, Packet, QoS, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::{Event, Publisher, Status};
+use crate::backoff::Backoff;
+
+/// The longest `client_id` accepted, in bytes.
+pub const MAX_CLIENT_ID: usize = 64;
+/// The longest `topic_prefix` or `discovery_prefix` accepted, in bytes.
+pub const MAX_PREFIX: usize = 128;
+/// The limit on the size of a packet sent or received (rumqttc's default, set explicitly).
+const MAX_PACKET: usize = 10 * 1024;
 
 /// MQTT settings (`[publish.mqtt]`; `--mqtt URL` turns it on with the defaults).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,10 +108,22 @@ impl MqttOptions {
             self.password_file.is_none() || self.password_env.is_none(),
             "publish.mqtt: password_file and password_env are both set; keep one"
         );
+        ensure!(
+            self.client_id.len() <= MAX_CLIENT_ID,
+            "publish.mqtt.client_id is {} bytes long; {MAX_CLIENT_ID} at most",
+            self.client_id.len()
+        );
         for (key, topic) in [
             ("topic_prefix", &self.topic_prefix),
             ("discovery_prefix", &self.discovery_prefix),
         ] {
+            // Discovery configs repeat the prefix: a long one makes every packet exceed the
+            // client's packet size limit, and only the Last Will would ever arrive.
+            ensure!(
+                topic.len() <= MAX_PREFIX,
+                "publish.mqtt.{key} is {} bytes long; {MAX_PREFIX} at most",
+                topic.len()
+            );
             ensure!(
                 !topic.contains(['+', '#', '\0']) && !topic.starts_with('/') && !topic.ends_with('/'),
                 "publish.mqtt.{key} = {topic:?}: no wildcards (+ #) and no leading or trailing /"
@@ -115,18 +136,23 @@ impl MqttOptions {
         Ok(())
     }
 
-    /// The client id: the configured one, or this machine's host name.
+    /// The client id: the configured one, or this machine's host name and a suffix drawn from
+    /// its machine id, so that boards left with the same host name (every fresh `raspberrypi`)
+    /// do not throw each other off the broker.
     pub fn client_id(&self) -> String {
-        if self.client_id.is_empty() {
-            // Linux's own answer; the gethostname crate would switch on a rustix feature that
-            // recompiles Burn and tract through their shared tempfile dependency.
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            match host.trim() {
-                "" => "fer-sensor".into(),
-                host => host.to_string(),
-            }
-        } else {
-            self.client_id.clone()
+        if !self.client_id.is_empty() {
+            return self.client_id.clone();
+        }
+        // Linux's own answer; the gethostname crate would switch on a rustix feature that
+        // recompiles Burn and tract through their shared tempfile dependency.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = match host.trim() {
+            "" => "fer-sensor",
+            host => host,
+        };
+        match machine_suffix() {
+            Some(suffix) => format!("{host}-{suffix}"),
+            None => host.to_string(),
         }
     }
 
@@ -143,6 +169,7 @@ impl MqttOptions {
     fn connection(&self, client_id: &str) -> Result<(Broker, rumqttc::MqttOptions)> {
         let broker = Broker::parse(&self.url).context("publish.mqtt.url")?;
         let mut mqtt = rumqttc::MqttOptions::new(client_id, broker.host.clone(), broker.port);
+        mqtt.set_max_packet_size(MAX_PACKET, MAX_PACKET);
         if let Some(user) = &self.username {
             mqtt.set_credentials(user.as_str(), self.password()?.unwrap_or_default());
         }
@@ -177,6 +204,19 @@ impl MqttOptions {
     }
 }
 
+/// Six hex digits of a hash of this machine's id: stable across reboots and reinstalls of the
+/// sensor, different between boards, and not the id itself, which systemd asks programs not to
+/// publish (machine-id(5)).
+fn machine_suffix() -> Option<String> {
+    let id = std::fs::read_to_string("/etc/machine-id").ok()?;
+    let id = id.trim();
+    if id.is_empty() {
+        return None;
+    }
+    let digest = Sha256::digest(format!("fer-sensor client id:{id}"));
+    Some(digest[..3].iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Where the broker is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Broker {
@@ -192,8 +232,10 @@ impl Broker {
     /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (host: a name, an IPv4 address or an
     /// IPv6 address in brackets). By hand: the `url` crate would pull in the ICU stack, whose
     /// derive macros change `syn`'s features and so recompile every macro user (Burn, tract).
-    pub fn parse(text: &str) -> Result<Self> {
-        let (scheme, rest) = text
+    pub fn parse(url: &str) -> Result<Self> {
+        // Every error quotes the URL with any password in it masked: errors reach logs.
+        let text = &redacted(url);
+        let (scheme, rest) = url
             .split_once("://")
             .with_context(|| format!("{text:?} is not a URL like mqtt://host:1883"))?;
         let tls = match scheme {
@@ -240,6 +282,15 @@ impl Broker {
             port,
         })
     }
+}
+
+/// `url` with whatever precedes its last `@` after the scheme (user and password) masked.
+fn redacted(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    let keep = url.find("://").map_or(0, |i| i + 3).min(at);
+    format!("{}***{}", &url[..keep], &url[at..])
 }
 
 impl std::fmt::Display for Broker {
@@ -446,6 +497,7 @@ struct Shared {
     stop: AtomicBool,
     topics: Topics,
     qos: QoS,
+    client_id: String,
 }
 
 impl Shared {
@@ -522,6 +574,7 @@ impl Mqtt {
             stop: AtomicBool::new(false),
             topics,
             qos: options.qos(),
+            client_id: options.client_id(),
         });
         let (done_tx, done_rx) = sync_channel(1);
         let (c, s, b) = (client.clone(), shared.clone(), broker.to_string());
@@ -567,15 +620,19 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig>
 }
 
 /// The connection thread: drives rumqttc's event loop, announces on every connect, flushes the
-/// queue as the client takes it, and backs off after failures (one log line per attempt).
+/// queue as the client takes it, and backs off after failures (one log line per attempt; the
+/// wait starts over only after a connection that lasted, see [`Backoff`]). It ends when the
+/// client has sent its disconnect, so a clean stop reaches the broker before the socket closes.
 fn drive(mut connection: Connection, client: Client, shared: Arc<Shared>, broker: String, done: SyncSender<()>) {
-    let mut backoff = FIRST_BACKOFF;
-    while !shared.stop.load(Ordering::SeqCst) {
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+    let mut connected_at = None;
+    loop {
         match connection.recv() {
             // Every client handle is gone.
             Err(_) => break,
             Ok(Ok(MqttEvent::Incoming(Packet::ConnAck(_)))) => {
-                backoff = FIRST_BACKOFF;
+                backoff.connected();
+                connected_at = Some(Instant::now());
                 shared.connected.store(true, Ordering::SeqCst);
                 let dropped = std::mem::take(&mut shared.outbox().dropped_while_away);
                 if dropped > 0 {
@@ -598,12 +655,24 @@ fn drive(mut connection: Connection, client: Client, shared: Arc<Shared>, broker
                 if shared.stop.load(Ordering::SeqCst) {
                     break;
                 }
-                warn!("mqtt {broker}: {e}; other outputs carry on, retrying in {backoff:?}");
-                let until = Instant::now() + backoff;
+                let hint = match connected_at.take() {
+                    Some(at) if backoff.up_briefly() => format!(
+                        " {:.0} s after the broker accepted us: is another client connected with our id {:?} \
+                         (two boards left with one host name and client_id)? Or does the broker's ACL refuse our topics?",
+                        at.elapsed().as_secs_f32(),
+                        shared.client_id
+                    ),
+                    _ => String::new(),
+                };
+                let wait = backoff.failed();
+                warn!("mqtt {broker}: {e}{hint}; other outputs carry on, retrying in {wait:?}");
+                let until = Instant::now() + wait;
                 while Instant::now() < until && !shared.stop.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
             }
         }
     }
@@ -660,7 +729,8 @@ impl Publisher for Mqtt {
     }
 
     /// Says `offline` and disconnects (a clean disconnect does not fire the Last Will), waiting
-    /// at most [`GOODBYE`] for it to leave.
+    /// at most [`GOODBYE`] for both to leave. Not connected, it does not wait: the broker already
+    /// counts us gone, or never knew us.
     fn shutdown(&mut self) -> Result<()> {
         let Some((handle, done)) = self.driver.take() else {
             return Ok(());
@@ -673,21 +743,22 @@ impl Publisher for Mqtt {
                 self.label
             );
         }
-        if self.shared.connected() {
-            let _ = self.client.try_publish(
-                self.shared.topics.availability.as_str(),
-                self.shared.qos,
-                true,
-                "offline",
-            );
+        if !self.shared.connected() {
+            info!("{}: not connected; no goodbye to say", self.label);
+            return Ok(());
         }
+        let _ = self.client.try_publish(
+            self.shared.topics.availability.as_str(),
+            self.shared.qos,
+            true,
+            "offline",
+        );
         let _ = self.client.try_disconnect();
         match done.recv_timeout(GOODBYE) {
             Ok(()) => {
                 let _ = handle.join();
             }
-            // Connecting or backing off: the broker already counts us gone (or never knew us).
-            Err(_) => info!("{}: no broker to say goodbye to", self.label),
+            Err(_) => warn!("{}: the broker did not take our goodbye within {GOODBYE:?}", self.label),
         }
         Ok(())
     }
@@ -730,6 +801,14 @@ mod tests {
         let err = |url: &str| format!("{:#}", Broker::parse(url).unwrap_err());
         assert!(err("http://x").contains("not mqtt:// or mqtts://"));
         assert!(err("mqtt://user:secret@x").contains("not in the URL"));
+        assert!(!err("mqtt://user:secret@x").contains("secret"));
+        assert!(!err("mqtt://fer:SECRET@127.0.0.1:1883/path").contains("SECRET"));
+        assert!(!err("mqtt://fer:SE@CRET@127.0.0.1:99999").contains("CRET"));
+        assert!(
+            !err("mqtt:/fer:SECRET@x").contains("SECRET"),
+            "{}",
+            err("mqtt:/fer:SECRET@x")
+        );
         assert!(err("mqtt://x/topic").contains("no path"));
         assert!(err("broker:1883").contains("not a URL"));
         assert!(err("mqtt://x:99999").contains("port \"99999\""));
@@ -763,6 +842,41 @@ mod tests {
             ..d()
         };
         assert!(err(both).contains("both set"));
+    }
+
+    #[test]
+    fn the_longest_ids_and_prefixes_accepted_still_fit_every_packet() {
+        let options = MqttOptions {
+            client_id: "c".repeat(MAX_CLIENT_ID),
+            topic_prefix: "t".repeat(MAX_PREFIX),
+            discovery_prefix: "d".repeat(MAX_PREFIX),
+            ..MqttOptions::default()
+        };
+        options.validate().unwrap();
+        let topics = Topics::new(&options, &"m".repeat(64));
+        for (topic, payload) in &topics.discovery {
+            // The fixed header, the topic's length prefix and the packet id take under 16 bytes.
+            assert!(
+                topic.len() + payload.len() + 16 <= MAX_PACKET,
+                "{topic}: {} bytes",
+                payload.len()
+            );
+        }
+        let err = |o: MqttOptions| format!("{:#}", o.validate().unwrap_err());
+        assert!(
+            err(MqttOptions {
+                topic_prefix: "t".repeat(3500),
+                ..MqttOptions::default()
+            })
+            .contains("publish.mqtt.topic_prefix is 3500 bytes long; 128 at most")
+        );
+        assert!(
+            err(MqttOptions {
+                client_id: "c".repeat(70_000),
+                ..MqttOptions::default()
+            })
+            .contains("publish.mqtt.client_id is 70000 bytes long")
+        );
     }
 
     #[test]

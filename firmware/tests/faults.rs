@@ -1,0 +1,253 @@
+//! Faults a sensor meets in the field, against the real `fer-sensor` binary: a reader that stops
+//! reading stdout, a reader that closes it, a serial receiver that stops reading, a file without
+//! pixels among good ones, truncated and foreign bytes on stdin. Every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// fer-sensor from the repository root with the f32 classifier, every pipe captured.
+fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_fer-sensor"))
+        .current_dir(root())
+        .args(["--classifier", "models/fer.f32.onnx"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running fer-sensor")
+}
+
+/// The child's stderr as it grows, read on a thread so the child never blocks on it.
+fn log_of(child: &mut Child) -> Arc<Mutex<String>> {
+    let log = Arc::new(Mutex::new(String::new()));
+    let (sink, stderr) = (log.clone(), child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    log
+}
+
+/// Waits at most `limit` for `done` on the log; the log either way.
+fn wait_for_log(log: &Mutex<String>, limit: Duration, done: impl Fn(&str) -> bool) -> (bool, String) {
+    let end = Instant::now() + limit;
+    loop {
+        let text = log.lock().unwrap().clone();
+        if done(&text) || Instant::now() >= end {
+            return (done(&text), text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM and waits at most 5 s; returns the exit status and how long the exit took.
+fn terminate(child: &mut Child) -> (std::process::ExitStatus, Duration) {
+    let pid = nix_pid(child);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let asked = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, asked.elapsed());
+        }
+        if asked.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("still running 5 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn nix_pid(child: &Child) -> i32 {
+    i32::try_from(child.id()).unwrap()
+}
+
+/// Waits at most `limit` for the child to exit on its own.
+fn exits_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stdout_nobody_reads_freezes_nothing_and_sigterm_still_ends_the_sensor() {
+    let mut child = spawn(&[
+        "--source",
+        "samples",
+        "--repeat",
+        "0",
+        "--every-frame",
+        "--status-interval",
+        "0.5",
+    ]);
+    let stdout = child.stdout.take().unwrap();
+    // A one-page pipe fills within a few frames instead of a few hundred.
+    unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    let log = log_of(&mut child);
+    let (full, text) = wait_for_log(&log, Duration::from_secs(60), |l| {
+        l.contains("stdout: the reader is not keeping up")
+    });
+    assert!(full, "stdout never filled up:\n{text}");
+    // The frame loop goes on: status lines keep coming while nobody reads.
+    let before = text.matches("status:").count();
+    let (going, text) = wait_for_log(&log, Duration::from_secs(10), |l| {
+        l.matches("status:").count() >= before + 3
+    });
+    assert!(going, "the frame loop stalled with stdout full:\n{text}");
+    let (status, took) = terminate(&mut child);
+    assert!(status.success(), "{status:?}\n{}", log.lock().unwrap());
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+    drop(stdout);
+}
+
+#[test]
+fn a_closed_stdout_ends_the_sensor_with_the_broken_pipe_status() {
+    let mut child = spawn(&["--source", "samples", "--repeat", "0", "--every-frame"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let log = log_of(&mut child);
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("\"reading\""), "{first}");
+    drop(stdout);
+    let status = exits_within(&mut child, Duration::from_secs(20));
+    let (_, text) = wait_for_log(&log, Duration::from_secs(2), |l| l.contains("error:"));
+    assert_eq!(status.code(), Some(141), "{text}");
+    assert!(text.contains("stdout: the reader closed the pipe; stopping"), "{text}");
+    assert!(
+        text.matches("retrying in").count() == 0,
+        "a closed stdout was retried:\n{text}"
+    );
+}
+
+#[test]
+fn a_serial_receiver_that_stops_reading_costs_no_stall_no_retries_and_no_half_lines() {
+    let pair = nix::pty::openpty(None, None).expect("openpty");
+    let tty = nix::unistd::ttyname(&pair.slave).expect("ttyname");
+    let mut child = spawn(&[
+        "--source",
+        "samples",
+        "--repeat",
+        "0",
+        "--quiet",
+        "--status-interval",
+        "0.5",
+        "--serial",
+        tty.to_str().unwrap(),
+        "--serial-mode",
+        "json",
+    ]);
+    let log = log_of(&mut child);
+    let (full, text) = wait_for_log(&log, Duration::from_secs(60), |l| {
+        l.contains("the reader is not keeping up")
+    });
+    assert!(full, "the pty never filled up:\n{text}");
+    let before = text.matches("status:").count();
+    let (going, text) = wait_for_log(&log, Duration::from_secs(10), |l| {
+        l.matches("status:").count() >= before + 3
+    });
+    assert!(going, "the frame loop stalled on the serial line:\n{text}");
+    assert!(!text.contains("retrying in"), "a slow receiver was reopened:\n{text}");
+    // The receiver reads again: whole lines only, and new ones keep coming.
+    let mut master = std::fs::File::from(pair.master);
+    let mut received = String::new();
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + Duration::from_secs(10);
+    while received.lines().count() < 100 && Instant::now() < end {
+        let k = master.read(&mut buf).unwrap();
+        received.push_str(std::str::from_utf8(&buf[..k]).unwrap());
+    }
+    let lines: Vec<&str> = received.lines().collect();
+    assert!(lines.len() >= 100, "{} lines", lines.len());
+    for line in &lines[..lines.len() - 1] {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    }
+    let (status, _) = terminate(&mut child);
+    assert!(status.success(), "{status:?}\n{}", log.lock().unwrap());
+    drop(pair.slave);
+}
+
+#[test]
+fn a_file_without_pixels_is_skipped_by_name_and_the_others_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("01-empty.ppm"), b"P6\n0 0\n255\n").unwrap();
+    std::fs::copy(root().join("samples/04-happiness.png"), dir.path().join("02-happy.png")).unwrap();
+    let mut child = spawn(&["--source", dir.path().to_str().unwrap(), "--status-interval", "0"]);
+    let log = log_of(&mut child);
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let status = exits_within(&mut child, Duration::from_secs(30));
+    let (_, text) = wait_for_log(&log, Duration::from_secs(2), |l| l.contains("done:"));
+    assert!(status.success(), "{text}");
+    assert!(
+        text.contains("01-empty.ppm: 0x0: no pixels") && text.contains("1 skipped"),
+        "{text}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("happiness"), "{stdout}");
+}
+
+/// A sample as JPEG bytes.
+fn jpeg_of(sample: &str) -> Vec<u8> {
+    let mut jpeg = Vec::new();
+    image::open(root().join("samples").join(sample))
+        .unwrap()
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .unwrap();
+    jpeg
+}
+
+#[test]
+fn truncated_and_foreign_bytes_on_stdin_cost_themselves_and_not_the_next_frame() {
+    let good = jpeg_of("04-happiness.png");
+    let half = jpeg_of("06-anger.png");
+    let png = std::fs::read(root().join("samples/10-no-face.png")).unwrap();
+    let mut stream = half[..half.len() / 2].to_vec();
+    stream.extend(&good);
+    stream.extend(&png);
+    stream.extend(&good);
+    let mut child = spawn(&["--source", "stdin", "--every-frame", "--status-interval", "0"]);
+    let log = log_of(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&stream);
+    });
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let _ = exits_within(&mut child, Duration::from_secs(30));
+    feeder.join().unwrap();
+    let readings: Vec<(String, String)> = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["source"].as_str().unwrap().into(),
+                v["reading"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let text = log.lock().unwrap().clone();
+    assert_eq!(readings.len(), 2, "{readings:?}\n{text}");
+    assert!(readings.iter().all(|(_, r)| r != "no_face"), "{readings:?}");
+    assert_eq!(readings[0].0, "stdin #2", "the truncated frame is #1");
+}
