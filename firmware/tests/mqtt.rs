@@ -583,7 +583,46 @@ fn wrong_credentials_keep_the_sensor_sensing_right_ones_publish_and_sigterm_says
         watcher.wait_for(1, &availability, Duration::from_secs(5), |s| s.payload == "offline"),
         "no offline after SIGTERM"
     );
+    // A clean stop disconnects cleanly: the broker must not fire the Last Will as well.
+    std::thread::sleep(Duration::from_secs(2));
+    // Live deliveries only: a resubscribing watcher is sent the retained `offline` again.
+    let seen = watcher.on(&availability);
+    let offline = seen.iter().filter(|s| s.payload == "offline" && !s.retain).count();
+    assert_eq!(offline, 1, "the Last Will fired on a clean stop: {seen:?}");
     assert!(!right.stderr().contains(secret));
+}
+
+#[test]
+fn two_sensors_sharing_a_client_id_back_off_ever_longer_and_say_why() {
+    let Some(binary) = mosquitto() else { return };
+    let mut broker = Broker::prepare(binary, "allow_anonymous true\n");
+    broker.restart();
+    // The same client id twice: the broker throws the older session off at each connect.
+    let config = "[publish.mqtt]\nclient_id = \"raspberrypi\"\n";
+    let args = ["--mqtt", &broker.url(), "--hold", "10", "--repeat", "0", "--quiet"];
+    let mut first = Sensor::start(config, &args, &[]);
+    let mut second = Sensor::start(config, &args, &[]);
+    std::thread::sleep(Duration::from_secs(12));
+    first.signal("-TERM");
+    second.signal("-TERM");
+    first.wait(Duration::from_secs(5));
+    second.wait(Duration::from_secs(5));
+    for sensor in [&first, &second] {
+        let log = sensor.stderr();
+        // With the wait forgiven at every connect, 12 s hold about twelve retries; growing
+        // waits of 1, 2, 4 and 8 s hold four.
+        let retries = log.matches("retrying in").count();
+        assert!((1..=5).contains(&retries), "{retries} retries in 12 s:\n{log}");
+        assert!(
+            !log.contains("retrying in 1s") || log.matches("retrying in 1s").count() == 1,
+            "{log}"
+        );
+    }
+    let both = first.stderr() + &second.stderr();
+    assert!(
+        both.contains("is another client connected with our id \"raspberrypi\""),
+        "no hint at the likely cause:\n{both}"
+    );
 }
 
 /// A certificate authority and a server certificate for localhost/127.0.0.1 signed by it, as PEM:

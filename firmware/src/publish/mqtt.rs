@@ -845,6 +845,26 @@ mod tests {
     }
 
     #[test]
+    fn the_default_client_id_is_the_host_name_with_a_suffix_from_the_machine_id() {
+        let id = MqttOptions::default().client_id();
+        assert_eq!(id, MqttOptions::default().client_id(), "stable");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert!(id.starts_with(host.trim()), "{id}");
+        let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+        if !machine.trim().is_empty() {
+            let suffix = &id[host.trim().len()..];
+            assert!(
+                suffix.len() == 7 && suffix.starts_with('-') && suffix[1..].chars().all(|c| c.is_ascii_hexdigit()),
+                "{id}"
+            );
+            assert!(
+                !machine.contains(&suffix[1..]),
+                "the machine id itself is not published"
+            );
+        }
+    }
+
+    #[test]
     fn the_longest_ids_and_prefixes_accepted_still_fit_every_packet() {
         let options = MqttOptions {
             client_id: "c".repeat(MAX_CLIENT_ID),
