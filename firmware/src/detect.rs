@@ -11,6 +11,7 @@ use fast_image_resize::pixels::U8x3;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 /// Side of the detector's square input.
 pub const SIDE: usize = 128;
@@ -136,9 +137,32 @@ impl Detector {
             .context("loading the ONNX model")?;
         let planar = proto.graph.as_mut().is_some_and(fold_input_transpose);
         let shape = if planar { [1, 3, SIDE, SIDE] } else { [1, SIDE, SIDE, 3] };
-        let model = onnx
-            .model_for_proto_model(&proto)
-            .context("loading the ONNX model")?
+        let model = onnx.model_for_proto_model(&proto).context("loading the ONNX model")?;
+        // Checked before the input is pinned: another network fails deep in tract's analysis
+        // with a message about unifying dimensions.
+        let declared: Vec<Option<i64>> = model
+            .input_fact(0)?
+            .shape
+            .dims()
+            .map(|d| d.concretize().and_then(|d| d.as_i64()))
+            .collect();
+        let fits = |expected: [usize; 4]| {
+            declared.len() == 4
+                && declared
+                    .iter()
+                    .zip(expected)
+                    .all(|(d, e)| d.is_none_or(|d| d == e as i64))
+        };
+        ensure!(
+            fits([1, SIDE, SIDE, 3]) || fits([1, 3, SIDE, SIDE]),
+            "not the BlazeFace short-range detector: its input is {}, BlazeFace's is 1x{SIDE}x{SIDE}x3 (RGB)",
+            declared
+                .iter()
+                .map(|d| d.map_or("?".into(), |d| d.to_string()))
+                .collect::<Vec<_>>()
+                .join("x")
+        );
+        let model = model
             .with_input_fact(0, f32::fact(shape).into())?
             .into_optimized()
             .context("optimizing the face detector")?;

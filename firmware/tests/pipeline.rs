@@ -357,9 +357,21 @@ fn idle_pins_without_gpio_configured_has_nothing_to_do() {
 
 #[test]
 fn bad_input_gives_clear_errors() {
-    let cases: [(&[&str], i32, &str); 4] = [
+    let cases: [(&[&str], i32, &str); 8] = [
         (&["--source", "no/such/frames"], 1, "\"no/such/frames\": no such file"),
         (&["--source", "/dev/video77"], 1, "camera /dev/video77 does not exist"),
+        (&["--source", "/dev/null"], 1, "/dev/null is not a V4L2 video device"),
+        (
+            &["--source", "samples", "--detector", F32],
+            1,
+            "not the BlazeFace short-range detector: its input is 1x1x48x48",
+        ),
+        (
+            &["--source", "samples", "--mqtt", "mqtt://fer:SECRET@127.0.0.1"],
+            2,
+            "\"mqtt://***@127.0.0.1\": put credentials in publish.mqtt.username",
+        ),
+        (&["--config", "/dev/zero"], 2, "larger than 1024 KiB"),
         (
             &["--source", "samples", "--classifier", DETECTOR],
             1,
@@ -374,6 +386,7 @@ fn bad_input_gives_clear_errors() {
     for (args, code, message) in cases {
         let out = sensor(args);
         assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("SECRET"), "a password reached the log");
         assert!(
             stderr(&out).contains(message),
             "{args:?}: expected {message:?} in {}",

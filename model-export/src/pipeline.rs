@@ -54,6 +54,40 @@ pub struct ExportOptions {
     pub out: PathBuf,
 }
 
+impl ExportOptions {
+    /// Checks the settings a run would otherwise report as passed; errors name the flag.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.min_calibration_images >= 1,
+            "--min-calibration-images must be at least 1"
+        );
+        ensure!(
+            self.calibration_images >= self.min_calibration_images,
+            "--calibration-images {} is under --min-calibration-images {}: int8 ranges from so few images do not hold",
+            self.calibration_images,
+            self.min_calibration_images
+        );
+        ensure!(self.parity_images >= 1, "--parity-images must be at least 1");
+        ensure!(
+            self.max_parity_error > 0.0 && self.max_parity_error.is_finite(),
+            "--max-parity-error {} must be a positive number",
+            self.max_parity_error
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.min_agreement),
+            "--min-agreement {} is a fraction: it must lie in 0..=1",
+            self.min_agreement
+        );
+        // Negative is a gate that int8 must beat f32 by as much: strict, but well defined.
+        ensure!(
+            self.max_accuracy_drop.is_finite() && self.max_accuracy_drop <= 1.0,
+            "--max-accuracy-drop {} is a fraction of accuracy: a number no larger than 1",
+            self.max_accuracy_drop
+        );
+        Ok(())
+    }
+}
+
 /// The measured outcome of an export.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ExportReport {
@@ -107,8 +141,9 @@ pub struct ExportReport {
 pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let device = Device::flex();
     let (model, config) = training::load_checkpoint(&options.checkpoint, &device)?;
-    // A run folder without a readable state.json still exports, as epoch 0.
-    let state: RunState = training::read_json(&options.checkpoint.join(training::files::STATE)).unwrap_or_default();
+    options.validate()?;
+    let state: RunState = training::read_json(&options.checkpoint.join(training::files::STATE))
+        .context("the run's state says which epoch the weights hold, for the model card")?;
     let evaluation_spec = options
         .evaluation
         .clone()

@@ -214,10 +214,24 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     fails_with(options(&data, &root.path().join("nowhere"), &out), "not a run folder");
 
     let too_few = ExportOptions {
+        calibration_images: 1000,
         min_calibration_images: 1000,
         ..options(&data, &run, &out)
     };
     fails_with(too_few, "calibration needs at least 1000");
+    let fewer_than_the_minimum = ExportOptions {
+        calibration_images: 0,
+        ..options(&data, &run, &out)
+    };
+    fails_with(
+        fewer_than_the_minimum,
+        "--calibration-images 0 is under --min-calibration-images 32",
+    );
+    let not_a_fraction = ExportOptions {
+        min_agreement: f64::NAN,
+        ..options(&data, &run, &out)
+    };
+    fails_with(not_a_fraction, "--min-agreement NaN is a fraction");
 
     let missing: DatasetSpec = format!("folders:{}", root.path().join("no-data").display())
         .parse()
@@ -248,6 +262,12 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
         },
         "quantization check failed",
     );
+
+    // Weights whose epoch is unknown are not exported as "epoch 0".
+    let state = std::fs::read_to_string(run.join(files::STATE)).unwrap();
+    std::fs::write(run.join(files::STATE), b"{ truncated").unwrap();
+    fails_with(options(&data, &run, &out), "which epoch the weights hold");
+    std::fs::write(run.join(files::STATE), state).unwrap();
 
     std::fs::write(run.join(files::MODEL), b"not a burnpack").unwrap();
     fails_with(options(&data, &run, &out), "model.burnpack");

@@ -447,6 +447,19 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
     // state.json is written last in a checkpoint: without it no epoch finished, and a run killed
     // that early has nothing to continue from but its config, so it starts over.
     let from_checkpoint = resume && run.join(files::STATE).is_file();
+    if resume && !from_checkpoint && run.join(files::MODEL).exists() {
+        // Weights without the state that says which epoch they hold: starting over would
+        // overwrite them.
+        bail!(
+            "{}: {} is there but {} is not, so which epoch the weights hold is unknown; restore {} \
+             (its epochs_done is the last epoch of {}) or train into a new run folder",
+            run.display(),
+            files::MODEL,
+            files::STATE,
+            files::STATE,
+            files::METRICS
+        );
+    }
     if resume && !from_checkpoint {
         eprintln!(
             "{}: stopped before its first epoch ended; starting it again",

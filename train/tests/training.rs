@@ -128,6 +128,22 @@ fn training_is_deterministic_and_resumable() {
     let lines = std::fs::read_to_string(runs.path().join("a").join(files::METRICS)).unwrap();
     assert_eq!(lines.lines().count(), 3);
 
+    // Weights without state.json are not retrained over: which epoch they hold is unknown.
+    let state = runs.path().join("a").join(files::STATE);
+    let saved = std::fs::read(&state).unwrap();
+    std::fs::remove_file(&state).unwrap();
+    let weights = std::fs::read(runs.path().join("a").join(files::MODEL)).unwrap();
+    let error = training::train(&longer, &runs.path().join("a"), true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("which epoch the weights hold is unknown"), "{error}");
+    assert!(
+        std::fs::read(runs.path().join("a").join(files::MODEL)).unwrap() == weights,
+        "the checkpoint was overwritten"
+    );
+    std::fs::write(&state, saved).unwrap();
+
     // A changed config does not silently resume.
     let other = TrainConfig { seed: 7, ..longer };
     let error = training::train(&other, &runs.path().join("a"), true)

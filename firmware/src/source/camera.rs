@@ -100,6 +100,21 @@ impl Camera {
 /// Sets the format and frame rate and starts streaming.
 fn start(path: &PathBuf, options: &SourceOptions) -> Result<Open> {
     let device = Device::with_path(path).with_context(|| format!("opening camera {}", path.display()))?;
+    let caps = device.query_caps().map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a V4L2 video device ({e}); sources are /dev/videoN, stdin, or image files",
+            path.display()
+        )
+    })?;
+    let needed = v4l::capability::Flags::VIDEO_CAPTURE | v4l::capability::Flags::STREAMING;
+    if !caps.capabilities.contains(needed) {
+        bail!(
+            "{} ({}) cannot stream video captures (it offers {})",
+            path.display(),
+            caps.card,
+            caps.capabilities
+        );
+    }
     let offered: Vec<FourCC> = device.enum_formats()?.into_iter().map(|f| f.fourcc).collect();
     let fourcc = match options.format {
         PixelFormat::Mjpeg => MJPG,

@@ -1,5 +1,5 @@
 //! Image folders: `ROOT/<label>/*.png|jpg`, or `ROOT/train/<label>/...` and `ROOT/valid/<label>/...`
-//! (`val` and `test` also name the valid split). Folder names are parsed as expressions, so
+//! (`val` and `test` also name the valid split). A flat tree has no valid split. Folder names are parsed as expressions, so
 //! `angry/`, `Happy/` and `surprise/` all work; an unknown folder name is an error.
 
 use std::path::{Path, PathBuf};
@@ -35,6 +35,14 @@ impl ImageFolders {
             return Err(DatasetError::Missing {
                 path: self.root.join(names[0]),
                 what: "split folder",
+            });
+        }
+        // A flat ROOT/<label>/ tree is all training images: validating on them would report
+        // training accuracy as if it were held out.
+        if split == Split::Valid {
+            return Err(DatasetError::Missing {
+                path: self.root.join(names[0]),
+                what: "a validation folder; a flat DIR/<label>/ tree holds training images only: add DIR/valid/<label>/ or name a validation set with --valid",
             });
         }
         Ok(self.root.clone())
@@ -150,6 +158,28 @@ mod tests {
         let skipped = source.load(Split::Train, LoadOptions { skip_bad: true }).unwrap();
         assert_eq!(skipped.samples.len(), 3);
         assert_eq!(skipped.skipped.len(), 2);
+    }
+
+    #[test]
+    fn a_flat_tree_is_training_images_only_never_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("happy")).unwrap();
+        image::GrayImage::new(48, 48)
+            .save(dir.path().join("happy/a.png"))
+            .unwrap();
+        let source = ImageFolders::new(dir.path());
+        assert_eq!(
+            source.load(Split::Train, LoadOptions::default()).unwrap().samples.len(),
+            1
+        );
+        let error = source
+            .load(Split::Valid, LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("holds training images only") && error.contains("--valid"),
+            "{error}"
+        );
     }
 
     #[test]
