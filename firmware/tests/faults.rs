@@ -251,3 +251,32 @@ fn truncated_and_foreign_bytes_on_stdin_cost_themselves_and_not_the_next_frame()
     assert!(readings.iter().all(|(_, r)| r != "no_face"), "{readings:?}");
     assert_eq!(readings[0].0, "stdin #2", "the truncated frame is #1");
 }
+
+#[test]
+fn sigterm_while_the_broker_has_not_answered_ends_the_sensor_within_a_second() {
+    // A listener that accepts and never answers: the MQTT client waits for its CONNACK.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            h.lock().unwrap().push(stream);
+        }
+    });
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let mut child = spawn(&["--source", "samples", "--repeat", "0", "--quiet", "--mqtt", &url]);
+    let log = log_of(&mut child);
+    let (reading, text) = wait_for_log(&log, Duration::from_secs(30), |l| {
+        l.contains("reading 10 image file(s)")
+    });
+    assert!(reading, "{text}");
+    let end = Instant::now() + Duration::from_secs(10);
+    while held.lock().unwrap().is_empty() {
+        assert!(Instant::now() < end, "the sensor never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, took) = terminate(&mut child);
+    assert!(status.success(), "{status:?}\n{}", log.lock().unwrap());
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+}
