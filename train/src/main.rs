@@ -454,6 +454,11 @@ fn run(cli: Cli) -> Result<()> {
                         "class means of the training split"
                     }
                 );
+                // The sensor's `uncertain` on a face's first frame: its top probability under
+                // decide.min_confidence (0.4 by default).
+                for threshold in [0.3, 0.4, 0.5, 0.6] {
+                    println!("  uncertain {}", predictions.flag_at(threshold));
+                }
             }
         }
         Command::Record { run, to } => {

@@ -170,8 +170,63 @@ impl Predictions {
         auroc(&doubt, &self.wrong())
     }
 
+    /// What flagging every face whose top probability is under `threshold` does, as the sensor's
+    /// `decide.min_confidence` does with a face's first frame.
+    pub fn flag_at(&self, threshold: f32) -> Flag {
+        let wrong = self.wrong();
+        let (mut flagged_right, mut flagged_wrong) = (0usize, 0usize);
+        for (&c, &w) in self.confidence.iter().zip(&wrong) {
+            if c < threshold {
+                if w {
+                    flagged_wrong += 1;
+                } else {
+                    flagged_right += 1;
+                }
+            }
+        }
+        let errors = wrong.iter().filter(|&&w| w).count();
+        let right = wrong.len() - errors;
+        let share = |k: usize, of: usize| if of == 0 { 0.0 } else { k as f64 / of as f64 };
+        Flag {
+            threshold,
+            flagged: share(flagged_right + flagged_wrong, wrong.len()),
+            right_flagged: share(flagged_right, right),
+            errors_flagged: share(flagged_wrong, errors),
+            accuracy_unflagged: share(right - flagged_right, wrong.len() - flagged_right - flagged_wrong),
+        }
+    }
+
     fn wrong(&self) -> Vec<bool> {
         self.labels.iter().zip(&self.predicted).map(|(l, p)| l != p).collect()
+    }
+}
+
+/// How a top-probability threshold flags faces `uncertain`: see [`Predictions::flag_at`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Flag {
+    /// Faces under this top probability are flagged.
+    pub threshold: f32,
+    /// Share of all faces flagged.
+    pub flagged: f64,
+    /// Share of the right answers flagged: confident enough readings hidden (false `uncertain`).
+    pub right_flagged: f64,
+    /// Share of the wrong answers flagged: errors caught.
+    pub errors_flagged: f64,
+    /// Accuracy over the faces not flagged.
+    pub accuracy_unflagged: f64,
+}
+
+impl std::fmt::Display for Flag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "under {:.2}: {:.1} % of faces flagged, {:.1} % of right answers (false uncertain), {:.1} % of errors; accuracy of the rest {:.2} %",
+            self.threshold,
+            100.0 * self.flagged,
+            100.0 * self.right_flagged,
+            100.0 * self.errors_flagged,
+            100.0 * self.accuracy_unflagged
+        )
     }
 }
 
@@ -275,5 +330,16 @@ mod tests {
         assert!((confidence(&[0.0, 0.0]) - 0.5).abs() < 1e-6);
         assert!((confidence(&[2.0f32.ln(), 0.0]) - 2.0 / 3.0).abs() < 1e-6);
         assert_eq!(p.metrics([0, 0, 2]).accuracy, 2.0 / 3.0);
+        // Under 0.4: the right answer at 0.3 and the wrong one at 0.2.
+        let flag = p.flag_at(0.4);
+        assert_eq!(
+            (
+                flag.flagged,
+                flag.right_flagged,
+                flag.errors_flagged,
+                flag.accuracy_unflagged
+            ),
+            (0.5, 0.5, 0.5, 0.5)
+        );
     }
 }
