@@ -45,7 +45,8 @@ pub struct Report {
     pub device: String,
     /// Frame size, faces found on it and faces classified (the published one).
     pub frame: (u32, u32, usize, usize),
-    /// The classifier's precision (`f32` or `int8`) and the distinct matrix kernels it runs.
+    /// The classifier's precision (`f32` or `int8`, and whether faces are mirrored too) and the
+    /// distinct matrix kernels it runs.
     pub classifier: (String, Vec<String>),
     /// Frames timed (after as many warm-up frames).
     pub frames: usize,
@@ -106,7 +107,14 @@ pub fn run(config: &Config, frame: &RgbImage, frames: usize, nodes: bool) -> Res
     Ok(Report {
         device: device(),
         frame: (frame.width(), frame.height(), found, classified),
-        classifier: (classifier.info.precision.clone(), kernels),
+        classifier: (
+            if config.classify.flip {
+                format!("{}, each face also mirrored (classify.flip)", classifier.info.precision)
+            } else {
+                classifier.info.precision.clone()
+            },
+            kernels,
+        ),
         frames,
         detect_every: config.detect.every_frames,
         stages,

@@ -9,6 +9,15 @@ use fer_protocol::golden::GoldenOutputs;
 use fer_protocol::scores::{argmax, softmax};
 use fer_protocol::{Expression, INPUT};
 
+/// Classifier settings (`[classify]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifyOptions {
+    /// Also classify the face mirrored left-right and average the two readings (test-time flip
+    /// averaging): more accurate, at twice the classifier's time per face.
+    pub flip: bool,
+}
+
 /// A classifier loaded into tract: its contract and an optimized plan for one face.
 pub struct Classifier {
     /// What the model says about itself.
@@ -57,8 +66,40 @@ impl Classifier {
         self.plan.outputs(input)
     }
 
-    /// Classifies one preprocessed face, reading the outputs in place (no copies per face).
+    /// Classifies one preprocessed face.
     pub fn classify(&mut self, input: &[f32]) -> Result<Classification> {
+        let (logits, center_distances) = self.scores(input)?;
+        let mut probabilities = [0.0; Expression::COUNT];
+        softmax(&logits, &mut probabilities);
+        Ok(Classification {
+            probabilities,
+            center_distances,
+        })
+    }
+
+    /// Classifies one preprocessed face as [`Self::classify`] does; with `flip`, averaged with
+    /// its mirror image (`input` is left mirrored).
+    pub fn classify_face(&mut self, input: &mut [f32], flip: bool) -> Result<Classification> {
+        if !flip {
+            return self.classify(input);
+        }
+        let (logits, distances) = self.scores(input)?;
+        INPUT.mirror(input);
+        let (mirrored, mirrored_distances) = self.scores(input)?;
+        let mut class = Classification {
+            probabilities: [0.0; Expression::COUNT],
+            center_distances: [0.0; Expression::COUNT],
+        };
+        fer_protocol::scores::flip_averaged(&logits, &mirrored, &mut class.probabilities);
+        for ((d, a), b) in class.center_distances.iter_mut().zip(distances).zip(mirrored_distances) {
+            *d = (a + b) / 2.0;
+        }
+        Ok(class)
+    }
+
+    /// The logits and center distances of one preprocessed face, read from the plan's outputs
+    /// in place.
+    fn scores(&mut self, input: &[f32]) -> Result<([f32; Expression::COUNT], [f32; Expression::COUNT])> {
         let outputs = self.plan.run(input)?;
         let logits = outputs[0].try_as_plain_ram()?;
         let distances = outputs[2].try_as_plain_ram()?;
@@ -70,13 +111,10 @@ impl Classifier {
             distances.len(),
             Expression::COUNT
         );
-        let mut result = Classification {
-            probabilities: [0.0; Expression::COUNT],
-            center_distances: [0.0; Expression::COUNT],
-        };
-        softmax(logits, &mut result.probabilities);
-        result.center_distances.copy_from_slice(distances);
-        Ok(result)
+        let mut scores = ([0.0; Expression::COUNT], [0.0; Expression::COUNT]);
+        scores.0.copy_from_slice(logits);
+        scores.1.copy_from_slice(distances);
+        Ok(scores)
     }
 
     /// Where the plan spends its time on one preprocessed face, node by node, over `runs` runs.

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::align::AlignOptions;
+use crate::classify::ClassifyOptions;
 use crate::decide::DecideOptions;
 use crate::detect::DetectOptions;
 use crate::publish::gpio::GpioOptions;
@@ -30,6 +31,8 @@ pub struct Config {
     pub detect: DetectOptions,
     /// Face alignment.
     pub align: AlignOptions,
+    /// Expression classification.
+    pub classify: ClassifyOptions,
     /// Smoothing and decision.
     pub decide: DecideOptions,
     /// Where decisions go.

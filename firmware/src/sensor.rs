@@ -62,6 +62,7 @@ pub struct Sensor {
     tracker: Tracker,
     aligner: Aligner,
     classifier: Classifier,
+    flip: bool,
     decider: Decider,
     max_faces: usize,
     input: Vec<f32>,
@@ -85,6 +86,7 @@ impl Sensor {
             tracker: Tracker::new(config.detect.every_frames),
             aligner: Aligner::new(config.align),
             classifier,
+            flip: config.classify.flip,
             decider: Decider::new(config.decide),
             max_faces: config.model.max_faces,
             input: vec![0.0; INPUT.len()],
@@ -139,7 +141,7 @@ impl Sensor {
                 let a = Instant::now();
                 self.aligner.align(frame, &face, &mut self.input)?;
                 let c = Instant::now();
-                let class = self.classifier.classify(&self.input)?;
+                let class = self.classifier.classify_face(&mut self.input, self.flip)?;
                 classify += c.elapsed();
                 align += c - a;
                 self.stats.classified += 1;

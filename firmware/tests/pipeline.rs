@@ -133,6 +133,27 @@ fn the_sensor_reports_each_sample_as_the_model_sees_the_original_crop() {
 }
 
 #[test]
+fn flip_averaging_reads_a_face_and_its_mirror_image_alike() {
+    let golden = golden::parse(&std::fs::read(root().join("models/fer.golden.json")).unwrap()).unwrap();
+    let mut classifier = Classifier::load(&root().join(F32)).unwrap();
+    let mut differs = 0;
+    for case in &golden.cases {
+        let face = golden::preprocess(case).unwrap();
+        let mut mirrored = face.clone();
+        fer_protocol::INPUT.mirror(&mut mirrored);
+        let plain = classifier.classify(&face).unwrap();
+        differs += usize::from((plain.probabilities[0] - classifier.classify(&mirrored).unwrap().probabilities[0]).abs() > 1e-3);
+        let a = classifier.classify_face(&mut face.clone(), true).unwrap();
+        let b = classifier.classify_face(&mut mirrored, true).unwrap();
+        for (p, q) in a.probabilities.iter().zip(&b.probabilities) {
+            assert!((p - q).abs() < 1e-5, "{}: {:?} vs {:?}", case.name, a.probabilities, b.probabilities);
+        }
+        assert!((a.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+    assert!(differs > 0, "the model alone already reads mirror images alike: the test shows nothing");
+}
+
+#[test]
 fn one_odd_frame_does_not_flip_the_reading_but_a_sustained_change_does_once() {
     let dir = tempfile::tempdir().unwrap();
     let happy = root().join("samples/04-happiness.png");

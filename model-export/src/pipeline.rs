@@ -115,6 +115,10 @@ pub struct ExportReport {
     pub f32_metrics: Metrics,
     /// Metrics of the int8 ONNX model in tract.
     pub int8_metrics: Metrics,
+    /// Metrics of the f32 model with test-time flip averaging (the sensor's `classify.flip`).
+    pub f32_flip_metrics: Metrics,
+    /// Metrics of the int8 model with test-time flip averaging.
+    pub int8_flip_metrics: Metrics,
     /// Share of evaluation images where both models pick the same class.
     pub agreement: f64,
     /// Largest |Δlogit| between f32 and int8 over the evaluation images.
@@ -247,6 +251,8 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
         evaluation_images: evaluation.len(),
         f32_metrics: quality.f32_metrics,
         int8_metrics: quality.int8_metrics,
+        f32_flip_metrics: quality.f32_flip_metrics,
+        int8_flip_metrics: quality.int8_flip_metrics,
         agreement: quality.agreement,
         int8_max_logit_error: quality.max_logit_error,
         f32_bytes: f32_bytes.len(),
@@ -402,6 +408,8 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 struct Quality {
     f32_metrics: Metrics,
     int8_metrics: Metrics,
+    f32_flip_metrics: Metrics,
+    int8_flip_metrics: Metrics,
     agreement: f64,
     max_logit_error: f32,
     f32_ms: f64,
@@ -415,6 +423,7 @@ fn compare(f32_runner: &mut Plan, int8_runner: &mut Plan, samples: &[Sample]) ->
             .expect("valid template"),
     );
     let (mut f32_pairs, mut int8_pairs) = (Vec::new(), Vec::new());
+    let (mut f32_flip_pairs, mut int8_flip_pairs) = (Vec::new(), Vec::new());
     let (mut agree, mut max_logit_error) = (0usize, 0.0f32);
     let (mut f32_time, mut int8_time) = (0.0, 0.0);
     for sample in bar.wrap_iter(samples.iter()) {
@@ -431,12 +440,22 @@ fn compare(f32_runner: &mut Plan, int8_runner: &mut Plan, samples: &[Sample]) ->
         int8_pairs.push((label, b_top));
         agree += usize::from(a_top == b_top);
         max_logit_error = max_logit_error.max(max_abs_diff(&a.logits, &b.logits));
+        // Test-time flip averaging, as the sensor does it with classify.flip (not timed).
+        let mut mirrored = input;
+        INPUT.mirror(&mut mirrored);
+        let mut averaged = [0.0; Expression::COUNT];
+        fer_protocol::scores::flip_averaged(&a.logits, &f32_runner.outputs(&mirrored)?.logits, &mut averaged);
+        f32_flip_pairs.push((label, argmax(&averaged)));
+        fer_protocol::scores::flip_averaged(&b.logits, &int8_runner.outputs(&mirrored)?.logits, &mut averaged);
+        int8_flip_pairs.push((label, argmax(&averaged)));
     }
     bar.finish_and_clear();
     let n = samples.len() as f64;
     Ok(Quality {
         f32_metrics: Metrics::from_pairs(f32_pairs),
         int8_metrics: Metrics::from_pairs(int8_pairs),
+        f32_flip_metrics: Metrics::from_pairs(f32_flip_pairs),
+        int8_flip_metrics: Metrics::from_pairs(int8_flip_pairs),
         agreement: agree as f64 / n,
         max_logit_error,
         f32_ms: f32_time * 1000.0 / n,

@@ -28,6 +28,14 @@ impl InputSpec {
         self.len() == 0
     }
 
+    /// Mirrors an input left-right in place (every row of every channel reversed): the face as
+    /// a camera on its other side would see it, for test-time flip averaging.
+    pub fn mirror(&self, input: &mut [f32]) {
+        for row in input.chunks_exact_mut(self.width) {
+            row.reverse();
+        }
+    }
+
     /// The model input value of an 8-bit pixel.
     #[inline]
     pub fn normalise(&self, pixel: f32) -> f32 {

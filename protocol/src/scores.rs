@@ -24,6 +24,18 @@ pub fn softmax(logits: &[f32], out: &mut [f32]) {
     out.iter_mut().for_each(|o| *o /= sum);
 }
 
+/// The probabilities of a face and of its mirror image, averaged (test-time flip averaging): the
+/// mean of the two softmaxes, so a confident view counts for more than a hesitant one.
+#[cfg(feature = "std")]
+pub fn flip_averaged(logits: &[f32], mirrored: &[f32], out: &mut [f32]) {
+    let mut other = std::vec![0.0; mirrored.len()];
+    softmax(logits, out);
+    softmax(mirrored, &mut other);
+    for (o, m) in out.iter_mut().zip(&other) {
+        *o = (*o + m) / 2.0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,6 +46,15 @@ mod tests {
         assert_eq!(argmax(&[f32::NAN, 0.3, f32::NAN]), 1);
         assert_eq!(argmax(&[3.0]), 0);
         assert_eq!(argmax(&[]), 0);
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn flip_averaging_is_the_mean_of_both_softmaxes() {
+        let mut p = [0.0; 2];
+        flip_averaged(&[0.0, 0.0], &[2.0f32.ln(), 0.0], &mut p);
+        assert!((p[0] - (0.5 + 2.0 / 3.0) / 2.0).abs() < 1e-6, "{p:?}");
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
 
     #[cfg(feature = "std")]
