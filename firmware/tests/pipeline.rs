@@ -142,15 +142,26 @@ fn flip_averaging_reads_a_face_and_its_mirror_image_alike() {
         let mut mirrored = face.clone();
         fer_protocol::INPUT.mirror(&mut mirrored);
         let plain = classifier.classify(&face).unwrap();
-        differs += usize::from((plain.probabilities[0] - classifier.classify(&mirrored).unwrap().probabilities[0]).abs() > 1e-3);
+        differs += usize::from(
+            (plain.probabilities[0] - classifier.classify(&mirrored).unwrap().probabilities[0]).abs() > 1e-3,
+        );
         let a = classifier.classify_face(&mut face.clone(), true).unwrap();
         let b = classifier.classify_face(&mut mirrored, true).unwrap();
         for (p, q) in a.probabilities.iter().zip(&b.probabilities) {
-            assert!((p - q).abs() < 1e-5, "{}: {:?} vs {:?}", case.name, a.probabilities, b.probabilities);
+            assert!(
+                (p - q).abs() < 1e-5,
+                "{}: {:?} vs {:?}",
+                case.name,
+                a.probabilities,
+                b.probabilities
+            );
         }
         assert!((a.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     }
-    assert!(differs > 0, "the model alone already reads mirror images alike: the test shows nothing");
+    assert!(
+        differs > 0,
+        "the model alone already reads mirror images alike: the test shows nothing"
+    );
 }
 
 #[test]

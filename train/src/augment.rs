@@ -20,6 +20,11 @@ pub struct Augment {
     pub brightness: f32,
     /// Contrast factor range `[1 - contrast, 1 + contrast]`.
     pub contrast: f32,
+    /// Probability of random erasing (Zhong et al. 2020): a rectangle of 2–25 % of the crop,
+    /// aspect ratio 0.3–3.3, replaced by noise, so no one facial region can carry a decision.
+    /// Absent in run folders written before it existed, which trained without it.
+    #[serde(default)]
+    pub erase: f32,
 }
 
 impl Default for Augment {
@@ -31,6 +36,7 @@ impl Default for Augment {
             flip: true,
             brightness: 25.0,
             contrast: 0.25,
+            erase: 0.0,
         }
     }
 }
@@ -63,6 +69,24 @@ impl Augment {
                 dst.push(((v - 128.0) * gain + 128.0 + offset).clamp(0.0, 255.0).round() as u8);
             }
         }
+        // Drawn only when on, so that runs without erasing draw what they always drew.
+        if self.erase > 0.0 && rng.random_bool(f64::from(self.erase.min(1.0))) {
+            erase(dst, width, height, rng);
+        }
+    }
+}
+
+/// Replaces a random rectangle of 2–25 % of the crop, aspect ratio 0.3–3.3, with uniform noise.
+fn erase(pixels: &mut [u8], width: usize, height: usize, rng: &mut impl Rng) {
+    let area = rng.random_range(0.02f32..=0.25) * (width * height) as f32;
+    let aspect = rng.random_range(0.3f32.ln()..=3.3f32.ln()).exp();
+    let w = ((area * aspect).sqrt().round() as usize).clamp(1, width);
+    let h = ((area / aspect).sqrt().round() as usize).clamp(1, height);
+    let (x0, y0) = (rng.random_range(0..=width - w), rng.random_range(0..=height - h));
+    for row in pixels[y0 * width..].chunks_exact_mut(width).take(h) {
+        for p in &mut row[x0..x0 + w] {
+            *p = rng.random();
+        }
     }
 }
 
@@ -93,6 +117,7 @@ mod tests {
             flip: false,
             brightness: 0.0,
             contrast: 0.0,
+            erase: 0.0,
         };
         let src: Vec<u8> = (0..48 * 48).map(|i| (i % 251) as u8).collect();
         let mut dst = Vec::new();
@@ -109,6 +134,7 @@ mod tests {
             flip: true,
             brightness: 0.0,
             contrast: 0.0,
+            erase: 0.0,
         };
         let src: Vec<u8> = (0..4 * 2).map(|i| (i * 30) as u8).collect();
         let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
@@ -124,5 +150,43 @@ mod tests {
         assert!(seen_flip);
         Augment::default().apply(&src, 4, 2, &mut rng, &mut dst);
         assert_eq!(dst.len(), src.len());
+    }
+
+    #[test]
+    fn erasing_replaces_one_rectangle_and_only_when_on() {
+        let only_erase = |erase| Augment {
+            max_rotation_deg: 0.0,
+            scale: 0.0,
+            shift: 0.0,
+            flip: false,
+            brightness: 0.0,
+            contrast: 0.0,
+            erase,
+        };
+        let src = vec![128u8; 48 * 48];
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+        let mut dst = Vec::new();
+        for _ in 0..20 {
+            only_erase(1.0).apply(&src, 48, 48, &mut rng, &mut dst);
+            let changed: Vec<(usize, usize)> = (0..48 * 48)
+                .filter(|&i| dst[i] != 128)
+                .map(|i| (i % 48, i / 48))
+                .collect();
+            // Noise leaves about 1 pixel in 256 at 128: the changed ones span one rectangle.
+            let (x0, x1) = (
+                changed.iter().map(|c| c.0).min().unwrap(),
+                changed.iter().map(|c| c.0).max().unwrap(),
+            );
+            let (y0, y1) = (
+                changed.iter().map(|c| c.1).min().unwrap(),
+                changed.iter().map(|c| c.1).max().unwrap(),
+            );
+            let span = (x1 - x0 + 1) * (y1 - y0 + 1);
+            assert!(changed.len() * 100 >= span * 95, "{} of {span}", changed.len());
+            // 2–25 % of 2,304 pixels, give or take the rounding of each side to whole pixels.
+            assert!((30..=650).contains(&span), "{span} pixels");
+        }
+        only_erase(0.0).apply(&src, 48, 48, &mut rng, &mut dst);
+        assert_eq!(dst, src, "off: nothing erased");
     }
 }

@@ -291,6 +291,9 @@ struct TrainArgs {
     /// Turn training augmentation off.
     #[arg(long)]
     no_augment: bool,
+    /// Random erasing: the probability that a training crop gets a rectangle of noise (0: off).
+    #[arg(long, value_name = "P", conflicts_with = "no_augment", value_parser = probability)]
+    erase: Option<f32>,
     /// Use only the first N images of each split.
     #[arg(long)]
     limit: Option<usize>,
@@ -350,6 +353,9 @@ impl TrainArgs {
         config.backend = self.backend;
         if self.no_augment {
             config.augment = None;
+        }
+        if let (Some(erase), Some(augment)) = (self.erase, &mut config.augment) {
+            augment.erase = erase;
         }
         config.limit = self.limit.or(config.limit);
         config.imbalance = self.imbalance;
@@ -588,6 +594,14 @@ fn keep_freed_memory() {}
 
 /// The legend and final figures of `--converged`: a run folder's report, or the f32 figures of
 /// an export report (`fer-export`'s, which names the run and epoch it exported).
+/// A probability flag: a number in 0..=1.
+fn probability(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a probability (a number in 0..=1)")),
+    }
+}
+
 fn converged_reference(path: &std::path::Path) -> Result<(String, fer_train::metrics::Metrics)> {
     if path.is_dir() {
         let run = fer_train::compare::Run::load(path)?;
