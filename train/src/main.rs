@@ -291,6 +291,10 @@ struct TrainArgs {
     /// Turn training augmentation off.
     #[arg(long)]
     no_augment: bool,
+    /// Keep an exponential moving average of the weights with this decay per step (e.g. 0.999),
+    /// and report and export the average instead of the last weights.
+    #[arg(long, value_name = "DECAY", value_parser = decay)]
+    ema: Option<f64>,
     /// Random erasing: the probability that a training crop gets a rectangle of noise (0: off).
     #[arg(long, value_name = "P", conflicts_with = "no_augment", value_parser = probability)]
     erase: Option<f32>,
@@ -354,6 +358,7 @@ impl TrainArgs {
         if self.no_augment {
             config.augment = None;
         }
+        config.ema = self.ema;
         if let (Some(erase), Some(augment)) = (self.erase, &mut config.augment) {
             augment.erase = erase;
         }
@@ -594,6 +599,16 @@ fn keep_freed_memory() {}
 
 /// The legend and final figures of `--converged`: a run folder's report, or the f32 figures of
 /// an export report (`fer-export`'s, which names the run and epoch it exported).
+/// A moving-average decay: a number in (0, 1).
+fn decay(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(d) if d > 0.0 && d < 1.0 => Ok(d),
+        _ => Err(format!(
+            "{text:?} is not a decay (a number between 0 and 1, e.g. 0.999)"
+        )),
+    }
+}
+
 /// A probability flag: a number in 0..=1.
 fn probability(text: &str) -> Result<f32, String> {
     match text.parse::<f32>() {

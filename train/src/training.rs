@@ -21,6 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::augment::Augment;
 use crate::batch::{HostBatch, eval_batch, train_epoch};
 use crate::dataset::{ClassCounts, DatasetSpec, LoadOptions, Sample, Split, long_tail};
+use crate::ema::Ema;
 use crate::loss::{Negatives, TargetConfig, Targets, cross_entropy, logit_adjustment, triplet_center_loss};
 use crate::metrics::Metrics;
 use crate::model::{ExpressionNet, NetworkConfig};
@@ -123,6 +124,10 @@ pub struct TrainConfig {
     /// (its bias lost `τ·log π`); such a run is finished and cannot be resumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub posthoc_logit_adjustment: Option<f32>,
+    /// Decay of an exponential moving average of the weights ([`crate::ema`]), updated every
+    /// step; the run reports and ships the average (`None`: no average).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
 }
 
 impl TrainConfig {
@@ -153,6 +158,7 @@ impl TrainConfig {
             skip_bad: false,
             init: None,
             posthoc_logit_adjustment: None,
+            ema: None,
         }
     }
 
@@ -198,6 +204,8 @@ pub mod files {
     pub const MODEL: &str = "model.burnpack";
     /// Optimizer state.
     pub const OPTIMIZER: &str = "optimizer.burnpack";
+    /// The moving average of the weights, in a run that keeps one: the model it reports.
+    pub const EMA: &str = "model_ema.burnpack";
     /// Run progress.
     pub const STATE: &str = "state.json";
     /// Per-epoch metrics.
@@ -275,14 +283,20 @@ pub fn load_config(run: &Path) -> Result<TrainConfig> {
 /// Loads a trained network from a run folder onto `device`, with its config.
 pub fn load_checkpoint(run: &Path, device: &Device) -> Result<(ExpressionNet, TrainConfig)> {
     let config = load_config(run)?;
-    let weights = run.join(files::MODEL);
+    // A run that averages its weights reports, and so exports, the average.
+    let file = if config.ema.is_some() { files::EMA } else { files::MODEL };
+    Ok((load_weights(run, file, &config, device)?, config))
+}
+
+/// One weights file of a run folder, as a model of the run's network.
+fn load_weights(run: &Path, file: &str, config: &TrainConfig, device: &Device) -> Result<ExpressionNet> {
+    let weights = run.join(file);
     if !weights.is_file() {
-        bail!("{}: no checkpoint (model.burnpack) in this run folder", run.display());
+        bail!("{}: no checkpoint ({file}) in this run folder", run.display());
     }
-    let model = ExpressionNet::new(&config.network, device)
+    ExpressionNet::new(&config.network, device)
         .try_load_file(&weights)
-        .map_err(|e| anyhow::anyhow!("{}: {e:?} (does config.json match the weights?)", weights.display()))?;
-    Ok((model, config))
+        .map_err(|e| anyhow::anyhow!("{}: {e:?} (does config.json match the weights?)", weights.display()))
 }
 
 /// Evaluates `model` on samples (no augmentation, inference mode).
@@ -467,7 +481,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
         );
     }
     let (mut model, mut optimizer, mut state) = if from_checkpoint {
-        let (model, _) = load_checkpoint(run, &device)?;
+        let model = load_weights(run, files::MODEL, config, &device)?;
         let optimizer = AdamWConfig::new()
             .with_weight_decay(config.weight_decay)
             .init()
@@ -516,6 +530,18 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
     );
     let steps_per_epoch = train_samples.len() / config.batch_size;
     let total_steps = steps_per_epoch * config.epochs;
+    let mut ema = match config.ema {
+        None => None,
+        Some(decay) => {
+            let steps = (state.epochs_done * steps_per_epoch) as u64;
+            let ema = Ema::start(&model, &config.network, decay, steps);
+            Some(if from_checkpoint {
+                ema.with_weights(load_weights(run, files::EMA, config, &Device::flex())?)
+            } else {
+                ema
+            })
+        }
+    };
     let mut records: Vec<EpochRecord> = read_records(&run.join(files::METRICS));
     records.truncate(state.epochs_done);
     let mut train_seconds = 0.0;
@@ -554,6 +580,9 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
                 lr,
                 &device,
             );
+            if let Some(ema) = &mut ema {
+                ema.update(&model);
+            }
             sum_loss += loss;
             sum_ce += ce;
             sum_tcl += tcl;
@@ -588,7 +617,8 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
             );
             break;
         }
-        let valid = evaluate(&model, &valid_samples, &device);
+        let reported = ema.as_ref().map_or(&model, Ema::model);
+        let valid = evaluate(reported, &valid_samples, &device);
         let steps = (seen / config.batch_size).max(1) as f64;
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -619,12 +649,15 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
         // The metrics are rewritten whole before state.json moves on: a kill at any point leaves
         // a state and metrics that agree, or extra metrics lines that resume drops.
         write_records(&run.join(files::METRICS), &records)?;
+        if let Some(ema) = &ema {
+            save_model(&run.join(files::EMA), ema.model())?;
+        }
         save_checkpoint(run, &model, &optimizer, &state)?;
     }
 
     let valid = match records.last() {
         Some(last) => last.valid.clone(),
-        None => evaluate(&model, &valid_samples, &device),
+        None => evaluate(ema.as_ref().map_or(&model, Ema::model), &valid_samples, &device),
     };
     if !interrupted {
         write_report(run, &valid, &records)?;

@@ -21,11 +21,11 @@ fn train(args: &[&str]) -> Command {
     command
 }
 
-fn fresh_run(data: &Path, out: &Path) -> Command {
+fn fresh_run(data: &Path, out: &Path, extra: &[&str]) -> Command {
     // Dropout on, so the test also covers the random draws that continue across epochs.
     let data = format!("folders:{}", data.display());
     let out = out.display().to_string();
-    train(&[
+    let mut args = vec![
         "--data",
         &data,
         "--smoke",
@@ -35,7 +35,9 @@ fn fresh_run(data: &Path, out: &Path) -> Command {
         EPOCHS,
         "--out",
         &out,
-    ])
+    ];
+    args.extend(extra);
+    train(&args)
 }
 
 fn epochs_done(run: &Path) -> usize {
@@ -65,20 +67,32 @@ fn outcome(run: &Path) -> (Vec<f32>, Vec<serde_json::Value>) {
 
 #[test]
 fn a_killed_and_resumed_run_equals_an_uninterrupted_one() {
+    killed_and_resumed_equals_uninterrupted(&[], &[(0, 0), (1, 0), (3, 7), (5, 23)]);
+}
+
+#[test]
+fn a_killed_and_resumed_run_with_a_weight_average_equals_an_uninterrupted_one() {
+    // The average is the model the run reports: it too must continue exactly.
+    killed_and_resumed_equals_uninterrupted(&["--ema", "0.9"], &[(1, 0), (4, 11)]);
+}
+
+/// Kills runs with `extra` flags after each (finished epochs, delay in ms) of `kills` and checks
+/// that the resumed run ends where an uninterrupted one does.
+fn killed_and_resumed_equals_uninterrupted(extra: &[&str], kills: &[(usize, u64)]) {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     write_synthetic(&data, 8).unwrap();
     let reference = root.path().join("reference");
-    assert!(fresh_run(&data, &reference).status().unwrap().success());
+    assert!(fresh_run(&data, &reference, extra).status().unwrap().success());
     let expected = outcome(&reference);
     assert_eq!(expected.1.len(), 8);
 
     // Kill as soon as config.json exists (before any checkpoint), then after 1, 3 and 5 finished
     // epochs plus a moment, so the kill lands mid-epoch, during evaluation or while a checkpoint
     // is written, wherever the timing puts it.
-    for (i, (after_epochs, delay_ms)) in [(0, 0), (1, 0), (3, 7), (5, 23)].into_iter().enumerate() {
+    for (i, &(after_epochs, delay_ms)) in kills.iter().enumerate() {
         let run = root.path().join(format!("killed{i}"));
-        let mut child = fresh_run(&data, &run).spawn().unwrap();
+        let mut child = fresh_run(&data, &run, extra).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
         let started = || run.join(files::CONFIG).is_file();
         while (!started() || epochs_done(&run) < after_epochs) && Instant::now() < deadline {
