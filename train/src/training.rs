@@ -461,6 +461,14 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
     // state.json is written last in a checkpoint: without it no epoch finished, and a run killed
     // that early has nothing to continue from but its config, so it starts over.
     let from_checkpoint = resume && run.join(files::STATE).is_file();
+    if resume {
+        let done = if from_checkpoint {
+            read_json::<RunState>(&run.join(files::STATE))?.epochs_done
+        } else {
+            0
+        };
+        settle(run, done)?;
+    }
     if resume && !from_checkpoint && run.join(files::MODEL).exists() {
         // Weights without the state that says which epoch they hold: starting over would
         // overwrite them.
@@ -649,10 +657,7 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
         // The metrics are rewritten whole before state.json moves on: a kill at any point leaves
         // a state and metrics that agree, or extra metrics lines that resume drops.
         write_records(&run.join(files::METRICS), &records)?;
-        if let Some(ema) = &ema {
-            save_model(&run.join(files::EMA), ema.model())?;
-        }
-        save_checkpoint(run, &model, &optimizer, &state)?;
+        save_checkpoint(run, &model, &optimizer, ema.as_ref(), &state)?;
     }
 
     let valid = match records.last() {
@@ -726,20 +731,60 @@ fn save_model(path: &Path, model: &ExpressionNet) -> Result<()> {
     })
 }
 
+/// Writes a checkpoint: the weights, the optimizer, the average if the run keeps one, then the
+/// state that names the epoch. A kill can land between any two writes, so the new files go under
+/// `NAME.epoch-N` first, state.json moving on to epoch N commits them, and only then do they take
+/// their names ([`settle`]); until then the run folder holds the previous checkpoint whole.
 fn save_checkpoint(
     run: &Path,
     model: &ExpressionNet,
     optimizer: &burn::optim::ModuleOptimizer,
+    ema: Option<&Ema>,
     state: &RunState,
 ) -> Result<()> {
-    save_model(&run.join(files::MODEL), model)?;
-    write_atomically(&run.join(files::OPTIMIZER), |p| {
+    let pending = |file: &str| run.join(pending_name(file, state.epochs_done));
+    save_model(&pending(files::MODEL), model)?;
+    write_atomically(&pending(files::OPTIMIZER), |p| {
         optimizer
             .to_record()
             .save(p)
             .map_err(|e| anyhow::anyhow!("{}: {e:?}", p.display()))
     })?;
-    write_json(&run.join(files::STATE), state)
+    if let Some(ema) = ema {
+        save_model(&pending(files::EMA), ema.model())?;
+    }
+    write_json(&run.join(files::STATE), state)?;
+    settle(run, state.epochs_done)
+}
+
+/// The name a checkpoint file has until the state of epoch `epoch` commits it.
+fn pending_name(file: &str, epoch: usize) -> String {
+    format!("{file}.epoch-{epoch}")
+}
+
+/// Finishes or discards what a kill left of a checkpoint: files of the committed epoch
+/// `epochs_done` take their names, those of any other epoch (never committed, or stale) go.
+fn settle(run: &Path, epochs_done: usize) -> Result<()> {
+    for file in [files::MODEL, files::OPTIMIZER, files::EMA] {
+        let committed = run.join(pending_name(file, epochs_done));
+        if committed.is_file() {
+            std::fs::rename(&committed, run.join(file))
+                .with_context(|| format!("moving {} into place", committed.display()))?;
+        }
+        let prefix = pending_name(file, 0);
+        let prefix = &prefix[..prefix.len() - 1];
+        for entry in std::fs::read_dir(run).with_context(|| format!("listing {}", run.display()))? {
+            let path = entry?.path();
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+            {
+                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_records(path: &Path) -> Vec<EpochRecord> {
@@ -781,6 +826,28 @@ pub fn write_report(run: &Path, valid: &Metrics, records: &[EpochRecord]) -> Res
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_checkpoint_cut_short_is_rolled_forward_once_committed_and_discarded_if_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let read = |f: &str| std::fs::read_to_string(run.join(f)).ok();
+        std::fs::write(run.join(files::MODEL), "epoch 2").unwrap();
+        std::fs::write(run.join(super::pending_name(files::MODEL, 3)), "epoch 3").unwrap();
+        std::fs::write(run.join(super::pending_name(files::OPTIMIZER, 3)), "epoch 3").unwrap();
+        std::fs::write(run.join(super::pending_name(files::MODEL, 1)), "stale").unwrap();
+        // Killed before state.json said epoch 3: the files of epoch 2 stand, the rest go.
+        super::settle(run, 2).unwrap();
+        assert_eq!(read(files::MODEL).as_deref(), Some("epoch 2"));
+        assert_eq!(std::fs::read_dir(run).unwrap().count(), 1);
+        // Killed after state.json said epoch 3, before the renames: they are finished.
+        std::fs::write(run.join(super::pending_name(files::MODEL, 3)), "epoch 3").unwrap();
+        std::fs::write(run.join(super::pending_name(files::OPTIMIZER, 3)), "epoch 3").unwrap();
+        super::settle(run, 3).unwrap();
+        assert_eq!(read(files::MODEL).as_deref(), Some("epoch 3"));
+        assert_eq!(read(files::OPTIMIZER).as_deref(), Some("epoch 3"));
+        assert_eq!(std::fs::read_dir(run).unwrap().count(), 2);
+    }
+
     use super::*;
 
     #[test]
