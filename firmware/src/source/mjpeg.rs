@@ -320,7 +320,7 @@ mod tests {
     #[test]
     fn other_images_and_noise_with_false_start_markers_before_a_frame_lose_nothing() {
         let mut png = Vec::new();
-        image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 37 ^ y * 11) as u8, 0xD8, 0xFF]))
+        image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([((x * 37) ^ (y * 11)) as u8, 0xD8, 0xFF]))
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .unwrap();
         let mut stream = png;
