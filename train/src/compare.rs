@@ -15,7 +15,7 @@ use crate::loss::Negatives;
 use crate::metrics::Metrics;
 use crate::predictions::Predictions;
 use crate::report::EpochRecord;
-use crate::training::{TrainConfig, files, load_config, read_json};
+use crate::training::{TrainConfig, files, load_config, read_json, read_records};
 
 /// One finished run.
 #[derive(Clone, Debug)]
@@ -37,13 +37,7 @@ impl Run {
     pub fn load(path: &Path) -> Result<Self> {
         let config = load_config(path)?;
         let report: Metrics = read_json(&path.join(files::REPORT)).context("is the run finished?")?;
-        let metrics = path.join(files::METRICS);
-        let text = std::fs::read_to_string(&metrics).with_context(|| format!("reading {}", metrics.display()))?;
-        let records = text
-            .lines()
-            .enumerate()
-            .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{}:{}", metrics.display(), i + 1)))
-            .collect::<Result<_>>()?;
+        let records = read_records(&path.join(files::METRICS))?;
         Ok(Self {
             path: path.to_path_buf(),
             config,

@@ -356,13 +356,15 @@ pub fn adjust(run: &Path, tau: f32, out: &Path) -> Result<Metrics> {
     let offset = logit_adjustment(-tau, &counts);
     let model = model.with_logit_offset(offset);
     config.posthoc_logit_adjustment = Some(tau);
+    // The copy holds one model, the adjusted one (of the average, if the run kept one).
+    config.ema = None;
     let valid_samples = load_split(&config, config.valid_spec(), Split::Valid)?;
     let valid = evaluate(&model, &valid_samples, &device);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     write_json(&out.join(files::CONFIG), &config)?;
     save_model(&out.join(files::MODEL), &model)?;
     let state: RunState = read_json(&run.join(files::STATE))?;
-    let mut records = read_records(&run.join(files::METRICS));
+    let mut records = read_records(&run.join(files::METRICS))?;
     records.truncate(state.epochs_done);
     write_records(&out.join(files::METRICS), &records)?;
     write_json(&out.join(files::STATE), &state)?;
@@ -550,7 +552,11 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
             })
         }
     };
-    let mut records: Vec<EpochRecord> = read_records(&run.join(files::METRICS));
+    let mut records = if from_checkpoint {
+        read_records(&run.join(files::METRICS))?
+    } else {
+        Vec::new()
+    };
     records.truncate(state.epochs_done);
     let mut train_seconds = 0.0;
     let mut train_images = 0usize;
@@ -787,14 +793,14 @@ fn settle(run: &Path, epochs_done: usize) -> Result<()> {
     Ok(())
 }
 
-fn read_records(path: &Path) -> Vec<EpochRecord> {
-    std::fs::read_to_string(path)
-        .map(|text| {
-            text.lines()
-                .filter_map(|line| serde_json::from_str(line).ok())
-                .collect()
-        })
-        .unwrap_or_default()
+/// A run's `metrics.jsonl`, one record per finished epoch. The file is only ever rewritten whole
+/// and atomically, so a line that does not parse is damage: an error naming the file and line.
+pub fn read_records(path: &Path) -> Result<Vec<EpochRecord>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), i + 1)))
+        .collect()
 }
 
 fn write_records(path: &Path, records: &[EpochRecord]) -> Result<()> {
@@ -826,6 +832,16 @@ pub fn write_report(run: &Path, valid: &Metrics, records: &[EpochRecord]) -> Res
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_damaged_metrics_line_is_an_error_naming_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(files::METRICS);
+        std::fs::write(&path, "{\"epoch\": 1}\n").unwrap();
+        let error = format!("{:#}", super::read_records(&path).unwrap_err());
+        assert!(error.contains("metrics.jsonl:1"), "{error}");
+        assert!(super::read_records(&dir.path().join("none")).is_err());
+    }
+
     #[test]
     fn a_checkpoint_cut_short_is_rolled_forward_once_committed_and_discarded_if_not() {
         let dir = tempfile::tempdir().unwrap();

@@ -259,6 +259,19 @@ fn posthoc_logit_adjustment_shifts_logits_by_the_log_prior() {
         .unwrap()
         .to_string();
     assert!(error.contains("already adjusted"), "{error}");
+
+    // A run that averages its weights adjusts its average, and the copy loads as one model.
+    let (averaged, adjusted) = (runs.path().join("averaged"), runs.path().join("averaged-adjusted"));
+    let config = TrainConfig {
+        ema: Some(0.9),
+        ..config
+    };
+    training::train(&config, &averaged, false).unwrap();
+    training::adjust(&averaged, 1.0, &adjusted).unwrap();
+    let (before, after) = (logits(&averaged), logits(&adjusted));
+    let k = Expression::Neutral.index();
+    let expected = before[0][k] - (counts.0[k] as f32 / total).ln();
+    assert!((after[0][k] - expected).abs() < 1e-4, "{} vs {expected}", after[0][k]);
 }
 
 #[test]
