@@ -51,12 +51,6 @@ impl Backoff {
         self.next = (self.next * 2).min(self.max);
         wait
     }
-
-    /// Whether the current connection failed within the healthy period of being made: the
-    /// failure is the connection's own, not the network's (a refusal after acceptance).
-    pub fn up_briefly(&self) -> bool {
-        self.up_since.is_some_and(|t| t.elapsed() < self.healthy_after)
-    }
 }
 
 #[cfg(test)]
@@ -81,9 +75,7 @@ mod tests {
         let mut b = Backoff::forgiving_after(S, 8 * S, Duration::from_millis(30));
         assert_eq!((b.failed(), b.failed(), b.failed()), (S, 2 * S, 4 * S));
         b.connected();
-        assert!(b.up_briefly());
         std::thread::sleep(Duration::from_millis(40));
-        assert!(!b.up_briefly());
         assert_eq!(b.failed(), S, "healthy long enough: forgiven");
         assert_eq!(b.failed(), 2 * S, "failed attempts without a connection grow the wait");
     }

@@ -50,7 +50,8 @@ impl Classification {
 impl Classifier {
     /// Loads an ONNX model file; see [`Classifier::from_bytes`].
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading the classifier {}", path.display()))?;
+        let bytes = crate::read_file(path, crate::MAX_MODEL_BYTES)
+            .with_context(|| format!("reading the classifier {}", path.display()))?;
         Self::from_bytes(&bytes).with_context(|| format!("classifier {}", path.display()))
     }
 

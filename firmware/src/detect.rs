@@ -125,7 +125,8 @@ struct Letterbox {
 impl Detector {
     /// Loads the BlazeFace ONNX file.
     pub fn load(path: &Path, options: DetectOptions) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading the face detector {}", path.display()))?;
+        let bytes = crate::read_file(path, crate::MAX_MODEL_BYTES)
+            .with_context(|| format!("reading the face detector {}", path.display()))?;
         Self::from_bytes(&bytes, options).with_context(|| format!("face detector {}", path.display()))
     }
 

@@ -57,6 +57,26 @@ impl Stop {
     }
 }
 
+/// Reads a whole file the sensor needs (a model, the configuration), refusing what is not a
+/// regular file (opening a FIFO blocks before any signal handler can end the wait) or is larger
+/// than `max` bytes (`/dev/zero` never ends).
+pub fn read_file(path: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    anyhow::ensure!(meta.is_file(), "not a regular file");
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= max,
+        "larger than {} KiB, the most this file may be",
+        max >> 10
+    );
+    Ok(bytes)
+}
+
+/// The largest model file read: the shipped ones are under 1 MB, BlazeFace 0.4 MB.
+pub const MAX_MODEL_BYTES: u64 = 64 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +97,19 @@ mod tests {
             start.elapsed()
         );
         assert!(stop.sleep(std::time::Duration::from_secs(30)), "already asked: no wait");
+    }
+
+    #[test]
+    fn files_that_would_block_or_never_end_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("model.onnx");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let err = format!("{:#}", read_file(&fifo, 1 << 20).unwrap_err());
+        assert!(err.contains("not a regular file"), "{err}");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![0u8; 3000]).unwrap();
+        assert!(format!("{:#}", read_file(&big, 2048).unwrap_err()).contains("larger than 2 KiB"));
+        assert_eq!(read_file(&big, 4096).unwrap().len(), 3000);
     }
 }

@@ -381,11 +381,27 @@ fn report(checks: &[Check]) -> ExitCode {
     }
 }
 
+/// The log filter: `RUST_LOG` when it sets a level for everything (`debug`, `warn`, `off`),
+/// else `info` plus whatever it says of particular targets. An empty `Environment=RUST_LOG=` or a
+/// lone target name must not hide every warning of a headless sensor.
+fn log_filter(env: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let env = env.unwrap_or_default().trim();
+    let sets_all = env
+        .split(',')
+        .any(|d| d.trim().parse::<tracing_subscriber::filter::LevelFilter>().is_ok());
+    let filter = match env {
+        "" => "info".to_string(),
+        env if sets_all => env.to_string(),
+        env => format!("info,{env}"),
+    };
+    tracing_subscriber::EnvFilter::builder().parse_lossy(filter)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .init();
     let cli = Cli::parse();
     let config = match cli.config() {
@@ -444,5 +460,20 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_or_target_only_log_filter_still_shows_warnings() {
+        for env in [None, Some(""), Some("garbage"), Some("fer_firmware::sensor=debug")] {
+            let filter = log_filter(env).to_string();
+            assert!(filter.split(',').any(|d| d == "info"), "{env:?} gave {filter}");
+        }
+        assert_eq!(log_filter(Some("warn")).to_string(), "warn");
+        assert_eq!(log_filter(Some("off")).to_string(), "off");
     }
 }

@@ -403,7 +403,7 @@ fn bad_input_gives_clear_errors() {
             2,
             "\"mqtt://***@127.0.0.1\": put credentials in publish.mqtt.username",
         ),
-        (&["--config", "/dev/zero"], 2, "larger than 1024 KiB"),
+        (&["--config", "/dev/zero"], 2, "/dev/zero: not a regular file"),
         (
             &["--source", "samples", "--classifier", DETECTOR],
             1,

@@ -78,6 +78,11 @@ impl ExportOptions {
             "--min-agreement {} is a fraction: it must lie in 0..=1",
             self.min_agreement
         );
+        let out = self.out.to_string_lossy();
+        ensure!(
+            !out.ends_with('/') && self.out.file_name().is_some(),
+            "--out {out}: a prefix for the files (e.g. models/fer), not a folder"
+        );
         // Negative is a gate that int8 must beat f32 by as much: strict, but well defined.
         ensure!(
             self.max_accuracy_drop.is_finite() && self.max_accuracy_drop <= 1.0,
@@ -146,6 +151,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let device = Device::flex();
     let (model, config) = training::load_checkpoint(&options.checkpoint, &device)?;
     options.validate()?;
+    writable(&options.out)?;
     let state: RunState = training::read_json(&options.checkpoint.join(training::files::STATE))
         .context("the run's state says which epoch the weights hold, for the model card")?;
     let evaluation_spec = options
@@ -266,6 +272,19 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     };
     write_outputs(options, &f32_bytes, &int8_bytes, &golden, &mut report)?;
     Ok(report)
+}
+
+/// Fails now, not after minutes of calibration, if the files cannot be written next to `prefix`.
+fn writable(prefix: &Path) -> Result<()> {
+    let dir = prefix
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("--out: creating {}", dir.display()))?;
+    let probe = dir.join(format!(".fer-export-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("--out: {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
 }
 
 /// Output path `PREFIX.suffix`.

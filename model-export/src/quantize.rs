@@ -138,6 +138,13 @@ pub fn quantize(
             conv && !keep_f32.contains(&(ordinal - 1))
         })
         .collect();
+    // A mistyped position would leave the conv meant to stay f32 quantized, without a word.
+    if let Some(&beyond) = keep_f32.iter().find(|&&i| i >= ordinal) {
+        anyhow::bail!(
+            "--f32-convs {beyond}: the model has {ordinal} convs, at positions 0 to {}",
+            ordinal.saturating_sub(1)
+        );
+    }
     for (index, node) in old_nodes.iter().enumerate() {
         if skipped_relus.contains(&index) {
             continue;

@@ -232,6 +232,16 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
         ..options(&data, &run, &out)
     };
     fails_with(not_a_fraction, "--min-agreement NaN is a fraction");
+    let no_such_conv = ExportOptions {
+        f32_convs: vec![999],
+        ..options(&data, &run, &out)
+    };
+    fails_with(no_such_conv, "--f32-convs 999: the model has");
+    let folder = ExportOptions {
+        out: PathBuf::from(format!("{}/", out.display())),
+        ..options(&data, &run, &out)
+    };
+    fails_with(folder, "not a folder");
 
     let missing: DatasetSpec = format!("folders:{}", root.path().join("no-data").display())
         .parse()

@@ -434,11 +434,15 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {} (τ = {tau})", out.display());
         }
         Command::Inspect { data, skip_bad } => {
+            // Both splits are shown even when one fails; the exit status says whether both loaded.
+            let mut failed = 0;
             for split in [Split::Train, Split::Valid] {
                 if let Err(error) = data.load_verbose(split, LoadOptions { skip_bad }) {
                     eprintln!("{split}: {error}");
+                    failed += 1;
                 }
             }
+            anyhow::ensure!(failed == 0, "{failed} of the 2 splits did not load");
         }
         Command::Compare { runs } => {
             print!("{}", fer_train::compare::table(&runs)?);

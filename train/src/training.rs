@@ -131,6 +131,46 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Checks the values a run could otherwise train on to a NaN, a panic or a silent no-op;
+    /// the error names the setting as the command line spells it.
+    pub fn validate(&self) -> Result<()> {
+        let finite = |flag: &str, v: f64, ok: bool, range: &str| {
+            anyhow::ensure!(v.is_finite() && ok, "{flag} {v} is out of range: {range}");
+            Ok(())
+        };
+        finite("--lr", self.lr, self.lr >= 0.0, "0 or more")?;
+        let wd = f64::from(self.weight_decay);
+        finite("--weight-decay", wd, wd >= 0.0, "0 or more")?;
+        let dropout = self.network.dropout;
+        finite("--dropout", dropout, (0.0..1.0).contains(&dropout), "0 to under 1")?;
+        let smoothing = f64::from(self.label_smoothing);
+        finite(
+            "--label-smoothing",
+            smoothing,
+            (0.0..1.0).contains(&smoothing),
+            "0 to under 1",
+        )?;
+        let power = f64::from(self.class_weight_power);
+        finite("--class-weight-power", power, power >= 0.0, "0 or more")?;
+        finite("--logit-adjust", f64::from(self.logit_adjustment), true, "a number")?;
+        if let Some(tcl) = &self.tcl {
+            let lambda = f64::from(tcl.lambda);
+            finite("--lambda", lambda, lambda >= 0.0, "0 or more")?;
+            let margin = f64::from(tcl.margin);
+            finite("--margin", margin, margin >= 0.0, "0 or more")?;
+            if let Negatives::SemiSynthesized { alpha } = tcl.negatives {
+                let alpha = f64::from(alpha);
+                finite("--alpha", alpha, (0.0..=1.0).contains(&alpha), "0 to 1")?;
+            }
+        }
+        anyhow::ensure!(self.epochs >= 1, "--epochs must be at least 1");
+        anyhow::ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        if let Some(decay) = self.ema {
+            finite("--ema", decay, decay > 0.0 && decay < 1.0, "between 0 and 1")?;
+        }
+        Ok(())
+    }
+
     /// The default run on `data`.
     pub fn new(data: DatasetSpec) -> Self {
         Self {
@@ -347,6 +387,18 @@ pub fn train_class_counts(config: &TrainConfig) -> Result<ClassCounts> {
 /// Writes a copy of a finished run whose classifier subtracts `τ·log π` from its logits
 /// (post-hoc logit adjustment, Menon et al. 2021), with its report on the valid split.
 pub fn adjust(run: &Path, tau: f32, out: &Path) -> Result<Metrics> {
+    anyhow::ensure!(tau.is_finite(), "τ = {tau}: the adjustment must be a number");
+    let same = |a: &Path, b: &Path| {
+        a.canonicalize()
+            .ok()
+            .zip(b.canonicalize().ok())
+            .is_some_and(|(a, b)| a == b)
+    };
+    anyhow::ensure!(
+        !same(run, out),
+        "{}: the adjusted copy must go to another folder, not over the run it comes from",
+        out.display()
+    );
     let device = Backend::Flex.device();
     let (model, mut config) = load_checkpoint(run, &device)?;
     if config.posthoc_logit_adjustment.is_some() {
@@ -436,14 +488,19 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
             run.display()
         );
     }
+    config.validate()?;
+    if !resume && run.join(files::CONFIG).exists() {
+        bail!(
+            "{} already holds a run: continue it with `fer-train train --resume {}`, or train into a new folder",
+            run.display(),
+            run.display()
+        );
+    }
     let device = config.backend.device().autodiff();
     device.seed(config.seed);
 
     let train_samples = Arc::new(load_split(config, &config.data, Split::Train)?);
     let valid_samples = load_split(config, config.valid_spec(), Split::Valid)?;
-    if config.batch_size == 0 {
-        bail!("the batch size must be at least 1");
-    }
     if train_samples.len() < config.batch_size {
         bail!(
             "{} training images, fewer than one batch of {}",
@@ -594,6 +651,13 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
                 lr,
                 &device,
             );
+            if !loss.is_finite() {
+                bail!(
+                    "epoch {}, step {}: the loss is {loss}; training diverged (a lower --lr may help); the last checkpoint is intact",
+                    epoch + 1,
+                    step + 1
+                );
+            }
             if let Some(ema) = &mut ema {
                 ema.update(&model);
             }

@@ -275,6 +275,54 @@ fn posthoc_logit_adjustment_shifts_logits_by_the_log_prior() {
 }
 
 #[test]
+fn settings_that_cannot_train_and_folders_that_hold_a_run_are_refused() {
+    let _turn = one_at_a_time();
+    let data = tempfile::tempdir().unwrap();
+    fixture(data.path(), 4);
+    let config = smoke_config(data.path());
+    let refused = |c: TrainConfig| c.validate().unwrap_err().to_string();
+    assert!(
+        refused(TrainConfig {
+            lr: f64::NAN,
+            ..config.clone()
+        })
+        .contains("--lr NaN")
+    );
+    assert!(
+        refused(TrainConfig {
+            epochs: 0,
+            ..config.clone()
+        })
+        .contains("--epochs")
+    );
+    assert!(
+        refused(TrainConfig {
+            label_smoothing: 1.5,
+            ..config.clone()
+        })
+        .contains("--label-smoothing 1.5")
+    );
+    let mut dropout = config.clone();
+    dropout.network.dropout = 2.0;
+    assert!(refused(dropout).contains("--dropout 2"));
+    let runs = tempfile::tempdir().unwrap();
+    let run = runs.path().join("run");
+    training::train(&config, &run, false).unwrap();
+    let error = training::train(&config, &run, false).err().unwrap().to_string();
+    assert!(
+        error.contains("already holds a run") && error.contains("--resume"),
+        "{error}"
+    );
+    let error = training::adjust(&run, f32::NAN, &runs.path().join("x"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("must be a number"), "{error}");
+    let error = training::adjust(&run, 0.5, &run).err().unwrap().to_string();
+    assert!(error.contains("another folder"), "{error}");
+}
+
+#[test]
 fn bad_checkpoints_are_clear_errors() {
     let _turn = one_at_a_time();
     let runs = tempfile::tempdir().unwrap();

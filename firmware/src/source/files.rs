@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use tracing::warn;
 
 use super::{Frame, FrameSource, Skips};
 
@@ -18,6 +19,8 @@ pub struct Files {
     next: usize,
     passes_left: Option<u32>,
     skipped: Skips,
+    /// Files already reported as unreadable: each is named once, repeats only counted.
+    reported: std::collections::HashSet<PathBuf>,
     read_this_pass: usize,
     pattern: String,
 }
@@ -37,7 +40,17 @@ pub fn list(pattern: &str) -> Result<Vec<PathBuf>> {
             })
             .collect();
         paths.sort();
-        paths
+        // A folder or a FIFO with an image's name is no image (and a FIFO would block a read).
+        let (files, others): (Vec<PathBuf>, Vec<PathBuf>) = paths.into_iter().partition(|p| p.is_file());
+        if !others.is_empty() {
+            let names: Vec<String> = others.iter().map(|p| p.display().to_string()).collect();
+            warn!(
+                "ignoring {} entries that are not regular files: {}",
+                others.len(),
+                names.join(", ")
+            );
+        }
+        files
     } else if path.is_file() {
         vec![path.to_path_buf()]
     } else {
@@ -70,6 +83,7 @@ impl Files {
             next: 0,
             passes_left: (repeat > 0).then_some(repeat),
             skipped: Skips::default(),
+            reported: std::collections::HashSet::new(),
             read_this_pass: 0,
             pattern: pattern.to_string(),
         })
@@ -129,7 +143,13 @@ impl FrameSource for Files {
                     }
                     return Ok(Some(frame));
                 }
-                Err(e) => self.skipped.skip(format_args!("skipping {}: {e:#}", path.display())),
+                Err(e) if self.reported.insert(path.clone()) => {
+                    self.skipped.count_one();
+                    warn!("skipping {}: {e:#}", path.display());
+                }
+                Err(e) => self
+                    .skipped
+                    .skip(format_args!("skipping {} again: {e:#}", path.display())),
             }
         }
     }
@@ -155,12 +175,15 @@ mod tests {
         // A header that claims 20000x20000 (1.2 GB decoded) in a few bytes.
         std::fs::write(d.join("b-huge.ppm"), b"P6\n20000 20000\n255\n").unwrap();
         std::os::unix::fs::symlink("/dev/zero", d.join("c-device.jpg")).unwrap();
+        std::fs::create_dir(d.join("c-folder.jpg")).unwrap();
         image::RgbImage::from_pixel(8, 6, image::Rgb([1, 2, 3]))
             .save(d.join("d-good.png"))
             .unwrap();
         let mut files = Files::open(d.to_str().unwrap(), 1, 1).unwrap();
         let frame = files.next_frame().unwrap().expect("the good file");
-        assert_eq!((frame.name.as_str(), files.skipped()), ("d-good.png", 3));
+        // The device and the folder are not listed; the other two are skipped saying why.
+        assert_eq!(files.paths().len(), 3);
+        assert_eq!((frame.name.as_str(), files.skipped()), ("d-good.png", 2));
         assert!(files.next_frame().unwrap().is_none());
         let why = |name: &str| format!("{:#}", super::super::read_image(&d.join(name)).unwrap_err());
         assert!(why("a-empty.ppm").contains("no pixels"), "{}", why("a-empty.ppm"));

@@ -120,7 +120,9 @@ impl<R: Read> MjpegStream<R> {
 
     /// Starts walking an image whose start marker is at `at`.
     fn begin(&mut self, at: usize) {
-        (self.start, self.scanned, self.in_scan) = (Some(at), at + 2, false);
+        // What lies before it is done with: a stream of broken frames must not pile up.
+        self.buffer.drain(..at);
+        (self.start, self.scanned, self.in_scan) = (Some(0), 2, false);
     }
 
     /// Counts and reports an image that cannot be decoded.
@@ -346,6 +348,21 @@ mod tests {
         let (frames, skipped) = frames_of(&stream);
         let shades: Vec<bool> = frames.iter().map(|f| f.1 > 230).collect();
         assert_eq!((shades, skipped), (vec![true, false], 0));
+    }
+
+    #[test]
+    fn a_stream_of_truncated_frames_holds_at_most_one_frame_in_memory() {
+        // Each piece starts a JPEG and stops before its end: the next start cuts it off.
+        let piece = jpeg(10)[..300].to_vec();
+        let repeats = 20_000;
+        let stream: Vec<u8> = piece.iter().copied().cycle().take(piece.len() * repeats).collect();
+        let mut source = MjpegStream::new(stream.as_slice(), "test", (640, 480));
+        while source.next_jpeg().unwrap().is_some() {}
+        // A buffer's capacity never shrinks: it is the most it ever held.
+        let most = source.buffer.capacity();
+        assert!(source.skipped.count() >= repeats - 1, "{}", source.skipped.count());
+        // 6 MB of stream went through a buffer of a few read chunks.
+        assert!(most < 1 << 20, "the buffer grew to {most} bytes");
     }
 
     /// The JPEG of [`jpeg`] with its frame header claiming `width`x`height`.

@@ -213,6 +213,11 @@ impl Skips {
         self.warned_at = Some(Instant::now());
     }
 
+    /// Counts a skipped frame that its source reports itself.
+    pub fn count_one(&mut self) {
+        self.count += 1;
+    }
+
     /// Frames skipped so far.
     pub fn count(&self) -> usize {
         self.count

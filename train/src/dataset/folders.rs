@@ -91,12 +91,14 @@ impl ExpressionSource for ImageFolders {
                     continue;
                 }
             };
-            jobs.extend(
-                read_dir_sorted(&dir)?
-                    .into_iter()
-                    .filter(|p| is_image(p))
-                    .map(|p| (p, label, None)),
-            );
+            for path in read_dir_sorted(&dir)?.into_iter().filter(|p| is_image(p)) {
+                // A folder or a FIFO with an image's name: reading a FIFO would block for ever.
+                if path.is_file() {
+                    jobs.push((path, label, None));
+                } else {
+                    collector.push(Err(DatasetError::image(&path, "not a regular file")))?;
+                }
+            }
         }
         collector.decode(jobs, None)?;
         collector.finish(&root, split)
@@ -180,6 +182,24 @@ mod tests {
             error.contains("holds training images only") && error.contains("--valid"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn entries_that_are_not_regular_files_are_bad_images_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let happy = dir.path().join("train/happy");
+        std::fs::create_dir_all(happy.join("folder.png")).unwrap();
+        let fifo = std::ffi::CString::new(happy.join("fifo.png").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        image::GrayImage::new(48, 48).save(happy.join("good.png")).unwrap();
+        let source = ImageFolders::new(dir.path());
+        let error = source
+            .load(Split::Train, LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a regular file"), "{error}");
+        let loaded = source.load(Split::Train, LoadOptions { skip_bad: true }).unwrap();
+        assert_eq!((loaded.samples.len(), loaded.skipped.len()), (1, 2));
     }
 
     #[test]

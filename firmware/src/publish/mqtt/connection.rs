@@ -58,6 +58,11 @@ impl Shared {
     }
 }
 
+/// A session closed this soon after the broker accepted it was thrown off, not lost: another
+/// client took its id, or the broker refused what it did. A broker that shuts down or a network
+/// that goes closes a session that had been up for longer.
+const THROWN_OFF: Duration = Duration::from_secs(3);
+
 /// The first wait before reconnecting to a broker that failed; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait between reconnect attempts.
@@ -106,7 +111,7 @@ pub(super) fn drive(
                     break;
                 }
                 let hint = match connected_at.take() {
-                    Some(at) if backoff.up_briefly() => format!(
+                    Some(at) if at.elapsed() < THROWN_OFF => format!(
                         " {:.0} s after the broker accepted us: is another client connected with our id {:?} \
                          (two boards left with one host name and client_id)? Or does the broker's ACL refuse our topics?",
                         at.elapsed().as_secs_f32(),

@@ -88,6 +88,16 @@ impl MqttOptions {
             self.password_file.is_none() || self.password_env.is_none(),
             "publish.mqtt: password_file and password_env are both set; keep one"
         );
+        // MQTT sends a password only with a user name: without one it would be dropped unseen.
+        ensure!(
+            self.username.is_some() || (self.password_file.is_none() && self.password_env.is_none()),
+            "publish.mqtt: a password is configured but no username; brokers take a password only with one"
+        );
+        ensure!(
+            !self.client_id.chars().any(char::is_control),
+            "publish.mqtt.client_id {:?} holds control characters, which brokers refuse",
+            self.client_id
+        );
         ensure!(
             self.client_id.len() <= MAX_CLIENT_ID,
             "publish.mqtt.client_id is {} bytes long; {MAX_CLIENT_ID} at most",
@@ -255,6 +265,16 @@ mod tests {
             ..d()
         };
         assert!(err(both).contains("both set"));
+        let anonymous = MqttOptions {
+            password_env: Some("P".into()),
+            ..d()
+        };
+        assert!(err(anonymous).contains("no username"));
+        let nul = MqttOptions {
+            client_id: "a\0b".into(),
+            ..d()
+        };
+        assert!(err(nul).contains("control characters"));
     }
 
     #[test]
