@@ -280,3 +280,30 @@ fn sigterm_while_the_broker_has_not_answered_ends_the_sensor_within_a_second() {
     assert!(status.success(), "{status:?}\n{}", log.lock().unwrap());
     assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
 }
+
+#[test]
+fn frames_skipped_before_a_stop_are_counted_in_the_summary() {
+    // Undecodable frames on a stdin that stays open, then SIGTERM: the summary must count them,
+    // although no good frame or end of stream ever carried the count to the frame loop.
+    // A frame whose header claims 9000x9000, over the configured 640x480: skipped unread.
+    let mut broken = jpeg_of("04-happiness.png");
+    let sof = broken.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    broken[sof + 5..sof + 9].copy_from_slice(&[0x23, 0x28, 0x23, 0x28]);
+    let mut child = spawn(&["--source", "stdin", "--status-interval", "0"]);
+    let log = log_of(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    for _ in 0..80 {
+        stdin.write_all(&broken).unwrap();
+    }
+    stdin.flush().unwrap();
+    let (skipping, text) = wait_for_log(&log, Duration::from_secs(30), |l| l.contains("skipping frame"));
+    assert!(skipping, "{text}");
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _) = terminate(&mut child);
+    drop(stdin);
+    let (_, text) = wait_for_log(&log, Duration::from_secs(5), |l| l.contains("done:"));
+    assert!(status.success(), "{status:?}\n{text}");
+    assert!(text.contains("0 frames") && text.contains("80 skipped"), "{text}");
+    // One warning for the first, the rest counted: not eighty lines.
+    assert!(text.matches("skipping frame").count() < 5, "{text}");
+}

@@ -206,6 +206,10 @@ impl FrameSource for Camera {
         self.skipped.count()
     }
 
+    fn skip_counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        self.skipped.counter()
+    }
+
     fn describe(&self) -> String {
         match &self.open {
             Some(o) => format!("camera {} ({}x{} {})", self.path.display(), o.width, o.height, o.fourcc),

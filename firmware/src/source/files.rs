@@ -158,6 +158,10 @@ impl FrameSource for Files {
         self.skipped.count()
     }
 
+    fn skip_counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        self.skipped.counter()
+    }
+
     fn describe(&self) -> String {
         format!("{} image file(s) from {}", self.paths.len(), self.pattern)
     }

@@ -240,6 +240,10 @@ impl<R: Read> FrameSource for MjpegStream<R> {
         self.skipped.count()
     }
 
+    fn skip_counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        self.skipped.counter()
+    }
+
     fn describe(&self) -> String {
         format!("MJPEG stream on {}", self.label)
     }

@@ -29,6 +29,8 @@ pub trait FrameSource {
     fn next_frame(&mut self) -> Result<Option<Frame>>;
     /// Frames skipped because they could not be decoded.
     fn skipped(&self) -> usize;
+    /// The same count, shared with a frame loop that reads it while the source blocks.
+    fn skip_counter(&self) -> Arc<AtomicUsize>;
     /// A one-line description for logs.
     fn describe(&self) -> String;
 }
@@ -193,7 +195,8 @@ const SKIP_WARNING_EVERY: Duration = Duration::from_secs(5);
 /// first in full, then at most one every few seconds carrying how many were skipped since.
 #[derive(Debug, Default)]
 pub struct Skips {
-    count: usize,
+    /// Shared with the frame loop, which reads it while the source may be blocked in a read.
+    count: Arc<AtomicUsize>,
     warned_at: Option<Instant>,
     unreported: usize,
 }
@@ -201,7 +204,7 @@ pub struct Skips {
 impl Skips {
     /// Counts a skipped frame; `why` names it and says why (it is logged unless one was lately).
     pub fn skip(&mut self, why: impl std::fmt::Display) {
-        self.count += 1;
+        self.count.fetch_add(1, Ordering::SeqCst);
         if self.warned_at.is_some_and(|t| t.elapsed() < SKIP_WARNING_EVERY) {
             self.unreported += 1;
             return;
@@ -215,12 +218,17 @@ impl Skips {
 
     /// Counts a skipped frame that its source reports itself.
     pub fn count_one(&mut self) {
-        self.count += 1;
+        self.count.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Frames skipped so far.
     pub fn count(&self) -> usize {
-        self.count
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// The count, shared: it stays current while its source blocks.
+    pub fn counter(&self) -> Arc<AtomicUsize> {
+        self.count.clone()
     }
 }
 
@@ -235,7 +243,7 @@ pub enum Next {
 }
 
 enum Message {
-    Opened(String),
+    Opened(String, Arc<AtomicUsize>),
     Frame(Frame, Duration),
     End,
     Failed(anyhow::Error),
@@ -248,8 +256,8 @@ enum Message {
 pub struct Feed {
     frames: Receiver<Message>,
     describe: String,
-    /// Frames the source skipped, kept current by its thread (not only as frames arrive: a run
-    /// of bad frames ended by a stop must still show in the summary).
+    /// Frames the source skipped, counted as it skips them (not only as frames arrive: a run of
+    /// bad frames ended by a stop must still show in the summary).
     skipped: Arc<AtomicUsize>,
     ended: bool,
 }
@@ -261,14 +269,12 @@ impl Feed {
         F: FnOnce() -> Result<Box<dyn FrameSource>> + Send + 'static,
     {
         let (tx, rx) = sync_channel(1);
-        let skipped = Arc::new(AtomicUsize::new(0));
-        let counter = skipped.clone();
         std::thread::Builder::new()
             .name("frame source".into())
-            .spawn(move || feed(open, &tx, &stop, &counter))
+            .spawn(move || feed(open, &tx, &stop))
             .context("starting the frame source thread")?;
         match rx.recv() {
-            Ok(Message::Opened(describe)) => Ok(Self {
+            Ok(Message::Opened(describe, skipped)) => Ok(Self {
                 frames: rx,
                 describe,
                 skipped,
@@ -294,7 +300,7 @@ impl Feed {
                 self.ended = true;
                 Err(e)
             }
-            Ok(Message::Opened(_)) => unreachable!("sent once, received by spawn"),
+            Ok(Message::Opened(..)) => unreachable!("sent once, received by spawn"),
             Err(RecvTimeoutError::Timeout) => Ok(Next::Idle),
             Err(RecvTimeoutError::Disconnected) => {
                 self.ended = true;
@@ -314,7 +320,7 @@ impl Feed {
     }
 }
 
-fn feed<F>(open: F, tx: &SyncSender<Message>, stop: &crate::Stop, skipped: &AtomicUsize)
+fn feed<F>(open: F, tx: &SyncSender<Message>, stop: &crate::Stop)
 where
     F: FnOnce() -> Result<Box<dyn FrameSource>>,
 {
@@ -325,7 +331,10 @@ where
             return;
         }
     };
-    if tx.send(Message::Opened(source.describe())).is_err() {
+    if tx
+        .send(Message::Opened(source.describe(), source.skip_counter()))
+        .is_err()
+    {
         return;
     }
     // A send fails only once the frame loop is gone, which ends this thread too.
@@ -336,7 +345,6 @@ where
             Ok(None) => Message::End,
             Err(e) => Message::Failed(e),
         };
-        skipped.store(source.skipped(), Ordering::SeqCst);
         let last = !matches!(message, Message::Frame(..));
         if tx.send(message).is_err() || last {
             return;
