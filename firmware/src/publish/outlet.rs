@@ -16,6 +16,9 @@ use tracing::{info, warn};
 /// Messages queued for a reader that does not keep up; the oldest is dropped beyond this.
 pub const QUEUE: usize = 64;
 
+/// How long a stop waits for queued messages to reach a slow reader before it gives up on them.
+pub const DRAIN: Duration = Duration::from_millis(200);
+
 /// How long a sink that takes no bytes (a non-blocking tty whose buffer is full) is polled.
 const POLL: Duration = Duration::from_millis(1);
 

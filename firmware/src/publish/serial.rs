@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rppal::uart::{Parity, Uart};
 
-use super::outlet::{Outlet, QUEUE};
+use super::outlet::{DRAIN, Outlet, QUEUE};
 use super::{Event, Publisher};
 
 /// What goes on the line.
@@ -112,9 +112,6 @@ impl Write for UartWriter {
         Ok(())
     }
 }
-
-/// How long a stop waits for queued messages to leave on a slow line.
-const DRAIN: Duration = Duration::from_millis(200);
 
 /// Publishes events on a serial port, written on their own thread (see [`Outlet`]): a receiver
 /// that stops reading costs dropped messages, never a stalled frame loop or half a message.

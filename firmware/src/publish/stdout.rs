@@ -2,15 +2,11 @@
 
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::outlet::{Outlet, QUEUE};
+use super::outlet::{DRAIN, Outlet, QUEUE};
 use super::{Event, Publisher};
-
-/// How long a stop waits for queued lines to reach a reader that is slow.
-const DRAIN: Duration = Duration::from_millis(200);
 
 /// The reader of stdout closed the pipe (`fer-sensor | head -1`): nothing can publish there
 /// again, so the sensor stops, as Unix tools do on a broken pipe.
