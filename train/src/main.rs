@@ -413,7 +413,7 @@ fn run(cli: Cli) -> Result<()> {
             let samples = spec.load_verbose(split, LoadOptions { skip_bad })?.samples;
             let started = Instant::now();
             let logits = training::logits(&model, &samples, &device);
-            let metrics = training::metrics_of(&logits, [0.0; Expression::COUNT], &samples);
+            let metrics = fer_train::metrics::Metrics::of_logits(&logits, [0.0; Expression::COUNT], &samples);
             println!("{metrics}");
             println!(
                 "evaluated {} images in {:.1} s",

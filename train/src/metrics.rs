@@ -25,6 +25,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Metrics of the predictions `argmax(logits + offset)` against the samples' labels.
+    pub fn of_logits(logits: &[[f32; K]], offset: [f32; K], samples: &[crate::dataset::Sample]) -> Self {
+        Self::from_pairs(logits.iter().zip(samples).map(|(row, sample)| {
+            let adjusted: [f32; K] = std::array::from_fn(|k| row[k] + offset[k]);
+            (sample.label.index(), fer_protocol::scores::argmax(&adjusted))
+        }))
+    }
+
     /// Metrics of `(label, prediction)` pairs, as class indices.
     pub fn from_pairs(pairs: impl IntoIterator<Item = (usize, usize)>) -> Self {
         let mut confusion = [[0usize; K]; K];

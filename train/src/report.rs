@@ -11,7 +11,6 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use crate::dataset::{ClassCounts, Sample};
 use crate::loss::logit_adjustment;
 use crate::metrics::Metrics;
-use crate::training::metrics_of;
 
 /// One line of `metrics.jsonl`: what an epoch did.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -79,7 +78,7 @@ pub fn logit_adjustment_table(logits: &[[f32; Expression::COUNT]], samples: &[Sa
     // Fine where the useful τ sit (imbalance-aware models want small ones), coarse beyond.
     let taus = (0..=10).map(|i| i as f32 / 10.0).chain([1.5, 2.0]);
     for tau in taus {
-        let m = metrics_of(logits, logit_adjustment(-tau, counts), samples);
+        let m = Metrics::of_logits(logits, logit_adjustment(-tau, counts), samples);
         out.push_str(&format!(
             "| {tau:.2} | {:.2} | {:.2} | {:.2} |",
             100.0 * m.accuracy,

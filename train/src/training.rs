@@ -15,7 +15,6 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use fer_protocol::Expression;
-use fer_protocol::scores::argmax;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::augment::Augment;
@@ -341,7 +340,7 @@ fn load_weights(run: &Path, file: &str, config: &TrainConfig, device: &Device) -
 
 /// Evaluates `model` on samples (no augmentation, inference mode).
 pub fn evaluate(model: &ExpressionNet, samples: &[Sample], device: &Device) -> Metrics {
-    metrics_of(&logits(model, samples, device), [0.0; Expression::COUNT], samples)
+    Metrics::of_logits(&logits(model, samples, device), [0.0; Expression::COUNT], samples)
 }
 
 /// The logits of samples (no augmentation, inference mode), one row per sample.
@@ -364,18 +363,6 @@ pub fn logits(model: &ExpressionNet, samples: &[Sample], device: &Device) -> Vec
         );
     }
     rows
-}
-
-/// Metrics of the predictions `argmax(logits + offset)` against the samples' labels.
-pub fn metrics_of(
-    logits: &[[f32; Expression::COUNT]],
-    offset: [f32; Expression::COUNT],
-    samples: &[Sample],
-) -> Metrics {
-    Metrics::from_pairs(logits.iter().zip(samples).map(|(row, sample)| {
-        let adjusted: [f32; Expression::COUNT] = std::array::from_fn(|k| row[k] + offset[k]);
-        (sample.label.index(), argmax(&adjusted))
-    }))
 }
 
 /// The training split's class counts of a run (what its logit adjustment is relative to).
