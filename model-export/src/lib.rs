@@ -3,15 +3,18 @@
 //! the ONNX metadata, and golden vectors for the cross-target tests.
 //!
 //! Data flows `float` (Burn → ONNX) → `equalize` (depthwise/pointwise channel balance) →
-//! `calibrate` (activation ranges in tract) → `quantize` (QLinearConv rewrite); `pipeline` runs it all with its checks; models run in tract through `fer_runtime`.
+//! `calibrate` (activation ranges in tract) → `quantize` (QLinearConv rewrite); `options` says what to do, `pipeline` runs it all with its checks and `report` tells what it measured; models run in tract through `fer_runtime`.
 #![warn(missing_docs)]
 
 pub mod calibrate;
 pub mod equalize;
 pub mod float;
 pub mod graph;
+pub mod options;
 pub mod pipeline;
 pub mod quantize;
 pub mod report;
 
-pub use pipeline::{ExportOptions, ExportReport, export};
+pub use options::ExportOptions;
+pub use pipeline::export;
+pub use report::ExportReport;

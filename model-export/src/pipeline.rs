@@ -9,142 +9,17 @@ use fer_protocol::contract::{self, keys};
 use fer_protocol::golden::{GoldenCase, GoldenSet};
 use fer_protocol::{Expression, INPUT};
 use fer_train::batch::eval_batch;
-use fer_train::dataset::{DatasetSpec, LoadOptions, Sample, Split};
+use fer_train::dataset::{LoadOptions, Sample, Split};
 use fer_train::metrics::Metrics;
 use fer_train::training::{self, RunState, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use tract_onnx::pb::ModelProto;
 
-use crate::quantize::{LayerReport, WeightScales};
+use crate::options::ExportOptions;
+use crate::report::ExportReport;
 use crate::{calibrate, float, graph, quantize};
 use fer_protocol::scores::argmax;
 use fer_runtime::Plan;
-
-/// Everything `fer-export` needs to know.
-#[derive(Clone, Debug)]
-pub struct ExportOptions {
-    /// The fer-train run folder (config.json + model.burnpack).
-    pub checkpoint: PathBuf,
-    /// Images whose activation ranges set the int8 scales (its training split is used).
-    pub calibration: DatasetSpec,
-    /// How many calibration images to use (spread evenly over the split).
-    pub calibration_images: usize,
-    /// Fewer usable calibration images than this is an error.
-    pub min_calibration_images: usize,
-    /// Images for the quality checks (its validation split); the run's own data when `None`.
-    pub evaluation: Option<DatasetSpec>,
-    /// How many evaluation images the Burn-vs-tract parity check uses.
-    pub parity_images: usize,
-    /// Largest acceptable |Δ| between Burn and the f32 ONNX model in tract.
-    pub max_parity_error: f32,
-    /// Smallest acceptable share of images where int8 and f32 agree on the top class.
-    pub min_agreement: f64,
-    /// Largest acceptable accuracy loss of int8 against f32 (a fraction, 0.01 = 1 point).
-    pub max_accuracy_drop: f64,
-    /// Weight scale granularity of the int8 convs.
-    pub weight_scales: WeightScales,
-    /// Equalize depthwise → pointwise pairs before quantizing (see [`crate::equalize`]).
-    pub equalize: bool,
-    /// Convs (by position in graph order, from 0) left in f32 in the int8 model.
-    pub f32_convs: Vec<usize>,
-    /// How activation ranges are chosen from the calibration values.
-    pub activation_ranges: calibrate::RangeMethod,
-    /// Output prefix: writes `PREFIX.f32.onnx`, `PREFIX.int8.onnx`, `PREFIX.golden.json`,
-    /// `PREFIX.report.json` and `PREFIX.report.md`.
-    pub out: PathBuf,
-}
-
-impl ExportOptions {
-    /// Checks the settings a run would otherwise report as passed; errors name the flag.
-    pub fn validate(&self) -> Result<()> {
-        ensure!(
-            self.min_calibration_images >= 1,
-            "--min-calibration-images must be at least 1"
-        );
-        ensure!(
-            self.calibration_images >= self.min_calibration_images,
-            "--calibration-images {} is under --min-calibration-images {}: int8 ranges from so few images do not hold",
-            self.calibration_images,
-            self.min_calibration_images
-        );
-        ensure!(self.parity_images >= 1, "--parity-images must be at least 1");
-        ensure!(
-            self.max_parity_error > 0.0 && self.max_parity_error.is_finite(),
-            "--max-parity-error {} must be a positive number",
-            self.max_parity_error
-        );
-        ensure!(
-            (0.0..=1.0).contains(&self.min_agreement),
-            "--min-agreement {} is a fraction: it must lie in 0..=1",
-            self.min_agreement
-        );
-        let out = self.out.to_string_lossy();
-        ensure!(
-            !out.ends_with('/') && self.out.file_name().is_some(),
-            "--out {out}: a prefix for the files (e.g. models/fer), not a folder"
-        );
-        // Negative is a gate that int8 must beat f32 by as much: strict, but well defined.
-        ensure!(
-            self.max_accuracy_drop.is_finite() && self.max_accuracy_drop <= 1.0,
-            "--max-accuracy-drop {} is a fraction of accuracy: a number no larger than 1",
-            self.max_accuracy_drop
-        );
-        Ok(())
-    }
-}
-
-/// The measured outcome of an export.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ExportReport {
-    /// `fer.model_version` of both files.
-    pub model_version: String,
-    /// `fer.weights_sha256` of both files.
-    pub weights_sha256: String,
-    /// Whether the centers were replaced by calibration class means (cross-entropy runs).
-    pub centers_from_class_means: bool,
-    /// Calibration images used.
-    pub calibration_images: usize,
-    /// Depthwise → pointwise pairs equalized before quantization.
-    pub equalized_pairs: usize,
-    /// Images in the parity check.
-    pub parity_images: usize,
-    /// Largest |Δ| of a logit between Burn and tract f32.
-    pub parity_max_logit_error: f32,
-    /// Largest |Δ| of an embedding value between Burn and tract f32.
-    pub parity_max_embedding_error: f32,
-    /// Largest relative |Δ| of a center distance between Burn and tract f32.
-    pub parity_max_distance_rel_error: f32,
-    /// Images in the quality check.
-    pub evaluation_images: usize,
-    /// Metrics of the f32 ONNX model in tract.
-    pub f32_metrics: Metrics,
-    /// Metrics of the int8 ONNX model in tract.
-    pub int8_metrics: Metrics,
-    /// Metrics of the f32 model with test-time flip averaging (the sensor's `classify.flip`).
-    pub f32_flip_metrics: Metrics,
-    /// Metrics of the int8 model with test-time flip averaging.
-    pub int8_flip_metrics: Metrics,
-    /// Share of evaluation images where both models pick the same class.
-    pub agreement: f64,
-    /// Largest |Δlogit| between f32 and int8 over the evaluation images.
-    pub int8_max_logit_error: f32,
-    /// f32 file size in bytes.
-    pub f32_bytes: usize,
-    /// int8 file size in bytes.
-    pub int8_bytes: usize,
-    /// Mean tract latency per face over the evaluation pass, f32, in milliseconds.
-    pub f32_ms_per_face: f64,
-    /// Mean tract latency per face over the evaluation pass, int8, in milliseconds.
-    pub int8_ms_per_face: f64,
-    /// Operators of tract's optimized f32 plan, with counts.
-    pub f32_plan_ops: Vec<(String, usize)>,
-    /// Operators of tract's optimized int8 plan, with counts.
-    pub int8_plan_ops: Vec<(String, usize)>,
-    /// What quantization did to each conv.
-    pub layers: Vec<LayerReport>,
-    /// The files written.
-    pub files: Vec<PathBuf>,
-}
 
 /// Runs the export and writes its files; nothing is written unless every check passes.
 pub fn export(options: &ExportOptions) -> Result<ExportReport> {

@@ -2,7 +2,65 @@
 
 use std::fmt::Write;
 
-use crate::pipeline::{ExportOptions, ExportReport};
+use std::path::PathBuf;
+
+use fer_train::metrics::Metrics;
+
+use crate::options::ExportOptions;
+use crate::quantize::LayerReport;
+
+/// The measured outcome of an export.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ExportReport {
+    /// `fer.model_version` of both files.
+    pub model_version: String,
+    /// `fer.weights_sha256` of both files.
+    pub weights_sha256: String,
+    /// Whether the centers were replaced by calibration class means (cross-entropy runs).
+    pub centers_from_class_means: bool,
+    /// Calibration images used.
+    pub calibration_images: usize,
+    /// Depthwise → pointwise pairs equalized before quantization.
+    pub equalized_pairs: usize,
+    /// Images in the parity check.
+    pub parity_images: usize,
+    /// Largest |Δ| of a logit between Burn and tract f32.
+    pub parity_max_logit_error: f32,
+    /// Largest |Δ| of an embedding value between Burn and tract f32.
+    pub parity_max_embedding_error: f32,
+    /// Largest relative |Δ| of a center distance between Burn and tract f32.
+    pub parity_max_distance_rel_error: f32,
+    /// Images in the quality check.
+    pub evaluation_images: usize,
+    /// Metrics of the f32 ONNX model in tract.
+    pub f32_metrics: Metrics,
+    /// Metrics of the int8 ONNX model in tract.
+    pub int8_metrics: Metrics,
+    /// Metrics of the f32 model with test-time flip averaging (the sensor's `classify.flip`).
+    pub f32_flip_metrics: Metrics,
+    /// Metrics of the int8 model with test-time flip averaging.
+    pub int8_flip_metrics: Metrics,
+    /// Share of evaluation images where both models pick the same class.
+    pub agreement: f64,
+    /// Largest |Δlogit| between f32 and int8 over the evaluation images.
+    pub int8_max_logit_error: f32,
+    /// f32 file size in bytes.
+    pub f32_bytes: usize,
+    /// int8 file size in bytes.
+    pub int8_bytes: usize,
+    /// Mean tract latency per face over the evaluation pass, f32, in milliseconds.
+    pub f32_ms_per_face: f64,
+    /// Mean tract latency per face over the evaluation pass, int8, in milliseconds.
+    pub int8_ms_per_face: f64,
+    /// Operators of tract's optimized f32 plan, with counts.
+    pub f32_plan_ops: Vec<(String, usize)>,
+    /// Operators of tract's optimized int8 plan, with counts.
+    pub int8_plan_ops: Vec<(String, usize)>,
+    /// What quantization did to each conv.
+    pub layers: Vec<LayerReport>,
+    /// The files written.
+    pub files: Vec<PathBuf>,
+}
 
 fn percent(x: f64) -> String {
     format!("{:.2} %", x * 100.0)

@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use fer_export::ExportOptions;
 use fer_export::calibrate::RangeMethod;
 use fer_export::graph;
-use fer_export::pipeline::{ExportOptions, load_checked, output_path};
+use fer_export::pipeline::{load_checked, output_path};
 use fer_export::quantize::WeightScales;
 use fer_protocol::golden::GoldenSet;
 use fer_train::dataset::{DatasetSpec, write_synthetic};
