@@ -5,7 +5,8 @@
 //!
 //! Data flows one way through the modules: [`source`] → [`detect`] → [`align`] → [`classify`] →
 //! [`decide`] → [`publish`]; [`sensor`] joins them, [`config`] holds every setting, [`selftest`]
-//! checks a device in the field, [`bench`] times its stages, [`golden`] the model against its golden vectors, and [`service`]
+//! checks a device in the field, [`bench`] times its stages, [`golden`] the model against its
+//! golden vectors, and [`service`]
 //! talks to systemd.
 #![warn(missing_docs)]
 

@@ -234,7 +234,14 @@ proptest! {
     ) {
         let (path, mut master, _slave) = pty();
         let mut uart = serial::open(&path, 115_200).unwrap();
-        let frames: Vec<Frame> = (0..5u16).map(|i| Frame { sequence: i, reading: Reading::Expression(Expression::ALL[i as usize]), confidence: 9 * i as u8, faces: 1 }).collect();
+        let frames: Vec<Frame> = (0..5u16)
+            .map(|i| Frame {
+                sequence: i,
+                reading: Reading::Expression(Expression::ALL[i as usize]),
+                confidence: 9 * i as u8,
+                faces: 1,
+            })
+            .collect();
         let mut stream = Vec::new();
         for (g, f) in garbage.iter().zip(&frames) {
             stream.extend(g.iter().map(|&b| if b == fer_protocol::wire::START { 0 } else { b }));

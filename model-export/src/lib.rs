@@ -3,7 +3,9 @@
 //! the ONNX metadata, and golden vectors for the cross-target tests.
 //!
 //! Data flows `float` (Burn → ONNX) → `equalize` (depthwise/pointwise channel balance) →
-//! `calibrate` (activation ranges in tract) → `quantize` (QLinearConv rewrite); `options` says what to do, `pipeline` runs it all with its checks and `report` tells what it measured; models run in tract through `fer_runtime`.
+//! `calibrate` (activation ranges in tract) → `quantize` (QLinearConv rewrite); `options` says what
+//! to do, `pipeline` runs it all with its checks and `report` tells what it measured; models run in
+//! tract through `fer_runtime`.
 #![warn(missing_docs)]
 
 pub mod calibrate;

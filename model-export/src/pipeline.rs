@@ -102,7 +102,8 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     ensure!(
         quality.agreement >= options.min_agreement && f32_accuracy - int8_accuracy <= options.max_accuracy_drop,
         "quantization check failed: int8 agrees with f32 on {:.2} % of images (need {:.2} %), accuracy {:.2} % vs \
-         {:.2} % (allowed drop {:.2} points); per-channel weights with MSE-clipped activation ranges (the defaults) are the most precise this export offers; --f32-convs keeps chosen convs in f32",
+         {:.2} % (allowed drop {:.2} points); per-channel weights with MSE-clipped activation ranges (the \
+         defaults) are the most precise this export offers; --f32-convs keeps chosen convs in f32",
         quality.agreement * 100.0,
         options.min_agreement * 100.0,
         int8_accuracy * 100.0,

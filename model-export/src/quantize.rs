@@ -5,7 +5,8 @@
 //! because tract's integer kernels are i8×i8 and would otherwise add an offset op per conv),
 //! weights i8 with zero point 0 (symmetric), biases i32 at scale `x_scale·w_scale`. A conv
 //! followed by a ReLU becomes one `QLinearConv` whose output range starts at 0, so the clamp to
-//! the i8 range does the ReLU. Consecutive convs hand their i8 tensors over directly; `DequantizeLinear` appears only where a float
+//! the i8 range does the ReLU. Consecutive convs hand their i8 tensors over directly;
+//! `DequantizeLinear` appears only where a float
 //! operator (pooling, attention, the linear head) reads a conv's result.
 
 use std::collections::HashMap;

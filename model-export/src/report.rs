@@ -126,7 +126,8 @@ pub fn markdown(r: &ExportReport, options: &ExportOptions) -> String {
     );
     let _ = writeln!(
         s,
-        "- tract latency during the check (batch 1, this machine, not a benchmark): f32 {:.3} ms, int8 {:.3} ms per face\n",
+        "- tract latency during the check (batch 1, this machine, not a benchmark): f32 {:.3} ms, int8 \
+        {:.3} ms per face\n",
         r.f32_ms_per_face, r.int8_ms_per_face
     );
     let _ = writeln!(s, "## Convolutions\n");

@@ -27,7 +27,8 @@ proptest! {
     #[test]
     fn every_frame_survives_noise(
         sent in frames(),
-        noise in prop::collection::vec(prop::collection::vec(any::<u8>().prop_filter("not a start byte", |b| *b != START), 0..20), 8),
+        noise in prop::collection::vec(prop::collection::vec(any::<u8>().prop_filter("not a start \
+        byte", |b| *b != START), 0..20), 8),
     ) {
         let mut stream = Vec::new();
         for (frame, noise) in sent.iter().zip(&noise) {

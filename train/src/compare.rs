@@ -71,7 +71,8 @@ impl Run {
     fn budget_key(&self) -> String {
         let c = &self.config;
         format!(
-            "{} epochs, batch {}, lr {}, limit {:?}, imbalance {:?}, {:?} backbone, vote labels {}, smoothing {}, logit adjustment {}, class weight power {}",
+            "{} epochs, batch {}, lr {}, limit {:?}, imbalance {:?}, {:?} backbone, vote labels {}, \
+            smoothing {}, logit adjustment {}, class weight power {}",
             c.epochs,
             c.batch_size,
             c.lr,
@@ -282,7 +283,8 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
         let (_, _, runs_a, runs_b) = &pairs[0];
         let (a, b) = (runs_a.len(), runs_b.len());
         out.push_str(
-            "\nDifferences in points; beyond the spread when the two configurations' ranges over the seeds do not overlap.",
+            "\nDifferences in points; beyond the spread when the two configurations' ranges over the \
+            seeds do not overlap.",
         );
         if a.min(b) > 1 {
             write!(
@@ -647,7 +649,8 @@ mod tests {
         ]);
         assert!(
             row.starts_with(
-                "| CE + TCL semi-synth., attention | CE, attention | 1, 2, 3 | **+26.67 real** (+30.00, +23.00, +27.00) faces ["
+                "| CE + TCL semi-synth., attention | CE, attention | 1, 2, 3 | **+26.67 real** (+30.00, \
+                +23.00, +27.00) faces ["
             ),
             "{row}"
         );

@@ -3,7 +3,8 @@
 //! Data flows one way: [`dataset`] loads labelled crops, [`augment`] and [`batch`] turn them into
 //! model inputs through `fer_protocol`'s preprocessing, [`model`] (with [`attention`]) maps them
 //! to embeddings and logits (while training, through the fused kernels of `kernels`), [`loss`]
-//! scores them, [`training`] runs the loop (keeping an [`ema`] of the weights when asked) and writes a run folder, [`metrics`] and [`report`] say
+//! scores them, [`training`] runs the loop (keeping an [`ema`] of the weights when asked) and
+//! writes a run folder, [`metrics`] and [`report`] say
 //! how good the result is, and [`embedding`], [`predictions`] and [`compare`] show what the loss
 //! does and which configuration wins.
 

@@ -303,7 +303,7 @@ struct TrainArgs {
     limit: Option<usize>,
     /// Make the training split long-tailed, the largest class RATIO times the smallest: the k-th
     /// most frequent class keeps n_max · RATIO^(-k/6) faces, the same seeded choice for every run;
-    /// valid stays whole (issue 16's harsher setting; FER+ train is about 75 as it is).
+    /// valid stays whole (the paper comparison's harsher setting; FER+ train is about 75 as it is).
     #[arg(long, value_name = "RATIO")]
     imbalance: Option<f32>,
     /// Skip and count bad rows and images instead of stopping.
@@ -459,7 +459,8 @@ fn run(cli: Cli) -> Result<()> {
                 let ratio = or_na(predictions.ratio_error_auroc());
                 let confidence = or_na(predictions.confidence_error_auroc());
                 println!(
-                    "{}: {} faces, accuracy {:.2} %, error AUROC of the nearest-center distance {auroc} ({}), of nearest / second-nearest {ratio}, of 1 - top probability {confidence}",
+                    "{}: {} faces, accuracy {:.2} %, error AUROC of the nearest-center distance {auroc} \
+                    ({}), of nearest / second-nearest {ratio}, of 1 - top probability {confidence}",
                     run.display(),
                     predictions.labels.len(),
                     100.0 * predictions.metrics(0..predictions.labels.len()).accuracy,
@@ -504,7 +505,8 @@ fn run(cli: Cli) -> Result<()> {
             let embedded = embedding::embed(&model, &samples, &device);
             let separation = embedding::Separation::measure(&embedded);
             println!(
-                "{} faces: within-class {:.3}, nearest other class {:.3}, ratio {:.3}, nearest class mean right for {:.1} %",
+                "{} faces: within-class {:.3}, nearest other class {:.3}, ratio {:.3}, nearest class mean \
+                right for {:.1} %",
                 embedded.points.len(),
                 separation.within,
                 separation.between,

@@ -318,7 +318,8 @@ pub fn squared_distances(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
 /// (`[D, M]`).
 ///
 /// Written as `|a|² + |b|² − 2ab` (MatMul, ReduceSum, broadcast Add) so it exports to ONNX and runs
-/// well in tract; clamped at 0 against rounding (with `relu`: the exporter has no clamp). Taking `b` transposed lets the exporter see a
+/// well in tract; clamped at 0 against rounding (with `relu`: the exporter has no clamp). Taking
+/// `b` transposed lets the exporter see a
 /// plain MatMul against a constant (it has no Transpose).
 pub fn squared_distances_to_columns(a: Tensor<2>, b_t: Tensor<2>) -> Tensor<2> {
     // `[N, 1] + [1, M]` broadcasts; Burn's ONNX exporter has no `expand`.

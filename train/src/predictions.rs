@@ -220,7 +220,8 @@ impl std::fmt::Display for Flag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "under {:.2}: {:.1} % of faces flagged, {:.1} % of right answers (false uncertain), {:.1} % of errors; accuracy of the rest {:.2} %",
+            "under {:.2}: {:.1} % of faces flagged, {:.1} % of right answers (false uncertain), {:.1} % \
+            of errors; accuracy of the rest {:.2} %",
             self.threshold,
             100.0 * self.flagged,
             100.0 * self.right_flagged,
@@ -287,7 +288,8 @@ fn labels_from_data(run: &Path, predicted: &[usize]) -> Result<Vec<usize>> {
     ensure!(
         labels.len() == predicted.len()
             && Metrics::from_pairs(labels.iter().copied().zip(predicted.iter().copied())).confusion == report.confusion,
-        "{}: its valid data ({} faces) does not give its report's confusion matrix with its answers ({}): not the faces it was evaluated on",
+        "{}: its valid data ({} faces) does not give its report's confusion matrix with its answers ({}): \
+        not the faces it was evaluated on",
         run.display(),
         labels.len(),
         predicted.len()

@@ -640,7 +640,8 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
             );
             if !loss.is_finite() {
                 bail!(
-                    "epoch {}, step {}: the loss is {loss}; training diverged (a lower --lr may help); the last checkpoint is intact",
+                    "epoch {}, step {}: the loss is {loss}; training diverged (a lower --lr may help); \
+                    the last checkpoint is intact",
                     epoch + 1,
                     step + 1
                 );
@@ -674,7 +675,8 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
             // No mid-epoch checkpoint: resuming repeats this epoch from the last one, which gives
             // the same run as no interruption at all.
             eprintln!(
-                "interrupted in epoch {}: {} keeps the checkpoint after epoch {}; continue with `fer-train train --resume {}`",
+                "interrupted in epoch {}: {} keeps the checkpoint after epoch {}; continue with \
+                `fer-train train --resume {}`",
                 epoch + 1,
                 run.display(),
                 state.epochs_done,
@@ -697,7 +699,8 @@ pub fn train(config: &TrainConfig, run: &Path, resume: bool) -> Result<RunSummar
             valid,
         };
         eprintln!(
-            "epoch {}/{}: loss {:.4} (ce {:.4}, tcl {:.4}), train acc {:.1} %, valid acc {:.2} %, mean class acc {:.2} %, {:.0} img/s, {:.0} s",
+            "epoch {}/{}: loss {:.4} (ce {:.4}, tcl {:.4}), train acc {:.1} %, valid acc {:.2} %, mean \
+            class acc {:.2} %, {:.0} img/s, {:.0} s",
             record.epoch,
             config.epochs,
             record.train_loss,

@@ -90,7 +90,8 @@ impl Outlet {
             state.dropped_in_stall += 1;
             if state.dropped_in_stall == 1 {
                 warn!(
-                    "{}: the reader is not keeping up; keeping the newest {} messages and dropping older ones until it does",
+                    "{}: the reader is not keeping up; keeping the newest {} messages and dropping older \
+                    ones until it does",
                     self.label, state.capacity
                 );
             }

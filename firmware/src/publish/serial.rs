@@ -78,7 +78,8 @@ impl SerialPort for Uart {
             if n == 0 {
                 if Instant::now() >= deadline {
                     bail!(
-                        "write timed out after {WRITE_TIMEOUT:?} with {sent} of {} bytes sent (is the other end reading?)",
+                        "write timed out after {WRITE_TIMEOUT:?} with {sent} of {} bytes sent (is the \
+                        other end reading?)",
                         bytes.len()
                     );
                 }

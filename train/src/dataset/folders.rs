@@ -1,5 +1,6 @@
 //! Image folders: `ROOT/<label>/*.png|jpg`, or `ROOT/train/<label>/...` and `ROOT/valid/<label>/...`
-//! (`val` and `test` also name the valid split). A flat tree has no valid split. Folder names are parsed as expressions, so
+//! (`val` and `test` also name the valid split). A flat tree has no valid split. Folder names are
+//! parsed as expressions, so
 //! `angry/`, `Happy/` and `surprise/` all work; an unknown folder name is an error.
 
 use std::path::{Path, PathBuf};
@@ -42,7 +43,8 @@ impl ImageFolders {
         if split == Split::Valid {
             return Err(DatasetError::Missing {
                 path: self.root.join(names[0]),
-                what: "a validation folder; a flat DIR/<label>/ tree holds training images only: add DIR/valid/<label>/ or name a validation set with --valid",
+                what: "a validation folder; a flat DIR/<label>/ tree holds training images only: add \
+                DIR/valid/<label>/ or name a validation set with --valid",
             });
         }
         Ok(self.root.clone())

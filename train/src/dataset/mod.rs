@@ -311,7 +311,7 @@ impl fmt::Display for ClassCounts {
     }
 }
 
-/// Makes a training split long-tailed (the harsher imbalance of issue 16). With the classes present
+/// Makes a training split long-tailed (the harsher imbalance of the paper comparison). With the classes present
 /// ordered from most to least frequent, the one at rank `r` of `K` keeps at most
 /// `n_max · ratio^(-r / (K - 1))` faces, chosen at random with `seed` within its class, so that the
 /// largest class has `ratio` times the smallest wherever every class has enough faces to give.

@@ -113,7 +113,8 @@ pub(super) fn drive(
                 let hint = match connected_at.take() {
                     Some(at) if at.elapsed() < THROWN_OFF => format!(
                         " {:.0} s after the broker accepted us: is another client connected with our id {:?} \
-                         (two boards left with one host name and client_id)? Or does the broker's ACL refuse our topics?",
+                         (two boards left with one host name and client_id)? \
+                         Or does the broker's ACL refuse our topics?",
                         at.elapsed().as_secs_f32(),
                         shared.client_id
                     ),

@@ -95,7 +95,10 @@ impl Topics {
                         "icon": "mdi:emoticon-outline",
                         "json_attributes_topic": state,
                         "json_attributes_template":
-                            "{{ {'confidence': value_json.confidence, 'faces': value_json.faces, 'face': value_json.face} | tojson }}",
+                            concat!(
+                                "{{ {'confidence': value_json.confidence, 'faces': value_json.faces, ",
+                                "'face': value_json.face} | tojson }}",
+                            ),
                     }),
                 ),
                 entity(
