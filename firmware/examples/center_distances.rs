@@ -19,7 +19,7 @@ fn main() -> Result<()> {
     for file in &files {
         let crop = image::open(file)?.to_luma8();
         preprocess(crop.as_raw(), crop.width() as usize, crop.height() as usize, &mut input)?;
-        nearest.push(classifier.classify(&input)?.nearest_center());
+        nearest.push(classifier.classify(&input)?.nearest_center_sq());
     }
     nearest.sort_by(f32::total_cmp);
     let at = |q: f32| nearest[((nearest.len() - 1) as f32 * q) as usize];

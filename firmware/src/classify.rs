@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use fer_protocol::contract::ModelInfo;
-use fer_protocol::golden::GoldenOutputs;
+use fer_protocol::golden::ModelOutputs;
 use fer_protocol::scores::{argmax, softmax};
 use fer_protocol::{Expression, INPUT};
 
@@ -41,8 +41,8 @@ impl Classification {
         (Expression::ALL[i], self.probabilities[i])
     }
 
-    /// Distance to the nearest class center.
-    pub fn nearest_center(&self) -> f32 {
+    /// Squared distance to the nearest class center (the model gives squared distances).
+    pub fn nearest_center_sq(&self) -> f32 {
         self.center_distances.iter().copied().fold(f32::INFINITY, f32::min)
     }
 }
@@ -63,7 +63,7 @@ impl Classifier {
     }
 
     /// The three raw outputs for one preprocessed face ([`INPUT`]`.len()` values).
-    pub fn outputs(&mut self, input: &[f32]) -> Result<GoldenOutputs> {
+    pub fn outputs(&mut self, input: &[f32]) -> Result<ModelOutputs> {
         self.plan.outputs(input)
     }
 

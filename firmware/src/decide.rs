@@ -73,8 +73,9 @@ pub struct Track {
     pub face: Face,
     /// Smoothed probabilities (all 0 until the face is first classified).
     pub smoothed: [f32; Expression::COUNT],
-    /// Latest distance to the nearest class center (infinite until the face is first classified).
-    pub nearest_center: f32,
+    /// Latest squared distance to the nearest class center (infinite until the face is first
+    /// classified).
+    pub nearest_center_sq: f32,
     /// What this track publishes.
     pub reading: Reading,
     /// Frames seen.
@@ -91,7 +92,7 @@ impl Track {
             id,
             face,
             smoothed: [0.0; Expression::COUNT],
-            nearest_center: f32::INFINITY,
+            nearest_center_sq: f32::INFINITY,
             reading: Reading::Uncertain,
             age: 1,
             missed: 0,
@@ -99,9 +100,9 @@ impl Track {
         }
     }
 
-    /// Takes in one classification of the face: the first sets the smoothed probabilities, as
+    /// Observes one classification of the face: the first sets the smoothed probabilities, as
     /// they are; later ones move them by the smoothing factor. Then the reading is decided again.
-    fn classify(&mut self, class: &Classification, options: &DecideOptions) {
+    fn observe(&mut self, class: &Classification, options: &DecideOptions) {
         if self.classified {
             for (s, p) in self.smoothed.iter_mut().zip(&class.probabilities) {
                 *s = (1.0 - options.alpha) * *s + options.alpha * p;
@@ -110,8 +111,8 @@ impl Track {
             self.smoothed = class.probabilities;
             self.classified = true;
         }
-        self.nearest_center = class.nearest_center();
-        self.reading = decide(options, self.reading, &self.smoothed, self.nearest_center);
+        self.nearest_center_sq = class.nearest_center_sq();
+        self.reading = decide(options, self.reading, &self.smoothed, self.nearest_center_sq);
     }
 }
 
@@ -200,13 +201,13 @@ impl Decider {
                     track.missed = 0;
                     track.age += 1;
                     if let Some(class) = class {
-                        track.classify(class, &self.options);
+                        track.observe(class, &self.options);
                     }
                 }
                 None => {
                     let mut track = Track::new(self.next_id, *face);
                     if let Some(class) = class {
-                        track.classify(class, &self.options);
+                        track.observe(class, &self.options);
                     }
                     self.tracks.push(track);
                     self.next_id += 1;
@@ -264,10 +265,10 @@ fn decide(
     options: &DecideOptions,
     current: Reading,
     smoothed: &[f32; Expression::COUNT],
-    nearest_center: f32,
+    nearest_center_sq: f32,
 ) -> Reading {
     let top = argmax(smoothed);
-    let far = smoothed[top] < CONFIDENT && options.max_center_distance.is_some_and(|max| nearest_center > max);
+    let far = smoothed[top] < CONFIDENT && options.max_center_distance.is_some_and(|max| nearest_center_sq > max);
     if far || smoothed[top] < options.min_confidence {
         return Reading::Uncertain;
     }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use fer_protocol::INPUT;
-use fer_protocol::golden::{GoldenCase, GoldenOutputs, GoldenSet};
+use fer_protocol::golden::{GoldenCase, GoldenSet, ModelOutputs};
 use fer_protocol::scores::argmax;
 
 use crate::classify::Classifier;
@@ -50,7 +50,7 @@ impl Precision {
     }
 
     /// This precision's expected outputs of a case.
-    pub fn expected(self, case: &GoldenCase) -> &GoldenOutputs {
+    pub fn expected(self, case: &GoldenCase) -> &ModelOutputs {
         match self {
             Self::F32 => &case.f32,
             Self::Int8 => &case.int8,
@@ -105,7 +105,7 @@ pub fn check_all(set: &GoldenSet, classifier: &mut Classifier) -> Result<f32> {
 }
 
 /// Largest |Δ| between two sets of outputs (distances relative to their size, as in [`compare`]).
-pub fn max_deviation(got: &GoldenOutputs, expected: &GoldenOutputs) -> f32 {
+pub fn max_deviation(got: &ModelOutputs, expected: &ModelOutputs) -> f32 {
     let absolute = got
         .logits
         .iter()
@@ -120,7 +120,7 @@ pub fn max_deviation(got: &GoldenOutputs, expected: &GoldenOutputs) -> f32 {
 
 /// Checks outputs against the expected ones: every value within `tolerance` (distances relative
 /// to their size, as they grow with the embedding's norm) and the same top-1 expression.
-pub fn compare(case: &str, got: &GoldenOutputs, expected: &GoldenOutputs, tolerance: f32) -> Result<()> {
+pub fn compare(case: &str, got: &ModelOutputs, expected: &ModelOutputs, tolerance: f32) -> Result<()> {
     for (name, a, b, relative) in [
         ("logits", &got.logits, &expected.logits, false),
         ("embedding", &got.embedding, &expected.embedding, false),

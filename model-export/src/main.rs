@@ -16,7 +16,7 @@ use fer_export::{ExportOptions, export};
 ///
 /// Data sets are KIND:PATH as in fer-train (ferplus:DIR, rafdb:DIR, fer2013:FILE, folders:DIR).
 ///
-/// Example: fer-export --checkpoint runs/ferplus-default --calibration ferplus:../shared/data/ferplus
+/// Example: fer-export --run runs/ferplus-default --calibration ferplus:../shared/data/ferplus
 ///          --out models/fer
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]

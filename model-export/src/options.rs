@@ -11,9 +11,10 @@ use crate::quantize::WeightScales;
 /// Everything `fer-export` needs to know: its command-line flags, and what the tests build.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ExportOptions {
-    /// Run folder written by `fer-train train` (config.json and model.burnpack).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    /// Run folder written by `fer-train train` (config.json and model.burnpack; `--checkpoint`
+    /// is its older name).
+    #[arg(long, alias = "checkpoint")]
+    pub run: PathBuf,
     /// Data set whose training images calibrate the int8 activation ranges.
     #[arg(long)]
     pub calibration: DatasetSpec,

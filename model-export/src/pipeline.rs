@@ -24,10 +24,10 @@ use fer_runtime::Plan;
 /// Runs the export and writes its files; nothing is written unless every check passes.
 pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let device = Device::flex();
-    let (model, config) = training::load_checkpoint(&options.checkpoint, &device)?;
+    let (model, config) = training::load_checkpoint(&options.run, &device)?;
     options.validate()?;
     writable(&options.out)?;
-    let state: RunState = training::read_json(&options.checkpoint.join(training::files::STATE))
+    let state: RunState = training::read_json(&options.run.join(training::files::STATE))
         .context("the run's state says which epoch the weights hold, for the model card")?;
     let evaluation_spec = options
         .evaluation
@@ -48,10 +48,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let weights_sha256 = graph::weights_sha256(graph::graph(&f32_model)?)?;
     let model_version = format!(
         "{} epoch {}",
-        options
-            .checkpoint
-            .file_name()
-            .map_or("run".into(), |n| n.to_string_lossy()),
+        options.run.file_name().map_or("run".into(), |n| n.to_string_lossy()),
         state.epochs_done
     );
     let mut props: Vec<(&str, String)> = contract::required_props();
@@ -59,7 +56,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
         (keys::MODEL_VERSION, model_version.clone()),
         (keys::WEIGHTS_SHA256, weights_sha256.clone()),
         (keys::TRAINING, training_summary(&config)),
-        (keys::EVALUATION, evaluation_summary(&options.checkpoint)),
+        (keys::EVALUATION, evaluation_summary(&options.run)),
         (keys::PRECISION, "f32".to_string()),
     ]);
     graph::set_metadata(&mut f32_model, props);

@@ -70,7 +70,7 @@ fn percent(x: f64) -> String {
 pub fn markdown(r: &ExportReport, options: &ExportOptions) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Export of `{}`\n", r.model_version);
-    let _ = writeln!(s, "- checkpoint: `{}`", options.checkpoint.display());
+    let _ = writeln!(s, "- run: `{}`", options.run.display());
     let _ = writeln!(s, "- weights SHA-256: `{}`", r.weights_sha256);
     let _ = writeln!(
         s,

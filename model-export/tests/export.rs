@@ -47,7 +47,7 @@ fn trained_run(root: &Path, tcl: bool) -> (DatasetSpec, PathBuf) {
 
 fn options(data: &DatasetSpec, run: &Path, out: &Path) -> ExportOptions {
     ExportOptions {
-        checkpoint: run.to_path_buf(),
+        run: run.to_path_buf(),
         calibration: data.clone(),
         calibration_images: 64,
         min_calibration_images: 32,

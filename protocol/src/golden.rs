@@ -38,14 +38,14 @@ pub struct GoldenCase {
     /// [`crate::preprocess`] of the crop: the model input.
     pub input: Vec<f32>,
     /// Outputs of the f32 model.
-    pub f32: GoldenOutputs,
+    pub f32: ModelOutputs,
     /// Outputs of the int8 model.
-    pub int8: GoldenOutputs,
+    pub int8: ModelOutputs,
 }
 
 /// The three model outputs of one face.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct GoldenOutputs {
+pub struct ModelOutputs {
     /// Class scores in [`crate::Expression`] order.
     pub logits: Vec<f32>,
     /// The embedding.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fer_protocol::contract::{self, ModelInfo};
-use fer_protocol::golden::GoldenOutputs;
+use fer_protocol::golden::ModelOutputs;
 use fer_protocol::{Expression, INPUT};
 use tract_onnx::prelude::*;
 
@@ -99,10 +99,10 @@ impl Plan {
     }
 
     /// The three outputs for one preprocessed face, copied out.
-    pub fn outputs(&mut self, input: &[f32]) -> Result<GoldenOutputs> {
+    pub fn outputs(&mut self, input: &[f32]) -> Result<ModelOutputs> {
         let outputs = self.run(input)?;
         let values = |i: usize| -> Result<Vec<f32>> { Ok(outputs[i].try_as_plain_ram()?.as_slice::<f32>()?.to_vec()) };
-        Ok(GoldenOutputs {
+        Ok(ModelOutputs {
             logits: values(0)?,
             embedding: values(1)?,
             center_distances: values(2)?,

@@ -35,8 +35,7 @@ enum Command {
     /// Evaluate a run folder's checkpoint on a data set split.
     Eval {
         /// Run folder written by `fer-train train`.
-        #[arg(long)]
-        checkpoint: PathBuf,
+        run: PathBuf,
         /// Data set to evaluate on (default: the run's valid data).
         #[arg(long)]
         data: Option<DatasetSpec>,
@@ -55,8 +54,7 @@ enum Command {
     /// logits (post-hoc logit adjustment, Menon et al. 2021); export that copy to ship it.
     Adjust {
         /// Run folder written by `fer-train train`.
-        #[arg(long)]
-        checkpoint: PathBuf,
+        run: PathBuf,
         /// τ: 0 changes nothing, 1 is the theory's choice; pick it with `eval --sweep-logit-adjustment`.
         #[arg(long)]
         tau: f32,
@@ -114,7 +112,7 @@ enum Command {
     /// and print how tight and separate the classes are.
     Embedding {
         /// Run folder written by `fer-train train`.
-        checkpoint: PathBuf,
+        run: PathBuf,
         /// Data set whose valid split to embed (default: the run's valid data).
         #[arg(long)]
         data: Option<DatasetSpec>,
@@ -397,14 +395,14 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Eval {
-            checkpoint,
+            run,
             data,
             split,
             skip_bad,
             sweep_logit_adjustment,
         } => {
             let device = Backend::Flex.device();
-            let (model, config) = training::load_checkpoint(&checkpoint, &device)?;
+            let (model, config) = training::load_checkpoint(&run, &device)?;
             let spec = data.clone().or(config.valid.clone()).unwrap_or(config.data.clone());
             let split = match split {
                 SplitArg::Train => Split::Train,
@@ -428,8 +426,8 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Adjust { checkpoint, tau, out } => {
-            let valid = training::adjust(&checkpoint, tau, &out)?;
+        Command::Adjust { run, tau, out } => {
+            let valid = training::adjust(&run, tau, &out)?;
             println!("{valid}");
             println!("wrote {} (τ = {tau})", out.display());
         }
@@ -496,9 +494,9 @@ fn run(cli: Cli) -> Result<()> {
             fer_train::report::plot_runs(&runs, reference.as_ref(), &out)?;
             println!("wrote {}", out.display());
         }
-        Command::Embedding { checkpoint, data, out } => {
+        Command::Embedding { run, data, out } => {
             let device = Backend::Flex.device();
-            let (model, config) = training::load_checkpoint(&checkpoint, &device)?;
+            let (model, config) = training::load_checkpoint(&run, &device)?;
             let name = fer_train::compare::configuration(&config);
             let spec = data.or(config.valid).unwrap_or(config.data);
             let samples = spec.load_verbose(Split::Valid, LoadOptions::default())?.samples;
@@ -516,8 +514,7 @@ fn run(cli: Cli) -> Result<()> {
             let projected = embedding::pca2(&embedded.points);
             let title = format!(
                 "{name} ({}), within/between {:.3}",
-                checkpoint
-                    .file_name()
+                run.file_name()
                     .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
                 separation.ratio()
             );
