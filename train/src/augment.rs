@@ -108,34 +108,28 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    /// Every transform off.
+    const NONE: Augment = Augment {
+        max_rotation_deg: 0.0,
+        scale: 0.0,
+        shift: 0.0,
+        flip: false,
+        brightness: 0.0,
+        contrast: 0.0,
+        erase: 0.0,
+    };
+
     #[test]
     fn no_op_settings_are_identity() {
-        let none = Augment {
-            max_rotation_deg: 0.0,
-            scale: 0.0,
-            shift: 0.0,
-            flip: false,
-            brightness: 0.0,
-            contrast: 0.0,
-            erase: 0.0,
-        };
         let src: Vec<u8> = (0..48 * 48).map(|i| (i % 251) as u8).collect();
         let mut dst = Vec::new();
-        none.apply(&src, 48, 48, &mut rand::rngs::SmallRng::seed_from_u64(1), &mut dst);
+        NONE.apply(&src, 48, 48, &mut rand::rngs::SmallRng::seed_from_u64(1), &mut dst);
         assert_eq!(src, dst);
     }
 
     #[test]
     fn flip_mirrors_and_default_changes_pixels() {
-        let flip = Augment {
-            max_rotation_deg: 0.0,
-            scale: 0.0,
-            shift: 0.0,
-            flip: true,
-            brightness: 0.0,
-            contrast: 0.0,
-            erase: 0.0,
-        };
+        let flip = Augment { flip: true, ..NONE };
         let src: Vec<u8> = (0..4 * 2).map(|i| (i * 30) as u8).collect();
         let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
         let mut dst = Vec::new();
@@ -154,15 +148,7 @@ mod tests {
 
     #[test]
     fn erasing_replaces_one_rectangle_and_only_when_on() {
-        let only_erase = |erase| Augment {
-            max_rotation_deg: 0.0,
-            scale: 0.0,
-            shift: 0.0,
-            flip: false,
-            brightness: 0.0,
-            contrast: 0.0,
-            erase,
-        };
+        let only_erase = |erase| Augment { erase, ..NONE };
         let src = vec![128u8; 48 * 48];
         let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
         let mut dst = Vec::new();
