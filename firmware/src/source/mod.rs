@@ -162,15 +162,8 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// an image's name) of at most [`MAX_FILE_BYTES`], decoding to at most [`MAX_SIDE`] a side. The
 /// error says which bound it broke.
 pub fn read_image(path: &std::path::Path) -> Result<RgbImage> {
-    let meta = std::fs::metadata(path)?;
-    anyhow::ensure!(meta.is_file(), "not a regular file");
-    anyhow::ensure!(
-        meta.len() <= MAX_FILE_BYTES,
-        "{} MB, over the {} MB limit for an image file",
-        meta.len() >> 20,
-        MAX_FILE_BYTES >> 20
-    );
-    let mut reader = image::ImageReader::open(path)?.with_guessed_format()?;
+    let bytes = crate::read_file(path, MAX_FILE_BYTES)?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
     reader.limits(limits((MAX_SIDE, MAX_SIDE)));
     let image = match reader.decode() {
         Ok(image) => image.into_rgb8(),
