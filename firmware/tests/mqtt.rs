@@ -588,7 +588,12 @@ fn wrong_credentials_keep_the_sensor_sensing_right_ones_publish_and_sigterm_says
     // Live deliveries only: a resubscribing watcher is sent the retained `offline` again.
     let seen = watcher.on(&availability);
     let offline = seen.iter().filter(|s| s.payload == "offline" && !s.retain).count();
-    assert_eq!(offline, 1, "the Last Will fired on a clean stop: {seen:?}");
+    assert_eq!(
+        offline,
+        1,
+        "the Last Will fired on a clean stop: {seen:?}; stderr:\n{}",
+        right.stderr()
+    );
     assert!(!right.stderr().contains(secret));
 }
 

@@ -63,6 +63,9 @@ impl Shared {
 /// that goes closes a session that had been up for longer.
 const THROWN_OFF: Duration = Duration::from_secs(3);
 
+/// How long the thread reads after its disconnect, waiting for the broker to close the socket.
+const LINGER: Duration = Duration::from_millis(500);
+
 /// The first wait before reconnecting to a broker that failed; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait between reconnect attempts.
@@ -71,7 +74,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The connection thread: drives rumqttc's event loop, announces on every connect, flushes the
 /// queue as the client takes it, and backs off after failures (one log line per attempt; the
 /// wait starts over only after a connection that lasted, see [`Backoff`]). It ends when the
-/// client has sent its disconnect, so a clean stop reaches the broker before the socket closes.
+/// broker has closed the socket after our disconnect, so a clean stop is seen as one.
 pub(super) fn drive(
     mut connection: Connection,
     client: Client,
@@ -81,10 +84,20 @@ pub(super) fn drive(
 ) {
     let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut connected_at = None;
+    // Set once the disconnect is on the wire: from then on the loop only reads, until the broker
+    // closes the socket or this passes.
+    let mut leave_by: Option<Instant> = None;
     loop {
-        match connection.recv() {
-            // Every client handle is gone.
-            Err(_) => break,
+        let event = match leave_by {
+            None => connection.recv().map_err(|_| ()),
+            Some(by) => match by.checked_duration_since(Instant::now()) {
+                Some(left) => connection.recv_timeout(left).map_err(|_| ()),
+                None => break,
+            },
+        };
+        match event {
+            // Every client handle is gone, or the broker kept the socket open past `leave_by`.
+            Err(()) => break,
             Ok(Ok(MqttEvent::Incoming(Packet::ConnAck(_)))) => {
                 backoff.connected();
                 connected_at = Some(Instant::now());
@@ -103,7 +116,13 @@ pub(super) fn drive(
                 info!("mqtt: Home Assistant is online; announcing again");
                 shared.announce(&client);
             }
-            Ok(Ok(MqttEvent::Outgoing(Outgoing::Disconnect))) => break,
+            // Closing our end now could reset the connection under the disconnect (unread
+            // acknowledgements turn a close into a reset, and the broker then fires the Last
+            // Will): read until the broker, having taken the disconnect, closes its end.
+            Ok(Ok(MqttEvent::Outgoing(Outgoing::Disconnect))) => leave_by = Some(Instant::now() + LINGER),
+            // Once stopping, the channel is kept free for the goodbye: a refill here could leave
+            // no room for the disconnect, and a socket closed without one fires the Last Will.
+            Ok(Ok(_)) if shared.stop.load(Ordering::SeqCst) => {}
             Ok(Ok(_)) => shared.outbox().flush(&client, shared.qos),
             Ok(Err(e)) => {
                 shared.connected.store(false, Ordering::SeqCst);

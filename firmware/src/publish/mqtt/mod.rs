@@ -163,20 +163,39 @@ impl Publisher for Mqtt {
             info!("{}: not connected; no goodbye to say", self.label);
             return Ok(());
         }
-        let _ = self.client.try_publish(
-            self.shared.topics.availability.as_str(),
-            self.shared.qos,
-            true,
-            "offline",
-        );
-        let _ = self.client.try_disconnect();
-        match done.recv_timeout(GOODBYE) {
+        // The client's channel may be full of states; it drains while we retry, and nothing
+        // refills it once `stop` is set.
+        let deadline = Instant::now() + GOODBYE;
+        let availability = self.shared.topics.availability.as_str();
+        let said = retry_until(deadline, || {
+            self.client
+                .try_publish(availability, self.shared.qos, true, "offline")
+                .is_ok()
+        }) && retry_until(deadline, || self.client.try_disconnect().is_ok());
+        if !said {
+            warn!("{}: no room to say goodbye within {GOODBYE:?}", self.label);
+            return Ok(());
+        }
+        match done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(()) => {
                 let _ = handle.join();
             }
             Err(_) => warn!("{}: the broker did not take our goodbye within {GOODBYE:?}", self.label),
         }
         Ok(())
+    }
+}
+
+/// Calls `attempt` every few milliseconds until it succeeds (true) or `deadline` passes (false).
+fn retry_until(deadline: Instant, mut attempt: impl FnMut() -> bool) -> bool {
+    loop {
+        if attempt() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
