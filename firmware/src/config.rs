@@ -83,15 +83,16 @@ pub struct PublishOptions {
 pub struct StdoutOptions {
     /// Print events at all.
     pub enabled: bool,
-    /// One line per frame instead of one per change.
-    pub every_frame: bool,
+    /// Besides every change, a line every N-th frame (0: changes only; 1: every frame).
+    #[serde(deserialize_with = "crate::publish::every_frames", alias = "every_frame")]
+    pub every_frames: u32,
 }
 
 impl Default for StdoutOptions {
     fn default() -> Self {
         Self {
             enabled: true,
-            every_frame: false,
+            every_frames: 0,
         }
     }
 }
@@ -253,6 +254,28 @@ mod tests {
     fn a_file_that_never_ends_is_refused_after_a_bounded_read() {
         let err = format!("{:#}", Config::load(Path::new("/dev/zero")).unwrap_err());
         assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn every_output_counts_every_frames_alike_and_reads_the_older_flag() {
+        let c = Config::parse(
+            "[publish.stdout]\nevery_frame = true\n[publish.serial]\nevery_frame = false\n\
+             [publish.gpio]\nevery_frames = 5\n[publish.mqtt]\nevery_frames = 30\n",
+        )
+        .unwrap();
+        let p = c.publish;
+        let counts = [
+            p.stdout.every_frames,
+            p.serial.unwrap().every_frames,
+            p.gpio.unwrap().every_frames,
+            p.mqtt.unwrap().every_frames,
+        ];
+        assert_eq!(counts, [1, 0, 5, 30]);
+        let err = format!(
+            "{:#}",
+            Config::parse("[publish.stdout]\nevery_frames = \"often\"\n").unwrap_err()
+        );
+        assert!(err.contains("every_frames"), "{err}");
     }
 
     #[test]

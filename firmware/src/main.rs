@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use fer_firmware::bench;
 use fer_firmware::config::Config;
 use fer_firmware::decide::Select;
-use fer_firmware::publish::gpio::{Gpio, pi};
-use fer_firmware::publish::mqtt::{self, Mqtt, MqttOptions};
+use fer_firmware::publish::gpio::pi;
+use fer_firmware::publish::mqtt::{Mqtt, MqttOptions};
 use fer_firmware::publish::serial::{self, Mode, Serial, SerialOptions, UartWriter};
 use fer_firmware::publish::stdout::{JsonLines, ReaderGone};
 use fer_firmware::publish::{Opener, Publisher, Supervised};
@@ -79,8 +79,8 @@ struct Cli {
     /// Seconds between status lines (0 = only the final summary).
     #[arg(long)]
     status_interval: Option<f32>,
-    /// Validate the configuration, the models and the devices, then exit.
-    #[arg(long)]
+    /// The `check` subcommand, spelled as a flag (scripts written before it use this).
+    #[arg(long, hide = true)]
     check: bool,
     #[command(subcommand)]
     command: Option<Command>,
@@ -88,6 +88,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Validates the configuration and opens every part it names once (models, source, serial
+    /// port, broker, pins), then exits; exit status 0 only when all of them work.
+    Check,
     /// Checks this device (hardware in the loop); exit status 0 only when no check fails.
     ///
     /// Runs the golden vectors through this build's tract, the face detector on a fixture frame,
@@ -157,7 +160,9 @@ impl Cli {
         if let Some(p) = &self.detector {
             c.model.detector = p.clone();
         }
-        c.publish.stdout.every_frame |= self.every_frame;
+        if self.every_frame {
+            c.publish.stdout.every_frames = 1;
+        }
         c.publish.stdout.enabled &= !self.quiet;
         if let Some(port) = &self.serial {
             c.publish.serial.get_or_insert_with(SerialOptions::default).port = port.clone();
@@ -193,10 +198,10 @@ fn publishers(config: &Config, model: &str) -> Vec<Box<dyn Publisher>> {
     let mut openers: Vec<(String, Opener)> = Vec::new();
     let p = &config.publish;
     if p.stdout.enabled {
-        let every_frame = p.stdout.every_frame;
+        let every_frames = p.stdout.every_frames;
         openers.push((
             "stdout".into(),
-            Box::new(move || Ok(Box::new(JsonLines::stdout(every_frame)?))),
+            Box::new(move || Ok(Box::new(JsonLines::stdout(every_frames)?))),
         ));
     }
     if let Some(s) = p.serial.clone() {
@@ -206,12 +211,12 @@ fn publishers(config: &Config, model: &str) -> Vec<Box<dyn Publisher>> {
             name,
             Box::new(move || {
                 let uart = serial::open(&s.port, s.baud)?;
-                Ok(Box::new(Serial::new(UartWriter(uart), s.mode, s.every_frame, &label)?))
+                Ok(Box::new(Serial::new(UartWriter(uart), s.mode, s.every_frames, &label)?))
             }),
         ));
     }
     if let Some(g) = p.gpio.clone() {
-        openers.push(("gpio".into(), Box::new(move || Ok(Box::new(gpio(&g)?)))));
+        openers.push(("gpio".into(), Box::new(move || Ok(Box::new(pi::claim(&g)?)))));
     }
     if let Some(m) = p.mqtt.clone() {
         let model = model.to_string();
@@ -224,17 +229,6 @@ fn publishers(config: &Config, model: &str) -> Vec<Box<dyn Publisher>> {
         .into_iter()
         .map(|(name, open)| Box::new(Supervised::new(&name, REOPEN_AFTER, open)) as Box<dyn Publisher>)
         .collect()
-}
-
-/// Claims the configured pins and drives them to idle.
-fn gpio(g: &fer_firmware::publish::gpio::GpioOptions) -> Result<Gpio<pi::Output>> {
-    let controller = pi::controller()?;
-    let pins = g
-        .assignment()?
-        .into_iter()
-        .map(|(pin, role)| Ok((pin, role, pi::output(&controller, pin)?)))
-        .collect::<Result<_>>()?;
-    Gpio::new(pins, g.active_low, g.every_frame)
 }
 
 fn run(config: &Config) -> Result<()> {
@@ -256,108 +250,6 @@ fn run(config: &Config) -> Result<()> {
         anyhow::bail!("stdin ended (end of stream): the program feeding frames stopped");
     }
     Ok(())
-}
-
-/// `--check`: every part the configuration names, opened once.
-fn check(config: &Config) -> Vec<Check> {
-    let mut checks = vec![
-        Check::pass_or_fail("configuration", Ok("valid".into())),
-        Check::pass_or_fail(
-            format!("classifier {}", config.model.classifier.display()),
-            fer_firmware::classify::Classifier::load(&config.model.classifier)
-                .map(|c| format!("{} ({})", c.info.version, c.info.precision)),
-        ),
-        Check::pass_or_fail(
-            format!("face detector {}", config.model.detector.display()),
-            fer_firmware::detect::Detector::load(&config.model.detector, config.detect)
-                .map(|_| "BlazeFace signature".into()),
-        ),
-        Check::pass_or_fail(
-            format!("source {}", config.source.input),
-            source::open(&config.source, Stop::default()).map(|s| s.describe()),
-        ),
-    ];
-    if let Some(s) = &config.publish.serial {
-        checks.push(Check::pass_or_fail(
-            format!("serial {}", s.port.display()),
-            serial::open(&s.port, s.baud).map(|_| format!("{} baud", s.baud)),
-        ));
-    }
-    if let Some(m) = &config.publish.mqtt {
-        checks.push(Check::pass_or_fail(
-            format!("mqtt {}", m.url),
-            mqtt::probe(m, Duration::from_secs(5)),
-        ));
-    }
-    if let Some(g) = &config.publish.gpio {
-        // Claiming the pins drives them idle, which is what they show when the sensor is not running.
-        let pins = gpio(g).and_then(|_| Ok(format!("{} pins claimed", g.assignment()?.len())));
-        checks.push(Check::pass_or_fail("gpio", pins));
-    }
-    checks
-}
-
-fn selftest(config: &Config, jumpers: &[(u8, u8)], serial_loopback: bool, frames: usize) -> Vec<Check> {
-    let mut checks = selftest::golden_checks(&config.model.classifier);
-    checks.push(selftest::detector_check(&config.model.detector));
-    match &config.publish.gpio {
-        None if jumpers.is_empty() => checks.push(Check::skip(
-            "gpio",
-            "no [publish.gpio] in the configuration and no --jumper",
-        )),
-        gpio => match pi::controller() {
-            Err(e) => checks.push(Check::pass_or_fail("gpio", Err(e))),
-            Ok(controller) => {
-                let mut outputs: Vec<u8> = gpio
-                    .iter()
-                    .flat_map(|g| g.assignment().unwrap_or_default())
-                    .map(|(p, _)| p)
-                    .collect();
-                for (out, _) in jumpers {
-                    if !outputs.contains(out) {
-                        outputs.push(*out);
-                    }
-                }
-                for pin in outputs {
-                    let jumper = jumpers.iter().find(|j| j.0 == pin).map(|j| j.1);
-                    let result = (|| {
-                        let mut out = pi::output(&controller, pin)?;
-                        match jumper {
-                            Some(i) => selftest::pin_check(&mut out, Some(&mut pi::input(&controller, i)?)),
-                            None => selftest::pin_check(&mut out, None),
-                        }
-                    })();
-                    let name = match jumper {
-                        Some(i) => format!("gpio {pin} → {i}"),
-                        None => format!("gpio {pin}"),
-                    };
-                    checks.push(Check::pass_or_fail(name, result));
-                }
-            }
-        },
-    }
-    match (&config.publish.serial, serial_loopback) {
-        (Some(s), true) => checks.push(Check::pass_or_fail(
-            format!("serial loopback {}", s.port.display()),
-            serial::open(&s.port, s.baud).and_then(|mut uart| selftest::serial_loopback(&mut uart)),
-        )),
-        (None, true) => checks.push(Check::pass_or_fail(
-            "serial loopback",
-            Err(anyhow::anyhow!("no serial port configured (--serial PORT)")),
-        )),
-        (_, false) => checks.push(Check::skip(
-            "serial loopback",
-            "needs --serial-loopback and a TX→RX jumper",
-        )),
-    }
-    if frames == 0 {
-        checks.push(Check::skip("source", "--frames 0"));
-    } else {
-        let result =
-            source::open(&config.source, Stop::default()).and_then(|mut s| selftest::source_check(s.as_mut(), frames));
-        checks.push(Check::pass_or_fail(format!("source {}", config.source.input), result));
-    }
-    checks
 }
 
 fn bench(config: &Config, frames: usize, image: Option<&std::path::Path>, nodes: bool) -> Result<bench::Report> {
@@ -411,56 +303,52 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Selftest {
-        jumper,
-        serial_loopback,
-        frames,
-    }) = &cli.command
-    {
-        return report(&selftest(&config, jumper, *serial_loopback, *frames));
-    }
-    if let Some(Command::Bench { frames, image, nodes }) = &cli.command {
-        return match bench(&config, *frames, image.as_deref(), *nodes) {
-            Ok(report) => {
-                println!("{report}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if let Some(Command::IdlePins) = &cli.command {
-        let Some(g) = &config.publish.gpio else {
-            println!("no [publish.gpio] in the configuration: no pins to idle");
-            return ExitCode::SUCCESS;
-        };
-        return match gpio(g) {
-            Ok(_) => {
-                println!("gpio: every configured pin idle");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if cli.check {
-        return report(&check(&config));
-    }
-    match run(&config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<ReaderGone>() => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(BROKEN_PIPE)
+    let command = match cli.command {
+        None if cli.check => Some(Command::Check),
+        command => command,
+    };
+    match command {
+        Some(Command::Check) => report(&selftest::check(&config)),
+        Some(Command::Selftest {
+            jumper,
+            serial_loopback,
+            frames,
+        }) => report(&selftest::run(&config, &jumper, serial_loopback, frames)),
+        Some(Command::Bench { frames, image, nodes }) => {
+            outcome(bench(&config, frames, image.as_deref(), nodes).map(|report| println!("{report}")))
         }
+        Some(Command::IdlePins) => outcome(idle_pins(&config)),
+        None => match run(&config) {
+            Err(e) if e.is::<ReaderGone>() => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(BROKEN_PIPE)
+            }
+            result => outcome(result),
+        },
+    }
+}
+
+/// Exit status 0, or 1 after printing the error.
+fn outcome(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `idle-pins`: claims the configured pins, which drives them to their idle levels.
+fn idle_pins(config: &Config) -> Result<()> {
+    match &config.publish.gpio {
+        None => println!("no [publish.gpio] in the configuration: no pins to idle"),
+        Some(g) => {
+            pi::claim(g)?;
+            println!("gpio: every configured pin idle");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,10 +11,12 @@ use anyhow::{Context, Result, ensure};
 use fer_protocol::{Decoder, Expression, Frame, Reading};
 
 use crate::classify::Classifier;
+use crate::config::Config;
 use crate::detect::{DetectOptions, Detector, Face};
-use crate::golden;
-use crate::publish::gpio::{InputPin, OutputPin};
-use crate::publish::serial::SerialPort;
+use crate::publish::gpio::{InputPin, OutputPin, pi};
+use crate::publish::mqtt;
+use crate::publish::serial::{self, SerialPort};
+use crate::{Stop, golden, source};
 
 /// The fixture frame the detector is checked on (two FER+ faces pasted into a 640x480 frame; see
 /// samples/README.md), compiled in so the self-test needs no extra files.
@@ -314,6 +316,107 @@ pub fn source_check(source: &mut dyn crate::source::FrameSource, frames: usize) 
         source.describe(),
         frames as f64 / start.elapsed().as_secs_f64()
     ))
+}
+
+/// `fer-sensor check`: every part the configuration names, opened once.
+pub fn check(config: &Config) -> Vec<Check> {
+    let mut checks = vec![
+        Check::pass_or_fail("configuration", Ok("valid".into())),
+        Check::pass_or_fail(
+            format!("classifier {}", config.model.classifier.display()),
+            Classifier::load(&config.model.classifier).map(|c| format!("{} ({})", c.info.version, c.info.precision)),
+        ),
+        Check::pass_or_fail(
+            format!("face detector {}", config.model.detector.display()),
+            Detector::load(&config.model.detector, config.detect).map(|_| "BlazeFace signature".into()),
+        ),
+        Check::pass_or_fail(
+            format!("source {}", config.source.input),
+            source::open(&config.source, Stop::default()).map(|s| s.describe()),
+        ),
+    ];
+    if let Some(s) = &config.publish.serial {
+        checks.push(Check::pass_or_fail(
+            format!("serial {}", s.port.display()),
+            serial::open(&s.port, s.baud).map(|_| format!("{} baud", s.baud)),
+        ));
+    }
+    if let Some(m) = &config.publish.mqtt {
+        checks.push(Check::pass_or_fail(
+            format!("mqtt {}", m.url),
+            mqtt::probe(m, Duration::from_secs(5)),
+        ));
+    }
+    if let Some(g) = &config.publish.gpio {
+        // Claiming the pins drives them idle, which is what they show when the sensor is not running.
+        let pins = pi::claim(g).and_then(|_| Ok(format!("{} pins claimed", g.assignment()?.len())));
+        checks.push(Check::pass_or_fail("gpio", pins));
+    }
+    checks
+}
+
+/// `fer-sensor selftest`: the golden vectors, the detector, each pin, the serial loopback and the
+/// source (see the module docs).
+pub fn run(config: &Config, jumpers: &[(u8, u8)], loopback: bool, frames: usize) -> Vec<Check> {
+    let mut checks = golden_checks(&config.model.classifier);
+    checks.push(detector_check(&config.model.detector));
+    match &config.publish.gpio {
+        None if jumpers.is_empty() => checks.push(Check::skip(
+            "gpio",
+            "no [publish.gpio] in the configuration and no --jumper",
+        )),
+        gpio => match pi::controller() {
+            Err(e) => checks.push(Check::pass_or_fail("gpio", Err(e))),
+            Ok(controller) => {
+                let mut outputs: Vec<u8> = gpio
+                    .iter()
+                    .flat_map(|g| g.assignment().unwrap_or_default())
+                    .map(|(p, _)| p)
+                    .collect();
+                for (out, _) in jumpers {
+                    if !outputs.contains(out) {
+                        outputs.push(*out);
+                    }
+                }
+                for pin in outputs {
+                    let jumper = jumpers.iter().find(|j| j.0 == pin).map(|j| j.1);
+                    let result = (|| {
+                        let mut out = pi::output(&controller, pin)?;
+                        match jumper {
+                            Some(i) => pin_check(&mut out, Some(&mut pi::input(&controller, i)?)),
+                            None => pin_check(&mut out, None),
+                        }
+                    })();
+                    let name = match jumper {
+                        Some(i) => format!("gpio {pin} → {i}"),
+                        None => format!("gpio {pin}"),
+                    };
+                    checks.push(Check::pass_or_fail(name, result));
+                }
+            }
+        },
+    }
+    match (&config.publish.serial, loopback) {
+        (Some(s), true) => checks.push(Check::pass_or_fail(
+            format!("serial loopback {}", s.port.display()),
+            serial::open(&s.port, s.baud).and_then(|mut uart| serial_loopback(&mut uart)),
+        )),
+        (None, true) => checks.push(Check::pass_or_fail(
+            "serial loopback",
+            Err(anyhow::anyhow!("no serial port configured (--serial PORT)")),
+        )),
+        (_, false) => checks.push(Check::skip(
+            "serial loopback",
+            "needs --serial-loopback and a TX→RX jumper",
+        )),
+    }
+    if frames == 0 {
+        checks.push(Check::skip("source", "--frames 0"));
+    } else {
+        let result = source::open(&config.source, Stop::default()).and_then(|mut s| source_check(s.as_mut(), frames));
+        checks.push(Check::pass_or_fail(format!("source {}", config.source.input), result));
+    }
+    checks
 }
 
 #[cfg(test)]

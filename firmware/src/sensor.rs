@@ -14,7 +14,7 @@ use crate::classify::{Classification, Classifier};
 use crate::config::Config;
 use crate::decide::{Decider, Decision};
 use crate::detect::{Detector, Face, Tracker};
-use crate::publish::{Event, Publisher, Status, reading_name};
+use crate::publish::{Event, Publisher, Status};
 use crate::service::Watchdog;
 use crate::source::{Feed, Next};
 
@@ -287,7 +287,7 @@ fn run_inner(
             info!(
                 "{}: {} ({:.2}), {} face(s)",
                 event.source,
-                reading_name(decision.reading),
+                decision.reading.name(),
                 decision.confidence,
                 decision.faces
             );

@@ -88,7 +88,7 @@ fn binary_frames_arrive_exactly_over_a_pty() {
     let mut publisher = Serial::new(
         UartWriter(serial::open(&path, 115_200).unwrap()),
         Mode::Binary,
-        true,
+        1,
         "pty",
     )
     .unwrap();
@@ -119,7 +119,7 @@ fn binary_frames_arrive_exactly_over_a_pty() {
 fn json_mode_sends_changes_only_as_lines() {
     let _watchdog = Watchdog::new("json_mode_sends_changes_only_as_lines", LIMIT);
     let (path, mut master, _slave) = pty();
-    let mut publisher = Serial::new(UartWriter(serial::open(&path, 9600).unwrap()), Mode::Json, false, "pty").unwrap();
+    let mut publisher = Serial::new(UartWriter(serial::open(&path, 9600).unwrap()), Mode::Json, 0, "pty").unwrap();
     publisher
         .publish(&event(0, Reading::Expression(Expression::Sadness), true))
         .unwrap();
@@ -153,13 +153,7 @@ fn a_receiver_that_stops_reading_never_stalls_the_sensor_and_then_gets_whole_lin
     );
     // Nobody reads the pty's other end for now: its buffer fills within a few kilobytes.
     let (path, mut master, _slave) = pty();
-    let mut publisher = Serial::new(
-        UartWriter(serial::open(&path, 115_200).unwrap()),
-        Mode::Json,
-        true,
-        "pty",
-    )
-    .unwrap();
+    let mut publisher = Serial::new(UartWriter(serial::open(&path, 115_200).unwrap()), Mode::Json, 1, "pty").unwrap();
     let start = std::time::Instant::now();
     let mut slowest = Duration::ZERO;
     for i in 0..20_000 {

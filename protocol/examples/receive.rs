@@ -5,7 +5,7 @@
 //!   stty -F /dev/ttyUSB0 115200 raw && cargo run -p fer-protocol --example receive < /dev/ttyUSB0
 use std::io::Read;
 
-use fer_protocol::{Decoder, Reading};
+use fer_protocol::Decoder;
 
 fn main() {
     let mut decoder = Decoder::new();
@@ -19,11 +19,7 @@ fn main() {
                     lost += u32::from(frame.sequence.wrapping_sub(previous).wrapping_sub(1));
                 }
                 last = Some(frame.sequence);
-                let reading = match frame.reading {
-                    Reading::Expression(e) => e.name(),
-                    Reading::Uncertain => "uncertain",
-                    Reading::NoFace => "no face",
-                };
+                let reading = frame.reading.name();
                 println!(
                     "#{} {reading} ({}/255), {} face(s), {lost} lost",
                     frame.sequence, frame.confidence, frame.faces

@@ -42,6 +42,29 @@ pub enum Reading {
     NoFace,
 }
 
+impl Reading {
+    /// Every reading, expressions first in label order.
+    pub const ALL: [Reading; Expression::COUNT + 2] = {
+        let mut all = [Reading::Uncertain; Expression::COUNT + 2];
+        let mut i = 0;
+        while i < Expression::COUNT {
+            all[i] = Reading::Expression(Expression::ALL[i]);
+            i += 1;
+        }
+        all[Expression::COUNT + 1] = Reading::NoFace;
+        all
+    };
+
+    /// The name every output uses: an expression's name, `uncertain` or `no_face`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reading::Expression(e) => e.name(),
+            Reading::Uncertain => "uncertain",
+            Reading::NoFace => "no_face",
+        }
+    }
+}
+
 /// One published reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -168,6 +191,16 @@ mod tests {
             reading,
             confidence: 200,
             faces: 1,
+        }
+    }
+
+    #[test]
+    fn every_reading_has_its_own_name_and_survives_the_wire() {
+        let names = Reading::ALL.map(Reading::name);
+        assert_eq!(&names[7..], ["uncertain", "no_face"]);
+        for (i, r) in Reading::ALL.into_iter().enumerate() {
+            assert!(!names[..i].contains(&r.name()), "{} twice", r.name());
+            assert_eq!(Frame::decode(&frame(0, r).encode()).unwrap().reading, r);
         }
     }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use fer_protocol::{Expression, Reading};
 
-use super::{Event, Publisher};
+use super::{Cadence, Event, Publisher};
 
 /// An output pin.
 pub trait OutputPin {
@@ -30,8 +30,9 @@ pub struct GpioOptions {
     pub face_pin: Option<u8>,
     /// Active means low (for sinks such as relay boards that switch on low).
     pub active_low: bool,
-    /// Drive the pins on every frame instead of only when the reading changes.
-    pub every_frame: bool,
+    /// Besides every change, drive the pins on every N-th frame (0: changes only).
+    #[serde(deserialize_with = "super::every_frames", alias = "every_frame")]
+    pub every_frames: u32,
 }
 
 impl GpioOptions {
@@ -82,17 +83,17 @@ impl Role {
 pub struct Gpio<P: OutputPin> {
     pins: Vec<(u8, Role, P)>,
     active_low: bool,
-    every_frame: bool,
+    cadence: Cadence,
     idle: bool,
 }
 
 impl<P: OutputPin> Gpio<P> {
     /// Takes the pins with their roles and drives them all to idle.
-    pub fn new(pins: Vec<(u8, Role, P)>, active_low: bool, every_frame: bool) -> Result<Self> {
+    pub fn new(pins: Vec<(u8, Role, P)>, active_low: bool, every_frames: u32) -> Result<Self> {
         let mut gpio = Self {
             pins,
             active_low,
-            every_frame,
+            cadence: Cadence::new(every_frames),
             idle: false,
         };
         gpio.set_idle()?;
@@ -115,7 +116,8 @@ impl<P: OutputPin> Publisher for Gpio<P> {
     }
 
     fn publish(&mut self, event: &Event) -> Result<()> {
-        if !(self.every_frame || event.decision.changed || self.idle) {
+        // Counted first: the frame counts even when the pins are idle.
+        if !(self.cadence.due(event) || self.idle) {
             return Ok(());
         }
         for (pin, role, p) in &mut self.pins {
@@ -154,6 +156,17 @@ pub mod pi {
 
     /// A real input pin with its pull-down enabled.
     pub struct Input(rppal::gpio::InputPin);
+
+    /// Claims the configured pins and drives them to idle.
+    pub fn claim(options: &super::GpioOptions) -> Result<super::Gpio<Output>> {
+        let controller = controller()?;
+        let pins = options
+            .assignment()?
+            .into_iter()
+            .map(|(pin, role)| Ok((pin, role, output(&controller, pin)?)))
+            .collect::<Result<_>>()?;
+        super::Gpio::new(pins, options.active_low, options.every_frames)
+    }
 
     /// Claims `pin` as an output.
     pub fn output(gpio: &rppal::gpio::Gpio, pin: u8) -> Result<Output> {
@@ -214,7 +227,7 @@ mod tests {
             (17, Role::Expression(Expression::Happiness), happy.clone()),
             (27, Role::Face, face.clone()),
         ];
-        (Gpio::new(pins, active_low, false).unwrap(), happy, face)
+        (Gpio::new(pins, active_low, 0).unwrap(), happy, face)
     }
 
     #[test]

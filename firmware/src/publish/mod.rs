@@ -10,8 +10,8 @@ pub mod stdout;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fer_protocol::{Frame, Reading};
-use serde::Serialize;
+use fer_protocol::Frame;
+use serde::{Deserialize, Deserializer, Serialize};
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
@@ -67,7 +67,7 @@ impl Event {
             sequence: self.sequence,
             time_ms: self.time_ms,
             source: &self.source,
-            reading: reading_name(d.reading),
+            reading: d.reading.name(),
             confidence: (d.confidence * 1000.0).round() / 1000.0,
             faces: d.faces,
             changed: d.changed,
@@ -83,13 +83,43 @@ impl Event {
     }
 }
 
-/// The name of a reading in JSON and logs: an expression's name, `uncertain` or `no_face`.
-pub fn reading_name(reading: Reading) -> &'static str {
-    match reading {
-        Reading::Expression(e) => e.name(),
-        Reading::Uncertain => "uncertain",
-        Reading::NoFace => "no_face",
+/// When an output sends: on every change of the reading, and also on every N-th frame
+/// (`every_frames = N`; 0: changes only, 1: every frame). One rule for every output.
+#[derive(Clone, Copy, Debug)]
+pub struct Cadence {
+    every_frames: u64,
+    frames: u64,
+}
+
+impl Cadence {
+    /// Changes, and every `every_frames`-th frame besides (0: changes only).
+    pub fn new(every_frames: u32) -> Self {
+        Self {
+            every_frames: every_frames.into(),
+            frames: 0,
+        }
     }
+
+    /// Counts `event`'s frame; true when it is due.
+    pub fn due(&mut self, event: &Event) -> bool {
+        self.frames += 1;
+        event.decision.changed || (self.every_frames > 0 && self.frames.is_multiple_of(self.every_frames))
+    }
+}
+
+/// Reads an `every_frames` setting: a count, or the older `every_frame = true / false` spelling
+/// (every frame / changes only) that configs written before the count still use.
+pub fn every_frames<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Setting {
+        Count(u32),
+        Flag(bool),
+    }
+    Ok(match Setting::deserialize(d)? {
+        Setting::Count(n) => n,
+        Setting::Flag(every) => every.into(),
+    })
 }
 
 /// How the sensor is doing, at the status interval: the same figures as the status log line.
@@ -251,7 +281,7 @@ impl Publisher for Supervised {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use fer_protocol::Expression;
+    use fer_protocol::{Expression, Reading};
 
     use super::*;
 

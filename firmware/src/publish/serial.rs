@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use rppal::uart::{Parity, Uart};
 
 use super::outlet::{DRAIN, Outlet, QUEUE};
-use super::{Event, Publisher};
+use super::{Cadence, Event, Publisher};
 
 /// What goes on the line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -33,9 +33,10 @@ pub struct SerialOptions {
     pub baud: u32,
     /// Binary frames or JSON lines.
     pub mode: Mode,
-    /// Send every frame (a heartbeat the receiver can count lost frames by) instead of only
-    /// changes.
-    pub every_frame: bool,
+    /// Besides every change, send every N-th frame (1, the default: every frame, a heartbeat
+    /// the receiver can count lost frames by; 0: changes only).
+    #[serde(deserialize_with = "super::every_frames", alias = "every_frame")]
+    pub every_frames: u32,
 }
 
 impl Default for SerialOptions {
@@ -44,7 +45,7 @@ impl Default for SerialOptions {
             port: PathBuf::from("/dev/serial0"),
             baud: 115_200,
             mode: Mode::Binary,
-            every_frame: true,
+            every_frames: 1,
         }
     }
 }
@@ -119,17 +120,17 @@ impl Write for UartWriter {
 pub struct Serial {
     outlet: Outlet,
     mode: Mode,
-    every_frame: bool,
+    cadence: Cadence,
     label: String,
 }
 
 impl Serial {
-    /// Publishes on `port`; `label` names it in logs.
-    pub fn new(port: impl Write + Send + 'static, mode: Mode, every_frame: bool, label: &str) -> Result<Self> {
+    /// Publishes on `port` at the [`Cadence`] of `every_frames`; `label` names it in logs.
+    pub fn new(port: impl Write + Send + 'static, mode: Mode, every_frames: u32, label: &str) -> Result<Self> {
         Ok(Self {
             outlet: Outlet::spawn(port, label, QUEUE).with_context(|| format!("starting the {label} writer"))?,
             mode,
-            every_frame,
+            cadence: Cadence::new(every_frames),
             label: label.to_string(),
         })
     }
@@ -146,7 +147,7 @@ impl Publisher for Serial {
     }
 
     fn publish(&mut self, event: &Event) -> Result<()> {
-        if !(self.every_frame || event.decision.changed) {
+        if !self.cadence.due(event) {
             return Ok(());
         }
         let bytes = match self.mode {

@@ -1,4 +1,4 @@
-//! JSON lines on stdout (or any writer): one per change, or one per frame.
+//! JSON lines on stdout (or any writer), at the output's [`Cadence`].
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use anyhow::{Context, Result};
 
 use super::outlet::{DRAIN, Outlet, QUEUE};
-use super::{Event, Publisher};
+use super::{Cadence, Event, Publisher};
 
 /// The reader of stdout closed the pipe (`fer-sensor | head -1`): nothing can publish there
 /// again, so the sensor stops, as Unix tools do on a broken pipe.
@@ -17,28 +17,28 @@ pub struct ReaderGone(pub String);
 /// JSON lines on a writer, written on their own thread (see [`Outlet`]).
 pub struct JsonLines {
     outlet: Outlet,
-    every_frame: bool,
+    cadence: Cadence,
     label: String,
 }
 
 impl JsonLines {
-    /// Writes to `out`; `label` names it in logs.
-    pub fn new(out: impl Write + Send + 'static, every_frame: bool, label: &str) -> Result<Self> {
+    /// Writes to `out` at the [`Cadence`] of `every_frames`; `label` names it in logs.
+    pub fn new(out: impl Write + Send + 'static, every_frames: u32, label: &str) -> Result<Self> {
         Ok(Self {
             outlet: Outlet::spawn(out, label, QUEUE).with_context(|| format!("starting the {label} writer"))?,
-            every_frame,
+            cadence: Cadence::new(every_frames),
             label: label.to_string(),
         })
     }
 
     /// JSON lines on this process's stdout, written straight to its file descriptor (no buffer
     /// or lock shared with the rest of the program).
-    pub fn stdout(every_frame: bool) -> Result<Self> {
+    pub fn stdout(every_frames: u32) -> Result<Self> {
         let fd = std::io::stdout()
             .as_fd()
             .try_clone_to_owned()
             .context("duplicating stdout")?;
-        Self::new(std::fs::File::from(fd), every_frame, "stdout")
+        Self::new(std::fs::File::from(fd), every_frames, "stdout")
     }
 }
 
@@ -48,7 +48,7 @@ impl Publisher for JsonLines {
     }
 
     fn publish(&mut self, event: &Event) -> Result<()> {
-        if !(self.every_frame || event.decision.changed) {
+        if !self.cadence.due(event) {
             return Ok(());
         }
         let mut line = event.json();
@@ -92,8 +92,8 @@ mod tests {
     #[test]
     fn json_lines_only_on_change_unless_every_frame() {
         let (changes_out, all_out) = (Shared::default(), Shared::default());
-        let mut changes = JsonLines::new(changes_out.clone(), false, "test").unwrap();
-        let mut all = JsonLines::new(all_out.clone(), true, "test").unwrap();
+        let mut changes = JsonLines::new(changes_out.clone(), 0, "test").unwrap();
+        let mut all = JsonLines::new(all_out.clone(), 1, "test").unwrap();
         for (i, changed) in [true, false, false, true].into_iter().enumerate() {
             let e = event(i as u64, Reading::Expression(Expression::Happiness), changed);
             changes.publish(&e).unwrap();

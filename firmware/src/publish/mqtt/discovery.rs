@@ -1,5 +1,6 @@
 //! The topics of one sensor and its Home Assistant discovery configs.
 
+use fer_protocol::Reading;
 use serde_json::json;
 
 use super::options::MqttOptions;
@@ -31,18 +32,6 @@ pub struct Topics {
     pub ha_status: Option<String>,
     /// Home Assistant discovery configs: (topic, JSON payload), retained.
     pub discovery: Vec<(String, String)>,
-}
-
-/// The readings the expression sensor can take, for Home Assistant's `enum` device class, named
-/// as every output names them.
-fn reading_names() -> Vec<&'static str> {
-    use fer_protocol::{Expression, Reading};
-    Expression::ALL
-        .into_iter()
-        .map(Reading::Expression)
-        .chain([Reading::Uncertain, Reading::NoFace])
-        .map(crate::publish::reading_name)
-        .collect()
 }
 
 impl Topics {
@@ -91,7 +80,7 @@ impl Topics {
                     json!({
                         "value_template": "{{ value_json.reading }}",
                         "device_class": "enum",
-                        "options": reading_names(),
+                        "options": Reading::ALL.map(Reading::name),
                         "icon": "mdi:emoticon-outline",
                         "json_attributes_topic": state,
                         "json_attributes_template":

@@ -40,7 +40,7 @@ use self::connection::{Shared, drive};
 pub use self::discovery::{Topics, node_id};
 pub use self::options::{MAX_CLIENT_ID, MAX_PREFIX, MqttOptions};
 use self::outbox::{Message, Outbox};
-use super::{Event, Publisher, Status};
+use super::{Cadence, Event, Publisher, Status};
 
 /// How long a clean shutdown waits for `offline` and the disconnect to leave.
 const GOODBYE: Duration = Duration::from_secs(1);
@@ -49,8 +49,7 @@ const GOODBYE: Duration = Duration::from_secs(1);
 pub struct Mqtt {
     client: Client,
     shared: Arc<Shared>,
-    every_frames: u64,
-    frames: u64,
+    cadence: Cadence,
     label: String,
     driver: Option<(JoinHandle<()>, Receiver<()>)>,
 }
@@ -87,8 +86,7 @@ impl Mqtt {
         Ok(Self {
             client,
             shared,
-            every_frames: options.every_frames.into(),
-            frames: 0,
+            cadence: Cadence::new(options.every_frames),
             label: format!("mqtt {broker}"),
             driver: Some((handle, done_rx)),
         })
@@ -101,9 +99,7 @@ impl Publisher for Mqtt {
     }
 
     fn publish(&mut self, event: &Event) -> Result<()> {
-        self.frames += 1;
-        let due = event.decision.changed || (self.every_frames > 0 && self.frames.is_multiple_of(self.every_frames));
-        if !due {
+        if !self.cadence.due(event) {
             return Ok(());
         }
         let payload = event.json();
@@ -199,7 +195,7 @@ fn retry_until(deadline: Instant, mut attempt: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// `--check`: connects once and waits for the broker's answer (at most `timeout`).
+/// `fer-sensor check`: connects once and waits for the broker's answer (at most `timeout`).
 pub fn probe(options: &MqttOptions, timeout: Duration) -> Result<String> {
     let (broker, mqtt) = options.connection(&format!("{}-check", options.client_id()))?;
     let (client, mut connection) = Client::new(mqtt, 4);

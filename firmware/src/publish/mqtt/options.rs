@@ -41,6 +41,7 @@ pub struct MqttOptions {
     /// Quality of service of every message: 0, 1 or 2.
     pub qos: u8,
     /// Besides every change, publish the state every this many frames (0: changes only).
+    #[serde(deserialize_with = "crate::publish::every_frames", alias = "every_frame")]
     pub every_frames: u32,
     /// Announce the sensor to Home Assistant (MQTT discovery).
     pub discovery: bool,
