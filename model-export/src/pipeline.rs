@@ -9,9 +9,10 @@ use fer_protocol::contract::{self, keys};
 use fer_protocol::golden::{GoldenCase, GoldenSet};
 use fer_protocol::{Expression, INPUT};
 use fer_train::batch::eval_batch;
+use fer_train::config::TrainConfig;
 use fer_train::dataset::{LoadOptions, Sample, Split};
 use fer_train::metrics::Metrics;
-use fer_train::training::{self, RunState, TrainConfig};
+use fer_train::run::{self, Run};
 use indicatif::{ProgressBar, ProgressStyle};
 use tract_onnx::pb::ModelProto;
 
@@ -24,10 +25,13 @@ use fer_runtime::Plan;
 /// Runs the export and writes its files; nothing is written unless every check passes.
 pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let device = Device::flex();
-    let (model, config) = training::load_checkpoint(&options.run, &device)?;
+    let run = Run::at(&options.run);
+    let (model, config) = run.load_model(&device)?;
     options.validate()?;
     writable(&options.out)?;
-    let state: RunState = training::read_json(&options.run.join(training::files::STATE))
+    let state = run
+        .state()
+        .and_then(|state| state.context("no epoch finished"))
         .context("the run's state says which epoch the weights hold, for the model card")?;
     let evaluation_spec = options
         .evaluation
@@ -195,7 +199,7 @@ fn write_outputs(
         crate::report::markdown(report, options).into_bytes(),
     ];
     for (path, bytes) in files.iter().zip(contents) {
-        training::write_atomically(path, |tmp| {
+        run::write_atomically(path, |tmp| {
             std::fs::write(tmp, bytes).with_context(|| format!("writing {}", tmp.display()))
         })?;
     }
@@ -240,7 +244,7 @@ fn training_summary(config: &TrainConfig) -> String {
 }
 
 fn evaluation_summary(run: &Path) -> String {
-    match training::read_json::<Metrics>(&run.join("report.json")).ok() {
+    match Run::at(run).report().ok() {
         Some(m) => format!(
             "checkpoint valid: {} images, accuracy {:.2} %, mean class accuracy {:.2} %, macro-F1 {:.2} %",
             m.count,

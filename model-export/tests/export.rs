@@ -9,9 +9,11 @@ use fer_export::graph;
 use fer_export::pipeline::{load_checked, output_path};
 use fer_export::quantize::WeightScales;
 use fer_protocol::golden::GoldenSet;
+use fer_train::config::TrainConfig;
 use fer_train::dataset::{DatasetSpec, write_synthetic};
 use fer_train::model::NetworkConfig;
-use fer_train::training::{self, TrainConfig, files};
+use fer_train::run::{Run, files};
+use fer_train::training;
 
 /// Burn's random generator is global to the process and every test here draws from it
 /// (initialisation, random inputs): they take turns, or one test's draws land in another's run.
@@ -41,7 +43,7 @@ fn trained_run(root: &Path, tcl: bool) -> (DatasetSpec, PathBuf) {
         config.tcl = None;
     }
     let run = root.join("run");
-    training::train(&config, &run, false).unwrap();
+    training::train(&config, &Run::at(&run), false).unwrap();
     (data, run)
 }
 
@@ -55,7 +57,7 @@ fn options(data: &DatasetSpec, run: &Path, out: &Path) -> ExportOptions {
         parity_images: 100,
         max_parity_error: 1e-4,
         // A one-epoch tiny model has near-tied logits, so int8 flips some of them: the real
-        // thresholds are for real models (see docs/results.md).
+        // thresholds are for real models (see docs/export.md).
         min_agreement: 0.0,
         max_accuracy_drop: 1.0,
         weight_scales: WeightScales::PerTensor,

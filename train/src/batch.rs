@@ -3,7 +3,7 @@
 //! Batches are built on a background thread in a fixed order, and each sample's augmentation is
 //! seeded by `(seed, epoch, position)`, so a run is reproducible from its seed. (Burn's
 //! multi-worker `DataLoader` hands batches over in whatever order its workers finish, which
-//! breaks that; one prefetch thread keeps up with training here — see docs/results.md.)
+//! breaks that; one prefetch thread keeps up with training here — see docs/model.md, "Data loading".)
 
 use std::sync::Arc;
 use std::sync::mpsc;

@@ -8,9 +8,10 @@ use burn::prelude::*;
 use fer_protocol::{Expression, INPUT};
 
 use crate::batch::HostBatch;
+use crate::config::{Backend, TclConfig};
 use crate::kernels::{batch_norm_relu, depthwise, max_pool2x2, pointwise, stem_conv};
 use crate::model::{ExpressionNet, NetworkConfig};
-use crate::training::{Backend, TclConfig, train_step};
+use crate::training::train_step;
 
 /// Forward and backward time of one op of the network, in isolation.
 pub struct OpTime {

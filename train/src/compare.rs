@@ -11,15 +11,16 @@ use fer_protocol::Expression;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::config::TrainConfig;
 use crate::loss::Negatives;
 use crate::metrics::Metrics;
 use crate::predictions::Predictions;
 use crate::report::EpochRecord;
-use crate::training::{TrainConfig, files, load_config, read_json, read_records};
+use crate::run::Run;
 
-/// One finished run.
+/// One finished run, read whole.
 #[derive(Clone, Debug)]
-pub struct Run {
+pub struct Finished {
     /// Its folder.
     pub path: PathBuf,
     /// Its configuration.
@@ -32,18 +33,16 @@ pub struct Run {
     pub predictions: Option<Predictions>,
 }
 
-impl Run {
+impl Finished {
     /// Reads a run folder written by `fer-train train`.
     pub fn load(path: &Path) -> Result<Self> {
-        let config = load_config(path)?;
-        let report: Metrics = read_json(&path.join(files::REPORT)).context("is the run finished?")?;
-        let records = read_records(&path.join(files::METRICS))?;
+        let run = Run::at(path);
         Ok(Self {
             path: path.to_path_buf(),
-            config,
-            report,
-            records,
-            predictions: Predictions::read(path)?,
+            config: run.config()?,
+            report: run.report()?,
+            records: run.records()?,
+            predictions: Predictions::read(&run)?,
         })
     }
 
@@ -153,11 +152,11 @@ fn difference(a: &[f64], b: &[f64]) -> String {
 /// Refuses runs that differ in anything but seed, loss and attention: the data, budget, network
 /// and augmentation must be one, TCL runs must share λ and the margin, and semi-synthesized
 /// ones α.
-fn check_comparable(runs: &[Run]) -> Result<()> {
+fn check_comparable(runs: &[Finished]) -> Result<()> {
     let first = &runs[0];
     let shared = serde_json::to_value(first.shared_settings())?;
     let first_tcl = runs.iter().find_map(|r| r.config.tcl.as_ref().map(|t| (r, t)));
-    let alpha = |r: &Run| match r.config.tcl.as_ref()?.negatives {
+    let alpha = |r: &Finished| match r.config.tcl.as_ref()?.negatives {
         Negatives::SemiSynthesized { alpha } => Some(alpha),
         _ => None,
     };
@@ -206,11 +205,11 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
     ensure!(!paths.is_empty(), "no run folders given");
     let runs = paths
         .iter()
-        .map(|p| Run::load(p).with_context(|| format!("run {}", p.display())))
+        .map(|p| Finished::load(p).with_context(|| format!("run {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
     check_comparable(&runs)?;
     let budget = runs[0].budget_key();
-    let mut groups: BTreeMap<(String, bool), Vec<&Run>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, bool), Vec<&Finished>> = BTreeMap::new();
     for run in &runs {
         groups
             .entry((loss(&run.config), run.config.network.attention))
@@ -300,7 +299,7 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
         );
         for (a, b, runs_a, runs_b) in &pairs {
             let delta = |f: fn(&Metrics) -> f64| {
-                let values = |runs: &[&Run]| runs.iter().map(|r| f(&r.report)).collect::<Vec<_>>();
+                let values = |runs: &[&Finished]| runs.iter().map(|r| f(&r.report)).collect::<Vec<_>>();
                 difference(&values(runs_a), &values(runs_b))
             };
             writeln!(
@@ -321,7 +320,12 @@ pub fn table(paths: &[PathBuf]) -> Result<String> {
 }
 
 /// Two configurations (loss name, attention) compared, with their runs.
-type Pair<'a> = ((String, bool), (String, bool), &'a Vec<&'a Run>, &'a Vec<&'a Run>);
+type Pair<'a> = (
+    (String, bool),
+    (String, bool),
+    &'a Vec<&'a Finished>,
+    &'a Vec<&'a Finished>,
+);
 
 /// Resamples of the valid faces behind each paired interval.
 const BOOTSTRAP_RESAMPLES: usize = 2000;
@@ -368,7 +372,7 @@ fn chance_beyond_spread(a: usize, b: usize) -> f64 {
 /// Pairs the runs of `a` and `b` by seed and resamples the valid faces (the same resample on
 /// both sides and for every seed, so the interval is of a paired difference). `None` when no
 /// seed ran on both sides.
-fn paired(a: &[&Run], b: &[&Run]) -> Result<Option<Paired>> {
+fn paired(a: &[&Finished], b: &[&Finished]) -> Result<Option<Paired>> {
     let mut matched = Vec::new();
     for run_a in a {
         if let Some(run_b) = b.iter().find(|r| r.config.seed == run_a.config.seed) {
@@ -551,9 +555,10 @@ mod tests {
             seconds: 120.0,
             valid: report.clone(),
         };
-        std::fs::write(run.join(files::CONFIG), serde_json::to_string(&config).unwrap()).unwrap();
-        std::fs::write(run.join(files::REPORT), serde_json::to_string(&report).unwrap()).unwrap();
-        std::fs::write(run.join(files::METRICS), serde_json::to_string(&record).unwrap() + "\n").unwrap();
+        let folder = Run::at(&run);
+        folder.write_config(&config).unwrap();
+        folder.write_records(&[record]).unwrap();
+        crate::run::write_json(&folder.file(crate::run::files::REPORT), &report).unwrap();
         run
     }
 
@@ -603,7 +608,7 @@ mod tests {
             trained_centers: tcl,
         };
         std::fs::write(
-            run.join(Predictions::FILE),
+            run.join(crate::run::files::PREDICTIONS),
             serde_json::to_string(&predictions).unwrap(),
         )
         .unwrap();
@@ -684,9 +689,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = fake_run(dir.path(), "a", 1, false, 5);
         let b = fake_run(dir.path(), "b", 1, true, 5);
-        let mut config = load_config(&b).unwrap();
+        let mut config = Run::at(&b).config().unwrap();
         config.epochs += 1;
-        std::fs::write(b.join(files::CONFIG), serde_json::to_string(&config).unwrap()).unwrap();
+        Run::at(&b).write_config(&config).unwrap();
         assert!(
             table(&[a.clone(), b.clone()])
                 .unwrap_err()
@@ -697,22 +702,22 @@ mod tests {
         // Settings the budget line does not show are checked too, and named.
         config.epochs -= 1;
         config.weight_decay *= 2.0;
-        std::fs::write(b.join(files::CONFIG), serde_json::to_string(&config).unwrap()).unwrap();
+        Run::at(&b).write_config(&config).unwrap();
         let error = table(&[a.clone(), b.clone()]).unwrap_err().to_string();
         assert!(error.contains("(in weight_decay)"), "{error}");
         // TCL runs must share λ and the margin.
         let c = fake_run(dir.path(), "c", 2, true, 5);
-        let mut other = load_config(&c).unwrap();
+        let mut other = Run::at(&c).config().unwrap();
         other.tcl.as_mut().unwrap().lambda *= 2.0;
-        std::fs::write(c.join(files::CONFIG), serde_json::to_string(&other).unwrap()).unwrap();
+        Run::at(&c).write_config(&other).unwrap();
         let d = fake_run(dir.path(), "d", 1, true, 5);
         let error = table(&[a, c, d.clone()]).unwrap_err().to_string();
         assert!(error.contains("other settings"), "{error}");
         // Semi-synthesized runs must share α.
         let e = fake_run(dir.path(), "e", 2, true, 5);
-        let mut other = load_config(&e).unwrap();
+        let mut other = Run::at(&e).config().unwrap();
         other.tcl.as_mut().unwrap().negatives = Negatives::SemiSynthesized { alpha: 0.7 };
-        std::fs::write(e.join(files::CONFIG), serde_json::to_string(&other).unwrap()).unwrap();
+        Run::at(&e).write_config(&other).unwrap();
         let error = table(&[d, e]).unwrap_err().to_string();
         assert!(error.contains("α 0.7 and 0.5"), "{error}");
     }

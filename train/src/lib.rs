@@ -3,8 +3,8 @@
 //! Data flows one way: [`dataset`] loads labelled crops, [`augment`] and [`batch`] turn them into
 //! model inputs through `fer_protocol`'s preprocessing, [`model`] (with [`attention`]) maps them
 //! to embeddings and logits (while training, through the fused kernels of `kernels`), [`loss`]
-//! scores them, [`training`] runs the loop (keeping an [`ema`] of the weights when asked) and
-//! writes a run folder, [`metrics`] and [`report`] say
+//! scores them, [`training`] runs the loop that a [`config`] defines (keeping an [`ema`] of the
+//! weights when asked) into a [`run`] folder, the one owner of its files; [`metrics`] and [`report`] say
 //! how good the result is, and [`embedding`], [`predictions`] and [`compare`] show what the loss
 //! does and which configuration wins.
 
@@ -13,6 +13,7 @@ pub mod augment;
 pub mod batch;
 pub mod bench;
 pub mod compare;
+pub mod config;
 pub mod dataset;
 pub mod ema;
 pub mod embedding;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod predictions;
 pub mod report;
+pub mod run;
 pub mod training;
 
 /// Skips a test whose input (the shared data set, a system font) is absent, with the reason on

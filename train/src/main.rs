@@ -1,18 +1,18 @@
 //! `fer-train`: train and evaluate the facial-expression classifier.
 
+mod commands;
+
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::{Context, Result};
-use burn::module::Module;
 use clap::{Parser, Subcommand, ValueEnum};
-use fer_protocol::Expression;
-use fer_train::dataset::{DatasetSpec, LoadOptions, Split};
-use fer_train::embedding;
+use fer_train::compare;
+use fer_train::config::{Backend, TclConfig, TrainConfig};
+use fer_train::dataset::{DatasetSpec, Split};
 use fer_train::loss::Negatives;
-use fer_train::model::{Backbone, ExpressionNet, NetworkConfig};
-use fer_train::training::{self, Backend, TclConfig, TrainConfig};
+use fer_train::model::{Backbone, NetworkConfig};
+use tracing_subscriber::EnvFilter;
 
 /// Train the facial-expression classifier (CNN + selective attention + triplet-center loss).
 ///
@@ -200,6 +200,15 @@ enum SplitArg {
     Valid,
 }
 
+impl From<SplitArg> for Split {
+    fn from(split: SplitArg) -> Self {
+        match split {
+            SplitArg::Train => Split::Train,
+            SplitArg::Valid => Split::Valid,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum OnOff {
     On,
@@ -367,32 +376,26 @@ impl TrainArgs {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+fn main() -> ExitCode {
+    keep_freed_memory();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .with_target(false)
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let done = match cli.command {
         Command::Train(args) => {
-            training::stop_on_ctrl_c();
-            let (config, run, resume) = match (&args.resume, &args.data) {
-                (Some(run), _) => (training::load_config(run)?, run.clone(), true),
-                (None, Some(data)) => (args.config(data.clone()), args.out.clone(), false),
-                (None, None) => unreachable!("clap requires --data without --resume"),
-            };
-            let started = Instant::now();
-            let summary = training::train(&config, &run, resume)?;
-            println!("{}", summary.valid);
-            println!(
-                "run folder: {}  ({} epochs, {:.0} s, {:.0} images/s training{})",
-                run.display(),
-                summary.epochs_done,
-                started.elapsed().as_secs_f64(),
-                summary.images_per_second,
-                if summary.interrupted { ", interrupted" } else { "" }
-            );
-            if summary.interrupted {
-                // A script running several trainings (scripts/compare.sh) must stop here rather
-                // than go on as if this run had finished; 130 is the shell's code for Ctrl-C.
-                eprintln!("interrupted: resume with `fer-train train --resume {}`", run.display());
-                std::process::exit(130);
-            }
+            let config = args.data.clone().map(|data| args.config(data));
+            commands::train(config, &args.out, args.resume.as_deref()).map(|interrupted| {
+                if interrupted {
+                    ExitCode::from(commands::INTERRUPTED)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            })
         }
         Command::Eval {
             run,
@@ -400,144 +403,17 @@ fn run(cli: Cli) -> Result<()> {
             split,
             skip_bad,
             sweep_logit_adjustment,
-        } => {
-            let device = Backend::Flex.device();
-            let (model, config) = training::load_checkpoint(&run, &device)?;
-            let spec = data.clone().or(config.valid.clone()).unwrap_or(config.data.clone());
-            let split = match split {
-                SplitArg::Train => Split::Train,
-                SplitArg::Valid => Split::Valid,
-            };
-            let samples = spec.load_verbose(split, LoadOptions { skip_bad })?.samples;
-            let started = Instant::now();
-            let logits = training::logits(&model, &samples, &device);
-            let metrics = fer_train::metrics::Metrics::of_logits(&logits, [0.0; Expression::COUNT], &samples);
-            println!("{metrics}");
-            println!(
-                "evaluated {} images in {:.1} s",
-                samples.len(),
-                started.elapsed().as_secs_f64()
-            );
-            if sweep_logit_adjustment {
-                let counts = training::train_class_counts(&config)?;
-                print!(
-                    "{}",
-                    fer_train::report::logit_adjustment_table(&logits, &samples, &counts)
-                );
-            }
-        }
-        Command::Adjust { run, tau, out } => {
-            let valid = training::adjust(&run, tau, &out)?;
-            println!("{valid}");
-            println!("wrote {} (τ = {tau})", out.display());
-        }
-        Command::Inspect { data, skip_bad } => {
-            // Both splits are shown even when one fails; the exit status says whether both loaded.
-            let mut failed = 0;
-            for split in [Split::Train, Split::Valid] {
-                if let Err(error) = data.load_verbose(split, LoadOptions { skip_bad }) {
-                    eprintln!("{split}: {error}");
-                    failed += 1;
-                }
-            }
-            anyhow::ensure!(failed == 0, "{failed} of the 2 splits did not load");
-        }
-        Command::Compare { runs } => {
-            print!("{}", fer_train::compare::table(&runs)?);
-        }
-        Command::Predictions { runs } => {
-            let device = Backend::Flex.device();
-            for run in &runs {
-                let predictions = fer_train::predictions::Predictions::load_or_write(run, &device)?;
-                let auroc = predictions.error_auroc().map_or_else(
-                    || "n/a (no wrong or no right answer)".to_string(),
-                    |a| format!("{a:.3}"),
-                );
-                let or_na = |auroc: Option<f64>| auroc.map_or_else(|| "n/a".to_string(), |a| format!("{a:.3}"));
-                let ratio = or_na(predictions.ratio_error_auroc());
-                let confidence = or_na(predictions.confidence_error_auroc());
-                println!(
-                    "{}: {} faces, accuracy {:.2} %, error AUROC of the nearest-center distance {auroc} \
-                    ({}), of nearest / second-nearest {ratio}, of 1 - top probability {confidence}",
-                    run.display(),
-                    predictions.labels.len(),
-                    100.0 * predictions.metrics(0..predictions.labels.len()).accuracy,
-                    if predictions.trained_centers {
-                        "trained centers"
-                    } else {
-                        "class means of the training split"
-                    }
-                );
-                // The sensor's `uncertain` on a face's first frame: its top probability under
-                // decide.min_confidence (0.4 by default).
-                for threshold in [0.3, 0.4, 0.5, 0.6] {
-                    println!("  uncertain {}", predictions.flag_at(threshold));
-                }
-            }
-        }
-        Command::Record { run, to } => {
-            fer_train::predictions::write_record(&run, &to, &Backend::Flex.device())?;
-            println!("recorded {} in {}", run.display(), to.display());
-        }
-        Command::Curves { runs, out, converged } => {
-            let runs = runs
-                .iter()
-                .map(|path| fer_train::compare::Run::load(path).map(|run| (run.label(), run.records)))
-                .collect::<Result<Vec<_>>>()?;
-            let converged = converged
-                .map(|path| converged_reference(&path).with_context(|| format!("--converged {}", path.display())))
-                .transpose()?;
-            let reference = converged.as_ref().map(|(name, metrics)| fer_train::report::Reference {
-                name: name.clone(),
-                metrics,
-            });
-            fer_train::report::plot_runs(&runs, reference.as_ref(), &out)?;
-            println!("wrote {}", out.display());
-        }
-        Command::Embedding { run, data, out } => {
-            let device = Backend::Flex.device();
-            let (model, config) = training::load_checkpoint(&run, &device)?;
-            let name = fer_train::compare::configuration(&config);
-            let spec = data.or(config.valid).unwrap_or(config.data);
-            let samples = spec.load_verbose(Split::Valid, LoadOptions::default())?.samples;
-            let embedded = embedding::embed(&model, &samples, &device);
-            let separation = embedding::Separation::measure(&embedded);
-            println!(
-                "{} faces: within-class {:.3}, nearest other class {:.3}, ratio {:.3}, nearest class mean \
-                right for {:.1} %",
-                embedded.points.len(),
-                separation.within,
-                separation.between,
-                separation.ratio(),
-                100.0 * separation.nearest_mean_accuracy
-            );
-            let projected = embedding::pca2(&embedded.points);
-            let title = format!(
-                "{name} ({}), within/between {:.3}",
-                run.file_name()
-                    .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
-                separation.ratio()
-            );
-            fer_train::report::plot_embedding(&projected, &embedded.labels, &title, &out)?;
-            println!("wrote {}", out.display());
-        }
+        } => commands::eval(&run, data, split.into(), skip_bad, sweep_logit_adjustment).map(success),
+        Command::Adjust { run, tau, out } => commands::adjust(&run, tau, &out).map(success),
+        Command::Inspect { data, skip_bad } => commands::inspect(&data, skip_bad).map(success),
+        Command::Compare { runs } => compare::table(&runs).map(|table| print!("{table}")).map(success),
+        Command::Predictions { runs } => commands::predictions(&runs).map(success),
+        Command::Record { run, to } => commands::record(&run, &to).map(success),
+        Command::Curves { runs, out, converged } => commands::curves(&runs, &out, converged.as_deref()).map(success),
+        Command::Embedding { run, data, out } => commands::embedding(&run, data, &out).map(success),
         Command::Info { network } => {
-            let config = network.config();
-            let model = ExpressionNet::new(&config, &Backend::Flex.device());
-            println!(
-                "input:          {}x{}x{} ({}..{})",
-                fer_protocol::INPUT.channels,
-                fer_protocol::INPUT.height,
-                fer_protocol::INPUT.width,
-                -1,
-                1
-            );
-            println!(
-                "backbone:       {:?}, widths {:?}, depths {:?}, embedding {}",
-                config.backbone, config.widths, config.depths, config.embedding_dim
-            );
-            println!("parameters:     {}", model.num_params());
-            println!("multiply-adds:  {:.2} M per face", config.multiply_adds() as f64 / 1e6);
+            commands::info(&network.config());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             network,
@@ -545,38 +421,16 @@ fn run(cli: Cli) -> Result<()> {
             batch_size,
             backend,
             ops,
-        } => {
-            anyhow::ensure!(steps > 0, "--steps must be at least 1");
-            anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
-            for backend in backend {
-                if ops {
-                    let profile = fer_train::bench::profile_ops(backend, &network.config(), batch_size, steps);
-                    print!(
-                        "{backend:?}, batch {batch_size}:\n{}",
-                        fer_train::bench::profile_table(&profile)
-                    );
-                }
-                let ms = fer_train::bench::train_step_ms(backend, &network.config(), batch_size, steps);
-                println!(
-                    "{backend:?}: {ms:.1} ms per training step of {batch_size} ({:.0} images/s)",
-                    batch_size as f64 * 1000.0 / ms
-                );
-            }
-        }
-    }
-    Ok(())
+        } => commands::bench(&network.config(), steps, batch_size, &backend, ops).map(success),
+    };
+    done.unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        ExitCode::FAILURE
+    })
 }
 
-fn main() -> ExitCode {
-    keep_freed_memory();
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+fn success(_: ()) -> ExitCode {
+    ExitCode::SUCCESS
 }
 
 /// Tells glibc's allocator to keep freed memory for reuse instead of handing it back to the kernel.
@@ -584,7 +438,7 @@ fn main() -> ExitCode {
 /// A training step allocates and frees activations of up to 19 MB each (64 × 32 × 48 × 48
 /// floats). By default glibc serves blocks that large with fresh `mmap`s, or trims them off the
 /// heap once freed, so every step faults and zeroes its memory in page by page again: a v2 step
-/// took 291 ms that way and 188 ms with the memory kept (`fer-train bench`, docs/results.md).
+/// took 291 ms that way and 188 ms with the memory kept (`fer-train bench`, docs/training-speed.md).
 /// The cost is a resident size that stays at its peak, as it does in any framework's caching
 /// allocator.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -600,8 +454,6 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
-/// The legend and final figures of `--converged`: a run folder's report, or the f32 figures of
-/// an export report (`fer-export`'s, which names the run and epoch it exported).
 /// A moving-average decay: a number in (0, 1).
 fn decay(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -618,24 +470,4 @@ fn probability(text: &str) -> Result<f32, String> {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
         _ => Err(format!("{text:?} is not a probability (a number in 0..=1)")),
     }
-}
-
-fn converged_reference(path: &std::path::Path) -> Result<(String, fer_train::metrics::Metrics)> {
-    if path.is_dir() {
-        let run = fer_train::compare::Run::load(path)?;
-        return Ok((
-            format!("converged: {}, {} epochs", run.label(), run.config.epochs),
-            run.report,
-        ));
-    }
-    #[derive(serde::Deserialize)]
-    struct ExportReport {
-        model_version: String,
-        f32_metrics: fer_train::metrics::Metrics,
-    }
-    let report: ExportReport = training::read_json(path)?;
-    Ok((
-        format!("converged: {} (exported, f32)", report.model_version),
-        report.f32_metrics,
-    ))
 }

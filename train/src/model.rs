@@ -80,7 +80,7 @@ impl Default for NetworkConfig {
     /// The v2 network: a plain 3x3 conv at 48x48, then two separable blocks per stage at
     /// widths 64, 128, 256 (12.5 M multiply-adds, 0.2 M parameters). One block at full
     /// resolution, not two: a separable block there cost a third of a training step (`fer-train
-    /// bench --ops`, docs/results.md).
+    /// bench --ops`, docs/training-speed.md).
     fn default() -> Self {
         Self {
             backbone: Backbone::Separable,

@@ -2,8 +2,6 @@
 //! statistics resample, and what says whether the distance to the nearest class center flags
 //! the model's own errors (the sensor's `uncertain` relies on it).
 
-use std::path::Path;
-
 use anyhow::{Context, Result, ensure};
 use burn::prelude::*;
 use fer_protocol::Expression;
@@ -13,7 +11,8 @@ use crate::batch::eval_batch;
 use crate::dataset::Split;
 use crate::embedding::class_mean_centers;
 use crate::metrics::{Metrics, auroc};
-use crate::training::{files, load_checkpoint, load_config, load_split, read_json, write_json};
+use crate::run::{Run, files, read_json, write_json};
+use crate::training::load_split;
 
 /// One run's answers on its valid split, face by face in the split's order.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -39,19 +38,16 @@ pub struct Predictions {
 }
 
 impl Predictions {
-    /// The file in a run folder.
-    pub const FILE: &str = "predictions.json";
-
     /// Computes a finished run's predictions on its valid split.
-    pub fn of_run(run: &Path, device: &Device) -> Result<Self> {
+    pub fn of_run(run: &Run, device: &Device) -> Result<Self> {
         // An unfinished run's checkpoint is not the model its report will describe.
         ensure!(
-            run.join(files::REPORT).is_file(),
+            run.finished(),
             "{} is not finished (no {}): finish it with `fer-train train --resume` first",
-            run.display(),
+            run.dir().display(),
             files::REPORT
         );
-        let (model, config) = load_checkpoint(run, device)?;
+        let (model, config) = run.load_model(device)?;
         let trained_centers = config.tcl.is_some();
         let (model, present) = if trained_centers {
             (model, [true; Expression::COUNT])
@@ -102,21 +98,21 @@ impl Predictions {
     }
 
     /// Reads `RUN/predictions.json`, computing and writing it first when the run has none.
-    pub fn load_or_write(run: &Path, device: &Device) -> Result<Self> {
+    pub fn load_or_write(run: &Run, device: &Device) -> Result<Self> {
         if let Some(predictions) = Self::read(run)?
             && predictions.second_center.len() == predictions.labels.len()
         {
             return Ok(predictions);
         }
-        let path = run.join(Self::FILE);
-        let predictions = Self::of_run(run, device).with_context(|| format!("predicting with {}", run.display()))?;
-        write_json(&path, &predictions)?;
+        let predictions =
+            Self::of_run(run, device).with_context(|| format!("predicting with {}", run.dir().display()))?;
+        write_json(&run.file(files::PREDICTIONS), &predictions)?;
         Ok(predictions)
     }
 
     /// Reads `RUN/predictions.json` if the run has one.
-    pub fn read(run: &Path) -> Result<Option<Self>> {
-        let path = run.join(Self::FILE);
+    pub fn read(run: &Run) -> Result<Option<Self>> {
+        let path = run.file(files::PREDICTIONS);
         if !path.is_file() {
             return Ok(None);
         }
@@ -235,17 +231,17 @@ impl std::fmt::Display for Flag {
 /// (computed first if missing), without the checkpoint and without the labels. `compare` and
 /// `curves` read a record as they read the run, so a comparison can span sittings that keep
 /// nothing but the repository; the labels are the data set's, which stays out of it.
-pub fn write_record(run: &Path, to: &Path, device: &Device) -> Result<()> {
+pub fn write_record(run: &Run, to: &Run, device: &Device) -> Result<()> {
     let predictions = Predictions::load_or_write(run, device)?;
-    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    to.create()?;
     let copy = |file: &str| {
-        std::fs::copy(run.join(file), to.join(file))
-            .with_context(|| format!("copying {} to {}", run.join(file).display(), to.display()))
+        std::fs::copy(run.file(file), to.file(file))
+            .with_context(|| format!("copying {} to {}", run.file(file).display(), to.dir().display()))
     };
     copy(files::CONFIG)?;
     copy(files::METRICS)?;
     write_json(
-        &to.join(Predictions::FILE),
+        &to.file(files::PREDICTIONS),
         &Predictions {
             labels: Vec::new(),
             ..predictions.clone()
@@ -262,11 +258,11 @@ pub fn write_record(run: &Path, to: &Path, device: &Device) -> Result<()> {
         Ok(())
     });
     if let Err(error) = back {
-        std::fs::remove_file(to.join(files::REPORT))?;
+        std::fs::remove_file(to.file(files::REPORT))?;
         return Err(error.context(format!(
             "{} is not a faithful record of {}",
-            to.display(),
-            run.display()
+            to.dir().display(),
+            run.dir().display()
         )));
     }
     Ok(())
@@ -275,22 +271,22 @@ pub fn write_record(run: &Path, to: &Path, device: &Device) -> Result<()> {
 /// The labels a record left out, read from its run's valid data. They must give back, with the
 /// recorded answers, the confusion matrix of the run's report, which other faces or the same
 /// faces in another order would not.
-fn labels_from_data(run: &Path, predicted: &[usize]) -> Result<Vec<usize>> {
-    let config = load_config(run)?;
+fn labels_from_data(run: &Run, predicted: &[usize]) -> Result<Vec<usize>> {
+    let config = run.config()?;
     let samples = load_split(&config, config.valid_spec(), Split::Valid).with_context(|| {
         format!(
             "{}: a record keeps no labels; reading them from its valid data",
-            run.display()
+            run.dir().display()
         )
     })?;
     let labels: Vec<usize> = samples.iter().map(|s| s.label.index()).collect();
-    let report: Metrics = read_json(&run.join(files::REPORT))?;
+    let report = run.report()?;
     ensure!(
         labels.len() == predicted.len()
             && Metrics::from_pairs(labels.iter().copied().zip(predicted.iter().copied())).confusion == report.confusion,
         "{}: its valid data ({} faces) does not give its report's confusion matrix with its answers ({}): \
         not the faces it was evaluated on",
-        run.display(),
+        run.dir().display(),
         labels.len(),
         predicted.len()
     );

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use fer_train::dataset::write_synthetic;
-use fer_train::training::{self, RunState, files};
+use fer_train::run::Run;
 
 const EPOCHS: &str = "8";
 
@@ -41,7 +41,7 @@ fn fresh_run(data: &Path, out: &Path, extra: &[&str]) -> Command {
 }
 
 fn epochs_done(run: &Path) -> usize {
-    training::read_json::<RunState>(&run.join(files::STATE)).map_or(0, |s| s.epochs_done)
+    Run::at(run).epochs_done().unwrap_or(0)
 }
 
 /// What a run computes on a fixed probe, and its per-epoch metrics without the timings.
@@ -49,9 +49,10 @@ fn outcome(run: &Path) -> (Vec<f32>, Vec<serde_json::Value>) {
     let device = Device::flex();
     device.seed(9);
     let probe = Tensor::<4>::random([3, 1, 48, 48], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let (model, _) = training::load_checkpoint(run, &device).unwrap();
+    let (model, _) = Run::at(run).load_model(&device).unwrap();
     let logits = model.forward(probe).logits.into_data().try_to_vec::<f32>().unwrap();
-    let records = training::read_records(&run.join(files::METRICS))
+    let records = Run::at(run)
+        .records()
         .unwrap()
         .into_iter()
         .map(|mut record| {
@@ -92,7 +93,7 @@ fn killed_and_resumed_equals_uninterrupted(extra: &[&str], kills: &[(usize, u64)
         let run = root.path().join(format!("killed{i}"));
         let mut child = fresh_run(&data, &run, extra).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
-        let started = || run.join(files::CONFIG).is_file();
+        let started = || Run::at(&run).exists();
         while (!started() || epochs_done(&run) < after_epochs) && Instant::now() < deadline {
             if child.try_wait().unwrap().is_some() {
                 break;

@@ -7,11 +7,13 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use fer_protocol::Expression;
+use fer_train::config::TrainConfig;
 use fer_train::dataset::{DatasetSpec, LoadOptions, Split, write_synthetic};
 use fer_train::loss::{Negatives, triplet_center_loss};
 use fer_train::model::{ExpressionNet, NetworkConfig};
 use fer_train::predictions::Predictions;
-use fer_train::training::{self, TrainConfig, files};
+use fer_train::run::{Run, files};
+use fer_train::training;
 
 /// Burn's random generator is global to the process and every test here draws from it
 /// (initialisation, random inputs): they take turns, or one test's draws land in another's run.
@@ -84,8 +86,8 @@ fn training_is_deterministic_and_resumable() {
     fixture(data.path(), 6);
     let config = smoke_config(data.path());
     let runs = tempfile::tempdir().unwrap();
-    let a = training::train(&config, &runs.path().join("a"), false).unwrap();
-    let b = training::train(&config, &runs.path().join("b"), false).unwrap();
+    let a = training::train(&config, &Run::at(runs.path().join("a")), false).unwrap();
+    let b = training::train(&config, &Run::at(runs.path().join("b")), false).unwrap();
     assert_eq!(a.epochs_done, 2);
     assert_eq!(a.valid, b.valid, "same seed, same result");
     // Same weights: the files differ in their random parameter ids, so compare what they compute.
@@ -95,7 +97,7 @@ fn training_is_deterministic_and_resumable() {
         &Device::flex(),
     );
     let logits = |run: &str| {
-        let (model, _) = training::load_checkpoint(&runs.path().join(run), &Device::flex()).unwrap();
+        let (model, _) = Run::at(runs.path().join(run)).load_model(&Device::flex()).unwrap();
         model
             .forward(probe.clone())
             .logits
@@ -123,7 +125,7 @@ fn training_is_deterministic_and_resumable() {
         serde_json::to_string(&longer).unwrap(),
     )
     .unwrap();
-    let resumed = training::train(&longer, &runs.path().join("a"), true).unwrap();
+    let resumed = training::train(&longer, &Run::at(runs.path().join("a")), true).unwrap();
     assert_eq!(resumed.epochs_done, 3);
     let lines = std::fs::read_to_string(runs.path().join("a").join(files::METRICS)).unwrap();
     assert_eq!(lines.lines().count(), 3);
@@ -133,7 +135,7 @@ fn training_is_deterministic_and_resumable() {
     let saved = std::fs::read(&state).unwrap();
     std::fs::remove_file(&state).unwrap();
     let weights = std::fs::read(runs.path().join("a").join(files::MODEL)).unwrap();
-    let error = training::train(&longer, &runs.path().join("a"), true)
+    let error = training::train(&longer, &Run::at(runs.path().join("a")), true)
         .err()
         .unwrap()
         .to_string();
@@ -146,14 +148,14 @@ fn training_is_deterministic_and_resumable() {
 
     // A changed config does not silently resume.
     let other = TrainConfig { seed: 7, ..longer };
-    let error = training::train(&other, &runs.path().join("a"), true)
+    let error = training::train(&other, &Run::at(runs.path().join("a")), true)
         .err()
         .unwrap()
         .to_string();
     assert!(error.contains("config.json differs"), "{error}");
 
     // The checkpoint loads and evaluates.
-    let (model, _) = training::load_checkpoint(&runs.path().join("a"), &Device::flex()).unwrap();
+    let (model, _) = Run::at(runs.path().join("a")).load_model(&Device::flex()).unwrap();
     let valid = config.data.load_verbose(Split::Valid, LoadOptions::default()).unwrap();
     assert_eq!(training::evaluate(&model, &valid.samples, &Device::flex()).count, 7 * 6);
 }
@@ -170,7 +172,7 @@ fn learns_a_separable_fixture() {
     config.lr = 1e-2;
     config.augment = None;
     let runs = tempfile::tempdir().unwrap();
-    let summary = training::train(&config, runs.path(), false).unwrap();
+    let summary = training::train(&config, &Run::at(runs.path()), false).unwrap();
     assert!(
         summary.valid.accuracy > 0.5,
         "accuracy {} after 12 epochs",
@@ -186,16 +188,16 @@ fn fine_tuning_starts_from_a_runs_weights() {
     let runs = tempfile::tempdir().unwrap();
     let (first, second) = (runs.path().join("first"), runs.path().join("second"));
     let config = smoke_config(data.path());
-    training::train(&config, &first, false).unwrap();
+    training::train(&config, &Run::at(&first), false).unwrap();
     // At learning rate 0 nothing moves, so the second run must hold the first run's trained centers.
     let tuned = TrainConfig {
         init: Some(first.clone()),
         lr: 0.0,
         ..config.clone()
     };
-    training::train(&tuned, &second, false).unwrap();
+    training::train(&tuned, &Run::at(&second), false).unwrap();
     let centers = |run: &Path| {
-        let (model, _) = training::load_checkpoint(run, &Device::flex()).unwrap();
+        let (model, _) = Run::at(run).load_model(&Device::flex()).unwrap();
         model.centers.val().into_data().try_to_vec::<f32>().unwrap()
     };
     assert_eq!(centers(&first), centers(&second));
@@ -210,7 +212,7 @@ fn fine_tuning_starts_from_a_runs_weights() {
 
     let mut other = tuned.clone();
     other.network.attention = !other.network.attention;
-    let error = training::train(&other, &runs.path().join("third"), false)
+    let error = training::train(&other, &Run::at(runs.path().join("third")), false)
         .err()
         .unwrap()
         .to_string();
@@ -231,8 +233,8 @@ fn posthoc_logit_adjustment_shifts_logits_by_the_log_prior() {
     let runs = tempfile::tempdir().unwrap();
     let (run, adjusted) = (runs.path().join("run"), runs.path().join("adjusted"));
     let config = smoke_config(data.path());
-    training::train(&config, &run, false).unwrap();
-    training::adjust(&run, 1.0, &adjusted).unwrap();
+    training::train(&config, &Run::at(&run), false).unwrap();
+    training::adjust(&Run::at(&run), 1.0, &Run::at(&adjusted)).unwrap();
 
     let device = Device::flex();
     let samples = config
@@ -240,7 +242,7 @@ fn posthoc_logit_adjustment_shifts_logits_by_the_log_prior() {
         .load_verbose(Split::Valid, LoadOptions::default())
         .unwrap()
         .samples;
-    let logits = |run: &Path| training::logits(&training::load_checkpoint(run, &device).unwrap().0, &samples, &device);
+    let logits = |run: &Path| training::logits(&Run::at(run).load_model(&device).unwrap().0, &samples, &device);
     let (before, after) = (logits(&run), logits(&adjusted));
     let counts = training::train_class_counts(&config).unwrap();
     let total = counts.total() as f32;
@@ -250,11 +252,14 @@ fn posthoc_logit_adjustment_shifts_logits_by_the_log_prior() {
             assert!((a[k] - expected).abs() < 1e-4, "class {k}: {} vs {expected}", a[k]);
         }
     }
-    let saved = training::load_config(&adjusted).unwrap();
+    let saved = Run::at(&adjusted).config().unwrap();
     assert_eq!(saved.posthoc_logit_adjustment, Some(1.0));
-    let error = training::train(&saved, &adjusted, true).err().unwrap().to_string();
+    let error = training::train(&saved, &Run::at(&adjusted), true)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(error.contains("cannot be trained further"), "{error}");
-    let error = training::adjust(&adjusted, 1.0, &runs.path().join("twice"))
+    let error = training::adjust(&Run::at(&adjusted), 1.0, &Run::at(runs.path().join("twice")))
         .err()
         .unwrap()
         .to_string();
@@ -266,8 +271,8 @@ fn posthoc_logit_adjustment_shifts_logits_by_the_log_prior() {
         ema: Some(0.9),
         ..config
     };
-    training::train(&config, &averaged, false).unwrap();
-    training::adjust(&averaged, 1.0, &adjusted).unwrap();
+    training::train(&config, &Run::at(&averaged), false).unwrap();
+    training::adjust(&Run::at(&averaged), 1.0, &Run::at(&adjusted)).unwrap();
     let (before, after) = (logits(&averaged), logits(&adjusted));
     let k = Expression::Neutral.index();
     let expected = before[0][k] - (counts.0[k] as f32 / total).ln();
@@ -307,18 +312,24 @@ fn settings_that_cannot_train_and_folders_that_hold_a_run_are_refused() {
     assert!(refused(dropout).contains("--dropout 2"));
     let runs = tempfile::tempdir().unwrap();
     let run = runs.path().join("run");
-    training::train(&config, &run, false).unwrap();
-    let error = training::train(&config, &run, false).err().unwrap().to_string();
+    training::train(&config, &Run::at(&run), false).unwrap();
+    let error = training::train(&config, &Run::at(&run), false)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         error.contains("already holds a run") && error.contains("--resume"),
         "{error}"
     );
-    let error = training::adjust(&run, f32::NAN, &runs.path().join("x"))
+    let error = training::adjust(&Run::at(&run), f32::NAN, &Run::at(runs.path().join("x")))
         .err()
         .unwrap()
         .to_string();
     assert!(error.contains("must be a number"), "{error}");
-    let error = training::adjust(&run, 0.5, &run).err().unwrap().to_string();
+    let error = training::adjust(&Run::at(&run), 0.5, &Run::at(&run))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(error.contains("another folder"), "{error}");
 }
 
@@ -326,21 +337,23 @@ fn settings_that_cannot_train_and_folders_that_hold_a_run_are_refused() {
 fn bad_checkpoints_are_clear_errors() {
     let _turn = one_at_a_time();
     let runs = tempfile::tempdir().unwrap();
-    let error = training::load_checkpoint(runs.path(), &Device::flex())
+    let error = Run::at(runs.path())
+        .load_model(&Device::flex())
         .err()
         .unwrap()
         .to_string();
     assert!(error.contains("config.json"), "{error}");
     let config = smoke_config(Path::new("/nonexistent"));
     std::fs::write(runs.path().join(files::CONFIG), serde_json::to_string(&config).unwrap()).unwrap();
-    let error = training::load_checkpoint(runs.path(), &Device::flex())
+    let error = Run::at(runs.path())
+        .load_model(&Device::flex())
         .err()
         .unwrap()
         .to_string();
     assert!(error.contains("no checkpoint"), "{error}");
     std::fs::write(runs.path().join(files::MODEL), b"garbage").unwrap();
-    assert!(training::load_checkpoint(runs.path(), &Device::flex()).is_err());
-    let error = training::train(&config, &runs.path().join("new"), false)
+    assert!(Run::at(runs.path()).load_model(&Device::flex()).is_err());
+    let error = training::train(&config, &Run::at(runs.path().join("new")), false)
         .err()
         .unwrap()
         .to_string();
@@ -365,7 +378,7 @@ fn ferplus_smoke_run_on_the_shared_data() {
     assert_eq!(valid.class_counts().0[Expression::Neutral.index()], 1180);
     assert_eq!(valid.class_counts().0[Expression::Disgust.index()], 25);
     let runs = tempfile::tempdir().unwrap();
-    let summary = training::train(&TrainConfig::smoke(data.clone()), runs.path(), false).unwrap();
+    let summary = training::train(&TrainConfig::smoke(data.clone()), &Run::at(runs.path()), false).unwrap();
     assert_eq!(summary.valid.count, 64);
 
     // A cross-entropy smoke run's 64 training faces hold no disgust: its predictions measure the
@@ -377,19 +390,19 @@ fn ferplus_smoke_run_on_the_shared_data() {
     let train = training::load_split(&config, &config.data, Split::Train).unwrap();
     assert!(train.iter().all(|s| s.label != Expression::Disgust));
     let ce = runs.path().join("ce");
-    training::train(&config, &ce, false).unwrap();
-    let predictions = Predictions::of_run(&ce, &Device::flex()).unwrap();
+    training::train(&config, &Run::at(&ce), false).unwrap();
+    let predictions = Predictions::of_run(&Run::at(&ce), &Device::flex()).unwrap();
     assert!(!predictions.trained_centers);
     assert!(predictions.nearest_center.iter().all(|d| d.is_finite()));
 
     // A record keeps no checkpoint and no labels, yet reads back as the run (labels from the data).
     let record = runs.path().join("record");
-    fer_train::predictions::write_record(&ce, &record, &Device::flex()).unwrap();
+    fer_train::predictions::write_record(&Run::at(&ce), &Run::at(&record), &Device::flex()).unwrap();
     assert!(!record.join(files::MODEL).exists());
-    let text = std::fs::read_to_string(record.join(Predictions::FILE)).unwrap();
+    let text = std::fs::read_to_string(record.join(files::PREDICTIONS)).unwrap();
     assert!(!text.contains("labels"), "{text}");
-    let recorded = fer_train::compare::Run::load(&record).unwrap();
-    let predictions = Predictions::load_or_write(&ce, &Device::flex()).unwrap();
+    let recorded = fer_train::compare::Finished::load(&record).unwrap();
+    let predictions = Predictions::load_or_write(&Run::at(&ce), &Device::flex()).unwrap();
     assert_eq!(recorded.predictions.as_ref(), Some(&predictions));
     assert_eq!(recorded.report.count, predictions.labels.len());
     // Labels that do not give the report's confusion matrix are not this run's faces.
@@ -398,11 +411,13 @@ fn ferplus_smoke_run_on_the_shared_data() {
     let angry_as_angry = &mut report["confusion"][0][0];
     *angry_as_angry = (angry_as_angry.as_u64().unwrap() + 1).into();
     std::fs::write(record.join(files::REPORT), report.to_string()).unwrap();
-    let error = format!("{:#}", fer_train::compare::Run::load(&record).unwrap_err());
+    let error = format!("{:#}", fer_train::compare::Finished::load(&record).unwrap_err());
     assert!(error.contains("not the faces it was evaluated on"), "{error}");
 
     // An unfinished run's checkpoint is not its final model.
     std::fs::remove_file(ce.join(files::REPORT)).unwrap();
-    let error = Predictions::of_run(&ce, &Device::flex()).unwrap_err().to_string();
+    let error = Predictions::of_run(&Run::at(&ce), &Device::flex())
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("not finished"), "{error}");
 }

@@ -386,7 +386,7 @@ impl DatasetSpec {
         let source = self.source();
         let started = std::time::Instant::now();
         let loaded = source.load(split, options)?;
-        eprintln!(
+        tracing::info!(
             "{} [{split}]: {} images in {:.1}s ({} left out by the label protocol, {} bad skipped)",
             source.describe(),
             loaded.samples.len(),
@@ -395,12 +395,12 @@ impl DatasetSpec {
             loaded.skipped.len()
         );
         for error in loaded.skipped.iter().take(5) {
-            eprintln!("  skipped: {error}");
+            tracing::warn!("skipped: {error}");
         }
         if loaded.skipped.len() > 5 {
-            eprintln!("  ... and {} more", loaded.skipped.len() - 5);
+            tracing::warn!("... and {} more skipped", loaded.skipped.len() - 5);
         }
-        eprintln!("{}", loaded.class_counts());
+        tracing::info!("class counts:\n{}", loaded.class_counts());
         Ok(loaded)
     }
 }
