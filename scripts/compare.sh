@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reruns the paper's comparison (issues 6 and 16): the cross-entropy baseline and CE + triplet-center
+# Reruns the paper's comparison: the cross-entropy baseline and CE + triplet-center
 # loss with each negative strategy, each with and without the selective attention module, on one
 # budget and the same seeds, then prints the table (`fer-train compare`).
 #

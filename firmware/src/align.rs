@@ -22,7 +22,7 @@ pub struct AlignOptions {
 
 impl Default for AlignOptions {
     /// Measured on 400 FER+ validation faces pasted into frames: the training crop is 1.17 box
-    /// sides wide and centred 0.105 box heights above the box centre (docs/results.md,
+    /// sides wide and centred 0.105 box heights above the box centre (docs/sensor.md,
     /// `cargo run -p fer-firmware --example crop_geometry`).
     fn default() -> Self {
         Self {

@@ -1,5 +1,5 @@
 //! `fer-sensor bench`: what each stage of the frame path costs on the device it runs on, so the
-//! first real board gives its true figures with one command (docs/results.md collects them).
+//! first real board gives its true figures with one command (docs/sensor.md collects them).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};

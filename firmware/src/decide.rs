@@ -31,7 +31,7 @@ pub struct DecideOptions {
     /// this much.
     pub hysteresis: f32,
     /// Below this smoothed top probability the reading is uncertain: the flag that catches the
-    /// model's own errors (docs/results.md measures how well).
+    /// model's own errors (docs/comparison.md measures how well).
     pub min_confidence: f32,
     /// Above this squared distance from the nearest class center a reading under
     /// [`CONFIDENT`] is uncertain too (the face looks like none of the training classes).

@@ -108,7 +108,7 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         frames: usize,
     },
-    /// Times every stage of the frame path on this device and prints a table (for docs/results.md).
+    /// Times every stage of the frame path on this device and prints a table (for docs/sensor.md).
     ///
     /// Runs a 640x480 frame (the built-in two-face fixture, or --image) through the configured
     /// detector, aligner and classifier: warm-up frames first, then the timed ones; prints the

@@ -3,7 +3,7 @@
 //! `fer-sensor` binary, smoothing as specified, and clear errors on bad input.
 //!
 //! The f32 classifier is used to keep the tests fast: tract runs the int8 model several times
-//! slower on x86 (docs/results.md); the golden tests cover the int8 model.
+//! slower on x86 (docs/sensor.md); the golden tests cover the int8 model.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -88,7 +88,7 @@ fn faces_are_found_where_they_were_pasted_and_nowhere_else() {
                 .iter()
                 .find(|f| (f.cx - cx).abs() < 0.25 * placed.side && (f.cy - cy).abs() < 0.25 * placed.side)
                 .unwrap_or_else(|| panic!("{}: no face near ({cx}, {cy}) in {faces:?}", sample.file));
-            // The FER+ crop is about 1.17 detector boxes wide (median; docs/results.md).
+            // The FER+ crop is about 1.17 detector boxes wide (median; docs/sensor.md).
             let ratio = placed.side / found.width.max(found.height);
             assert!((0.8..1.5).contains(&ratio), "{}: crop/box ratio {ratio}", sample.file);
             // Eyes in the upper half of the box, left of the image before right.

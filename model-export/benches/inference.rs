@@ -51,7 +51,7 @@ fn per_face(c: &mut Criterion) {
     let (f32_model, int8_model) = models();
     let input: Vec<f32> = (0..INPUT.len()).map(|i| (i % 97) as f32 / 48.5 - 1.0).collect();
     let mut group = c.benchmark_group("tract per face (batch 1)");
-    // int8 takes ~0.1 s per face on x86 (docs/results.md): 30 samples keep the run under a minute.
+    // int8 takes ~0.1 s per face on x86 (docs/export.md): 30 samples keep the run under a minute.
     group.sample_size(30);
     for (name, model) in [("f32", &f32_model), ("int8", &int8_model)] {
         let mut runner = graph::plan(model).expect("runnable model");

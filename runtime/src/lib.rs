@@ -195,7 +195,7 @@ pub fn profile(plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>, runs: usize
 /// tract's AVX2 and AVX-512 kernels return with those halves in use. The scalar code that follows
 /// a network on the frame path (ours is built for baseline x86-64, in the legacy SSE encoding)
 /// then ran about twice as slow: cutting the face crop took 1.87 ms right after a network and
-/// 0.95 ms after `vzeroupper` (docs/results.md, "After every network: `vzeroupper`"). Every tract
+/// 0.95 ms after `vzeroupper` (docs/sensor.md, "After every network: `vzeroupper`"). Every tract
 /// run in the project goes
 /// through here.
 pub fn run(plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>) -> Result<TVec<TValue>> {

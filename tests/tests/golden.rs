@@ -46,7 +46,7 @@ fn f32_and_int8_outputs_match_the_golden_vectors() {
     for (bytes, tolerance) in [(F32_MODEL, F32_TOLERANCE), (INT8_MODEL, INT8_TOLERANCE)] {
         let mut model = Classifier::from_bytes(bytes).unwrap();
         let worst = check_all(&golden, &mut model).unwrap();
-        // The figure docs/results.md quotes per target (`-- --nocapture`).
+        // The figure docs/export.md quotes per target (`-- --nocapture`).
         eprintln!("{}: max |Δ| {worst:.3e} (tolerance {tolerance})", model.info.precision);
     }
 }
