@@ -31,29 +31,29 @@ fn bench(c: &mut Criterion) {
     // The letterbox inside detect (resize to 128x96, scale into the input tensor), to split
     // image work from the network.
     group.bench_function("detect: letterbox to 128x128", |b| {
-        b.iter(|| detector.prepare(&frame).unwrap())
+        b.iter(|| detector.prepare(&frame).unwrap());
     });
     group.bench_function("align", |b| {
-        b.iter(|| aligner.align(&frame, &face, &mut input).unwrap())
+        b.iter(|| aligner.align(&frame, &face, &mut input).unwrap());
     });
     for precision in ["f32", "int8"] {
         let path = root(&format!("models/fer.{precision}.onnx"));
         let mut classifier = Classifier::load(&path).unwrap();
         group.bench_function(format!("classify {precision}"), |b| {
-            b.iter(|| classifier.classify(&input).unwrap())
+            b.iter(|| classifier.classify(&input).unwrap());
         });
         let mut config = Config::default();
         config.model.classifier = path;
         config.model.detector = detector_path.clone();
         let mut sensor = Sensor::load(&config).unwrap();
         group.bench_function(format!("whole frame {precision}"), |b| {
-            b.iter(|| sensor.process(&frame, Duration::ZERO).unwrap())
+            b.iter(|| sensor.process(&frame, Duration::ZERO).unwrap());
         });
         // The steady state with the detector on every third frame (the mean over frames).
         config.detect.every_frames = 3;
         let mut sensor = Sensor::load(&config).unwrap();
         group.bench_function(format!("steady frame {precision}, detect every 3"), |b| {
-            b.iter(|| sensor.process(&frame, Duration::ZERO).unwrap())
+            b.iter(|| sensor.process(&frame, Duration::ZERO).unwrap());
         });
     }
     group.finish();

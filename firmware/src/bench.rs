@@ -144,7 +144,7 @@ fn device() -> String {
         .filter(|b| !b.is_empty())
         .or_else(cpu)
         .unwrap_or_else(|| "unknown device".into());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     format!("{name} ({}, {cores} cores)", std::env::consts::ARCH)
 }
 
@@ -201,7 +201,7 @@ impl std::fmt::Display for Report {
                 // Per kind of op too: many small nodes of one kind (the int8 plan's requantization)
                 // can cost more than the slowest single node.
                 let mut kinds: Vec<(&str, Duration, usize)> = Vec::new();
-                for n in nodes.iter() {
+                for n in nodes {
                     let kind = n.op.split_whitespace().next().unwrap_or("?");
                     match kinds.iter_mut().find(|k| k.0 == kind) {
                         Some(k) => {

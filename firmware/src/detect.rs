@@ -174,9 +174,15 @@ impl Detector {
             .collect::<TractResult<_>>()?;
         ensure!(
             outputs.len() == 2
-                && outputs[0].iter().map(|d| d.as_i64()).collect::<Vec<_>>()
+                && outputs[0]
+                    .iter()
+                    .map(tract_onnx::prelude::TDim::as_i64)
+                    .collect::<Vec<_>>()
                     == [Some(1), Some(ANCHORS as i64), Some(REGRESSORS as i64)]
-                && outputs[1].iter().map(|d| d.as_i64()).collect::<Vec<_>>()
+                && outputs[1]
+                    .iter()
+                    .map(tract_onnx::prelude::TDim::as_i64)
+                    .collect::<Vec<_>>()
                     == [Some(1), Some(ANCHORS as i64), Some(1)],
             "not the BlazeFace short-range signature (outputs {outputs:?}, expected [1, 896, 16] and [1, 896, 1])"
         );
@@ -463,7 +469,7 @@ mod tests {
     fn node(op: &str, inputs: &[&str], output: &str, perm: &[i64]) -> NodeProto {
         NodeProto {
             op_type: op.into(),
-            input: inputs.iter().map(|i| i.to_string()).collect(),
+            input: inputs.iter().map(std::string::ToString::to_string).collect(),
             output: vec![output.into()],
             attribute: vec![AttributeProto {
                 name: "perm".into(),

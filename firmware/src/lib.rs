@@ -8,7 +8,6 @@
 //! checks a device in the field, [`bench`] times its stages, [`golden`] the model against its
 //! golden vectors, and [`service`]
 //! talks to systemd.
-#![warn(missing_docs)]
 
 pub mod align;
 pub mod backoff;

@@ -280,7 +280,7 @@ pub fn serial_loopback(port: &mut dyn SerialPort) -> Result<String> {
             buffer[..n]
                 .iter()
                 .filter_map(|&b| decoder.push(b))
-                .filter_map(|r| r.ok()),
+                .filter_map(std::result::Result::ok),
         );
     }
     ensure!(

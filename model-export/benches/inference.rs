@@ -56,7 +56,7 @@ fn per_face(c: &mut Criterion) {
     for (name, model) in [("f32", &f32_model), ("int8", &int8_model)] {
         let mut runner = graph::plan(model).expect("runnable model");
         group.bench_function(name, |b| {
-            b.iter(|| runner.outputs(std::hint::black_box(&input)).expect("run"))
+            b.iter(|| runner.outputs(std::hint::black_box(&input)).expect("run"));
         });
     }
     group.finish();

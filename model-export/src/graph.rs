@@ -108,8 +108,8 @@ pub fn node(op_type: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> Nod
     NodeProto {
         op_type: op_type.to_string(),
         name: name.to_string(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
+        input: inputs.iter().map(std::string::ToString::to_string).collect(),
+        output: outputs.iter().map(std::string::ToString::to_string).collect(),
         ..Default::default()
     }
 }

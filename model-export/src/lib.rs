@@ -6,7 +6,6 @@
 //! `calibrate` (activation ranges in tract) → `quantize` (QLinearConv rewrite); `options` says what
 //! to do, `pipeline` runs it all with its checks and `report` tells what it measured; models run in
 //! tract through `fer_runtime`.
-#![warn(missing_docs)]
 
 pub mod calibrate;
 pub mod equalize;

@@ -19,7 +19,7 @@ use fer_train::training;
 /// (initialisation, random inputs): they take turns, or one test's draws land in another's run.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A synthetic data set and a small run trained on it for one epoch (about a second).

@@ -11,7 +11,6 @@
 //! ONNX metadata ([`contract`]) and the golden-vector file format ([`golden`]). The `defmt`
 //! feature derives `defmt::Format` for the wire types, for a microcontroller receiver.
 #![no_std]
-#![warn(missing_docs)]
 
 #[cfg(feature = "std")]
 extern crate alloc;

@@ -3,7 +3,6 @@
 //! request), check what its graph computes (the contract's three outputs, by name and shape),
 //! build the optimized plan for one face and run it. No Burn, no camera, no GPIO: it builds for
 //! every device target.
-#![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -261,7 +260,7 @@ fn check_outputs(model: &TypedModel) -> Result<()> {
                 .zip([Some(Expression::COUNT), None, Some(Expression::COUNT)]),
         )
     {
-        let shape = model.outlet_fact(outlet)?.shape.as_concrete().map(|s| s.to_vec());
+        let shape = model.outlet_fact(outlet)?.shape.as_concrete().map(<[usize]>::to_vec);
         let fits = match &shape {
             Some(dims) => dims.len() == 2 && dims[0] == 1 && classes.is_none_or(|k| dims[1] == k),
             None => false,

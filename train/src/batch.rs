@@ -97,7 +97,7 @@ impl EpochBatches {
         self.worker.join().map_err(|panic| {
             panic
                 .downcast_ref::<&str>()
-                .map(|s| s.to_string())
+                .map(std::string::ToString::to_string)
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into())
         })

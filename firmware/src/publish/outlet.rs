@@ -50,7 +50,7 @@ struct State {
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere while holding the lock leaves a queue that is still a valid queue.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -120,7 +120,7 @@ impl Outlet {
                 .shared
                 .wake
                 .wait_timeout(state, left.min(Duration::from_millis(10)))
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
         self.shared.closing.store(true, Ordering::SeqCst);
@@ -146,7 +146,10 @@ fn write_loop(mut sink: impl Write, shared: &Shared, label: &str) {
                     state.busy = true;
                     break m;
                 }
-                state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+                state = shared
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
         };
         let written = write_whole(&mut sink, &message, &shared.closing);

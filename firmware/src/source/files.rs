@@ -56,7 +56,7 @@ pub fn list(pattern: &str) -> Result<Vec<PathBuf>> {
     } else {
         let mut paths: Vec<PathBuf> = glob::glob(pattern)
             .with_context(|| format!("source {pattern:?} is neither a file, a directory nor a valid glob"))?
-            .filter_map(|p| p.ok())
+            .filter_map(std::result::Result::ok)
             .filter(|p| p.is_file())
             .collect();
         paths.sort();

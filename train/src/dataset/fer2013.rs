@@ -88,7 +88,7 @@ impl ExpressionSource for Fer2013Csv {
                     })?;
                 let pixels: Vec<u8> = pixels
                     .split_ascii_whitespace()
-                    .map(|p| p.parse::<u8>())
+                    .map(str::parse::<u8>)
                     .collect::<Result<_, _>>()
                     .map_err(|e| DatasetError::row(path, line, format!("bad pixel value: {e}")))?;
                 if pixels.len() != 48 * 48 {

@@ -246,7 +246,7 @@ impl Collector {
                 votes,
             })
         };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let chunk = jobs.len().div_ceil(threads).max(1);
         let mut jobs = jobs.into_iter();
         let chunks: Vec<Vec<DecodeJob>> = std::iter::from_fn(|| {

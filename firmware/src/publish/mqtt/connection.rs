@@ -25,7 +25,7 @@ pub(super) struct Shared {
 impl Shared {
     pub(super) fn outbox(&self) -> MutexGuard<'_, Outbox> {
         // A panic elsewhere while holding the lock leaves a queue that is still a valid queue.
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+        self.outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(super) fn connected(&self) -> bool {

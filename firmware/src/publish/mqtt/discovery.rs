@@ -3,21 +3,7 @@
 use fer_protocol::Reading;
 use serde_json::json;
 
-use super::options::MqttOptions;
-
-/// A client id made safe for discovery topics and `unique_id`s: `[A-Za-z0-9_-]`, others become `_`.
-pub fn node_id(client_id: &str) -> String {
-    client_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+use super::options::{MqttOptions, node_id};
 
 /// The topics of one sensor.
 #[derive(Clone, Debug)]

@@ -37,8 +37,8 @@ use tracing::{info, warn};
 
 pub use self::broker::Broker;
 use self::connection::{Shared, drive};
-pub use self::discovery::{Topics, node_id};
-pub use self::options::{MAX_CLIENT_ID, MAX_PREFIX, MqttOptions};
+pub use self::discovery::Topics;
+pub use self::options::{MAX_CLIENT_ID, MAX_PREFIX, MqttOptions, node_id};
 use self::outbox::{Message, Outbox};
 use super::{Cadence, Event, Publisher, Status};
 

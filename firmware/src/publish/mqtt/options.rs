@@ -10,10 +10,23 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::broker::Broker;
-use super::discovery::node_id;
 
 /// The longest `client_id` accepted, in bytes.
 pub const MAX_CLIENT_ID: usize = 64;
+/// A client id made safe for discovery topics and `unique_id`s: `[A-Za-z0-9_-]`, others become `_`.
+pub fn node_id(client_id: &str) -> String {
+    client_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// The longest `topic_prefix` or `discovery_prefix` accepted, in bytes.
 pub const MAX_PREFIX: usize = 128;
 /// The limit on the size of a packet sent or received (rumqttc's default, set explicitly).

@@ -5,7 +5,6 @@
 //! with no files to carry along. The checks and tolerances themselves live in
 //! [`fer_firmware::golden`] and [`fer_firmware::selftest`], where `fer-sensor selftest` uses them
 //! on a device too.
-#![warn(missing_docs)]
 
 use anyhow::Result;
 use fer_protocol::golden::GoldenSet;
