@@ -10,13 +10,14 @@ use tracing::{info, warn};
 
 use super::discovery::Topics;
 use super::outbox::{Message, Outbox};
+use crate::Stop;
 use crate::backoff::Backoff;
 
 /// State shared by the frame loop and the connection thread.
 pub(super) struct Shared {
     pub(super) outbox: Mutex<Outbox>,
     pub(super) connected: AtomicBool,
-    pub(super) stop: AtomicBool,
+    pub(super) stop: Stop,
     pub(super) topics: Topics,
     pub(super) qos: QoS,
     pub(super) client_id: String,
@@ -122,11 +123,11 @@ pub(super) fn drive(
             Ok(Ok(MqttEvent::Outgoing(Outgoing::Disconnect))) => leave_by = Some(Instant::now() + LINGER),
             // Once stopping, the channel is kept free for the goodbye: a refill here could leave
             // no room for the disconnect, and a socket closed without one fires the Last Will.
-            Ok(Ok(_)) if shared.stop.load(Ordering::SeqCst) => {}
+            Ok(Ok(_)) if shared.stop.requested() => {}
             Ok(Ok(_)) => shared.outbox().flush(&client, shared.qos),
             Ok(Err(e)) => {
                 shared.connected.store(false, Ordering::SeqCst);
-                if shared.stop.load(Ordering::SeqCst) {
+                if shared.stop.requested() {
                     break;
                 }
                 let hint = match connected_at.take() {
@@ -141,11 +142,7 @@ pub(super) fn drive(
                 };
                 let wait = backoff.failed();
                 warn!("mqtt {broker}: {e}{hint}; other outputs carry on, retrying in {wait:?}");
-                let until = Instant::now() + wait;
-                while Instant::now() < until && !shared.stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                if shared.stop.load(Ordering::SeqCst) {
+                if shared.stop.sleep(wait) {
                     break;
                 }
             }

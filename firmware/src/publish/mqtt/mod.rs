@@ -24,7 +24,7 @@ pub mod discovery;
 pub mod options;
 mod outbox;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -41,6 +41,7 @@ pub use self::discovery::Topics;
 pub use self::options::{MAX_CLIENT_ID, MAX_PREFIX, MqttOptions, node_id};
 use self::outbox::{Message, Outbox};
 use super::{Cadence, Event, Publisher, Status};
+use crate::Stop;
 
 /// How long a clean shutdown waits for `offline` and the disconnect to leave.
 const GOODBYE: Duration = Duration::from_secs(1);
@@ -72,7 +73,7 @@ impl Mqtt {
         let shared = Arc::new(Shared {
             outbox: Mutex::new(Outbox::new(options.queue)),
             connected: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
+            stop: Stop::default(),
             topics,
             qos: options.qos(),
             client_id: options.client_id(),
@@ -147,7 +148,7 @@ impl Publisher for Mqtt {
         let Some((handle, done)) = self.driver.take() else {
             return Ok(());
         };
-        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.request();
         let dropped = self.shared.outbox().dropped;
         if dropped > 0 {
             warn!(
