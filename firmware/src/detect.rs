@@ -229,11 +229,9 @@ impl Detector {
             ((h as f32 * scale).round() as u32).max(1),
         );
         // One antialiased SIMD pass straight to the letterbox size: the triangle filter's support
-        // grows with the shrink factor, so every frame pixel counts. It replaces the image
-        // crate's 2x2 averaging + triangle filter, hand-tuned and still 3.3 ms on the host.
-        // Typed views, not `Resizer::resize`: that one dispatches over all 13 pixel types, and
-        // their generic kernels (times 60 fixed-point precisions each) were three quarters of
-        // this crate's LLVM IR (`cargo llvm-lines`) and most of its compile time.
+        // grows with the shrink factor, so every frame pixel counts. Typed views, not
+        // `Resizer::resize`: that one dispatches over all 13 pixel types, whose generic kernels
+        // (times 60 fixed-point precisions each) would make most of this crate's compile time.
         let source = TypedImageRef::<U8x3>::from_buffer(w, h, frame.as_raw())?;
         let mut small = TypedImage::<U8x3>::from_buffer(sw, sh, &mut self.small)?;
         self.resizer.resize_typed(
