@@ -11,7 +11,8 @@
 #   scripts/compare.sh ferplus:../shared/data/ferplus --smoke      # the whole flow in a few minutes
 #
 # Options: --epochs N (5), --seeds "S ..." ("42 43 44"), --imbalance RATIO, --attention on|off|both
-# (both), --limit N, --smoke, --jobs N (runs trained at once, 1; see below), --out DIR
+# (both), --limit N, --smoke, --backend flex|wgpu|cuda (flex; the others build fer-train with the
+# feature of their name), --jobs N (runs trained at once, 1; see below), --out DIR
 # (runs/compare, runs/compare-imbalance-RATIO or runs/compare-smoke), --records DIR
 # (docs/runs/<DIR's name>; DIR/records with --smoke),
 # --converged RUN|REPORT (a full-length run folder or an export report, e.g.
@@ -45,7 +46,7 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0";
 [ $# -ge 1 ] || usage 2
 [ "$1" = "-h" ] || [ "$1" = "--help" ] && usage 0
 data=$1; shift
-epochs=5 seeds="42 43 44" out= records= jobs=1 extra=() attentions="on off" converged=()
+epochs=5 seeds="42 43 44" out= records= jobs=1 extra=() attentions="on off" converged=() features=()
 while [ $# -gt 0 ]; do
   case $1 in
     --epochs) epochs=$2; shift 2 ;;
@@ -54,6 +55,7 @@ while [ $# -gt 0 ]; do
     --records) records=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --imbalance) extra+=(--imbalance "$2"); out=${out:-runs/compare-imbalance-$2}; shift 2 ;;
+    --backend) extra+=(--backend "$2"); [ "$2" = flex ] || features=(--features "$2"); shift 2 ;;
     --attention)
       case $2 in
         on|off) attentions=$2 ;;
@@ -78,7 +80,7 @@ case " ${extra[*]} " in
 esac
 first=${seeds%% *}
 
-cargo build -q -p fer-train
+cargo build -q -p fer-train "${features[@]}"
 fer_train=${CARGO_TARGET_DIR:-target}/debug/fer-train
 configs=(
   "ce:--loss ce"

@@ -9,7 +9,7 @@ use fer_export::graph;
 use fer_export::pipeline::{load_checked, output_path};
 use fer_export::quantize::WeightScales;
 use fer_protocol::golden::GoldenSet;
-use fer_train::config::TrainConfig;
+use fer_train::config::{Backend, TrainConfig};
 use fer_train::dataset::{DatasetSpec, write_synthetic};
 use fer_train::model::NetworkConfig;
 use fer_train::run::{Run, files};
@@ -24,6 +24,11 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 /// A synthetic data set and a small run trained on it for one epoch (about a second).
 fn trained_run(root: &Path, tcl: bool) -> (DatasetSpec, PathBuf) {
+    trained_run_on(root, tcl, Backend::Flex)
+}
+
+/// [`trained_run`] on `backend`.
+fn trained_run_on(root: &Path, tcl: bool, backend: Backend) -> (DatasetSpec, PathBuf) {
     let data_dir = root.join("data");
     write_synthetic(&data_dir, 16).unwrap();
     let data: DatasetSpec = format!("folders:{}", data_dir.display()).parse().unwrap();
@@ -37,6 +42,7 @@ fn trained_run(root: &Path, tcl: bool) -> (DatasetSpec, PathBuf) {
             widths: [8, 16, 32, 64],
             ..smoke.network.clone()
         },
+        backend,
         ..smoke
     };
     if !tcl {
@@ -74,6 +80,28 @@ fn written(out: &Path) -> Vec<PathBuf> {
         return Vec::new();
     }
     std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect()
+}
+
+/// A checkpoint written on wgpu (Mesa's lavapipe where there is no GPU) exports on the host, and
+/// the f32 model matches the checkpoint as closely as a flex-trained one does.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_run_trained_on_wgpu_exports_and_passes_the_gates() {
+    let _turn = one_at_a_time();
+    if let Err(error) = Backend::Wgpu.device() {
+        fer_train::skip_test_unless_ci(&format!("{error:#}"));
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (data, run) = trained_run_on(root.path(), true, Backend::Wgpu);
+    assert_eq!(Run::at(&run).config().unwrap().backend, Backend::Wgpu);
+    let out = root.path().join("models/tiny");
+    let report = fer_export::export(&options(&data, &run, &out)).unwrap();
+    assert!(
+        report.parity_images >= 100 && report.parity_max_logit_error <= 1e-4,
+        "{report:?}"
+    );
+    assert!(load_checked(&output_path(&out, "int8.onnx")).is_ok());
 }
 
 #[test]

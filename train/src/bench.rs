@@ -8,7 +8,7 @@ use burn::prelude::*;
 use fer_protocol::{Expression, INPUT};
 
 use crate::batch::HostBatch;
-use crate::config::{Backend, TclConfig};
+use crate::config::TclConfig;
 use crate::kernels::{batch_norm_relu, depthwise, max_pool2x2, pointwise, stem_conv};
 use crate::model::{ExpressionNet, NetworkConfig};
 use crate::training::train_step;
@@ -30,8 +30,8 @@ pub struct OpTime {
 /// `sum(y ⊙ r)` with a fixed random `r`, so it computes exactly the gradients the op would get
 /// inside the network. Summed, the rows come close to a training step's forward and backward;
 /// what they leave out is the optimizer and the host-to-tensor copies.
-pub fn profile_ops(backend: Backend, network: &NetworkConfig, batch_size: usize, repeats: usize) -> Vec<OpTime> {
-    let device = backend.device().autodiff();
+pub fn profile_ops(device: &Device, network: &NetworkConfig, batch_size: usize, repeats: usize) -> Vec<OpTime> {
+    let device = device.clone().autodiff();
     device.seed(0);
     let model = ExpressionNet::new(network, &device);
     let random = |shape: [usize; 4]| Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
@@ -117,8 +117,8 @@ fn median(values: &[f64]) -> f64 {
 
 /// Mean milliseconds of one training step (CE + TCL) of `network` on random inputs, after 2
 /// warm-up steps.
-pub fn train_step_ms(backend: Backend, network: &NetworkConfig, batch_size: usize, steps: usize) -> f64 {
-    let device = backend.device().autodiff();
+pub fn train_step_ms(device: &Device, network: &NetworkConfig, batch_size: usize, steps: usize) -> f64 {
+    let device = device.clone().autodiff();
     device.seed(0);
     let mut model = ExpressionNet::new(network, &device);
     let mut optimizer = AdamWConfig::new().init();

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use burn::module::Module;
+use burn::prelude::Device;
 use fer_protocol::Expression;
 use fer_train::compare::{self, Finished};
 use fer_train::config::{Backend, TrainConfig};
@@ -12,7 +13,9 @@ use fer_train::dataset::{DatasetSpec, LoadOptions, Split};
 use fer_train::metrics::Metrics;
 use fer_train::model::{ExpressionNet, NetworkConfig};
 use fer_train::predictions::{self, Predictions};
-use fer_train::run::{Run, read_json};
+use fer_train::run::{Run, files, read_json};
+
+use crate::{EvalArgs, Weights};
 use fer_train::{bench, embedding, report, training};
 use tracing::warn;
 
@@ -53,11 +56,27 @@ pub fn train(config: Option<TrainConfig>, out: &Path, resume: Option<&Path>) -> 
 }
 
 /// `eval`: a run's model on a split, with the logit-adjustment sweep if asked.
-pub fn eval(run: &Path, data: Option<DatasetSpec>, split: Split, skip_bad: bool, sweep: bool) -> Result<()> {
-    let device = Backend::Flex.device();
-    let (model, config) = Run::at(run).load_model(&device)?;
-    let spec = data.or(config.valid.clone()).unwrap_or(config.data.clone());
-    let samples = spec.load_verbose(split, LoadOptions { skip_bad })?.samples;
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let device = args.backend.device()?;
+    let run = Run::at(&args.run);
+    let (model, config) = run.load_model(&device)?;
+    let model = match args.weights {
+        Weights::Reported => model,
+        Weights::Trained => run.load_weights(files::MODEL, &config, &device)?,
+    };
+    let spec = args
+        .data
+        .clone()
+        .or(config.valid.clone())
+        .unwrap_or(config.data.clone());
+    let samples = spec
+        .load_verbose(
+            args.split.into(),
+            LoadOptions {
+                skip_bad: args.skip_bad,
+            },
+        )?
+        .samples;
     let started = Instant::now();
     let logits = training::logits(&model, &samples, &device);
     let metrics = Metrics::of_logits(&logits, [0.0; Expression::COUNT], &samples);
@@ -67,7 +86,7 @@ pub fn eval(run: &Path, data: Option<DatasetSpec>, split: Split, skip_bad: bool,
         samples.len(),
         started.elapsed().as_secs_f64()
     );
-    if sweep {
+    if args.sweep_logit_adjustment {
         let counts = training::train_class_counts(&config)?;
         print!("{}", report::logit_adjustment_table(&logits, &samples, &counts));
     }
@@ -97,7 +116,7 @@ pub fn inspect(data: &DatasetSpec, skip_bad: bool) -> Result<()> {
 
 /// `predictions`: each run's answers face by face, and how well each flag finds its errors.
 pub fn predictions(runs: &[PathBuf]) -> Result<()> {
-    let device = Backend::Flex.device();
+    let device = Device::flex();
     for dir in runs {
         let predictions = Predictions::load_or_write(&Run::at(dir), &device)?;
         let or_na = |auroc: Option<f64>| auroc.map_or_else(|| "n/a".to_string(), |a| format!("{a:.3}"));
@@ -130,7 +149,7 @@ pub fn predictions(runs: &[PathBuf]) -> Result<()> {
 
 /// `record`: a finished run's record without checkpoint or labels.
 pub fn record(run: &Path, to: &Path) -> Result<()> {
-    predictions::write_record(&Run::at(run), &Run::at(to), &Backend::Flex.device())?;
+    predictions::write_record(&Run::at(run), &Run::at(to), &Device::flex())?;
     println!("recorded {} in {}", run.display(), to.display());
     Ok(())
 }
@@ -177,7 +196,7 @@ fn converged_reference(path: &Path) -> Result<(String, Metrics)> {
 
 /// `embedding`: a run's valid embeddings projected to 2-D, and how separate the classes are.
 pub fn embedding(run: &Path, data: Option<DatasetSpec>, out: &Path) -> Result<()> {
-    let device = Backend::Flex.device();
+    let device = Device::flex();
     let (model, config) = Run::at(run).load_model(&device)?;
     let name = compare::configuration(&config);
     let spec = data.or(config.valid).unwrap_or(config.data);
@@ -207,7 +226,7 @@ pub fn embedding(run: &Path, data: Option<DatasetSpec>, out: &Path) -> Result<()
 
 /// `info`: the network's size and cost.
 pub fn info(config: &NetworkConfig) {
-    let model = ExpressionNet::new(config, &Backend::Flex.device());
+    let model = ExpressionNet::new(config, &Device::flex());
     println!(
         "input:          {}x{}x{} ({}..{})",
         fer_protocol::INPUT.channels,
@@ -229,11 +248,12 @@ pub fn bench(network: &NetworkConfig, steps: usize, batch_size: usize, backends:
     ensure!(steps > 0, "--steps must be at least 1");
     ensure!(batch_size > 0, "--batch-size must be at least 1");
     for &backend in backends {
+        let device = backend.device()?;
         if ops {
-            let profile = bench::profile_ops(backend, network, batch_size, steps);
+            let profile = bench::profile_ops(&device, network, batch_size, steps);
             print!("{backend:?}, batch {batch_size}:\n{}", bench::profile_table(&profile));
         }
-        let ms = bench::train_step_ms(backend, network, batch_size, steps);
+        let ms = bench::train_step_ms(&device, network, batch_size, steps);
         println!(
             "{backend:?}: {ms:.1} ms per training step of {batch_size} ({:.0} images/s)",
             batch_size as f64 * 1000.0 / ms

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use burn::prelude::*;
 
 use crate::augment::Augment;
@@ -11,27 +11,77 @@ use crate::dataset::DatasetSpec;
 use crate::loss::{Negatives, TargetConfig};
 use crate::model::NetworkConfig;
 
-/// The CPU backend to compute on.
+/// The backend to train on. Every variant exists in every build, so that any run folder's
+/// config reads; one whose cargo feature is off is refused with the feature to build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// Burn's pure-Rust `flex` backend (the default: the faster one here, see docs/training-speed.md).
+    /// Burn's pure-Rust `flex` backend on the CPU (the default: the faster CPU backend here, see
+    /// docs/training-speed.md).
     Flex,
-    /// The deprecated `ndarray` backend (built with the `ndarray` feature only).
-    #[cfg(feature = "ndarray")]
+    /// The deprecated `ndarray` CPU backend (needs the `ndarray` feature).
     Ndarray,
+    /// A GPU through wgpu: Vulkan, Metal or DX12, or Mesa's lavapipe on the CPU (needs the `wgpu`
+    /// feature).
+    Wgpu,
+    /// An NVIDIA GPU through CUDA (needs the `cuda` feature and the NVIDIA driver).
+    Cuda,
 }
 
 impl Backend {
-    /// The inference device of this backend.
-    pub fn device(self) -> Device {
+    /// The inference device of this backend, or why this build has none.
+    pub fn device(self) -> Result<Device> {
         match self {
-            Backend::Flex => Device::flex(),
+            Backend::Flex => Ok(Device::flex()),
             #[cfg(feature = "ndarray")]
             #[allow(deprecated)] // kept for comparison, as the design asks
-            Backend::Ndarray => Device::ndarray(),
+            Backend::Ndarray => Ok(Device::ndarray()),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => wgpu_device(),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => Ok(Device::cuda(0)),
+            #[allow(unreachable_patterns)] // every variant may be compiled in
+            other => bail!(
+                "--backend {}: this fer-train was built without it; build with \
+                 `cargo build --release -p fer-train --features {}`",
+                other.name(),
+                other.name()
+            ),
         }
     }
+
+    /// The name on the command line and in config.json.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Flex => "flex",
+            Backend::Ndarray => "ndarray",
+            Backend::Wgpu => "wgpu",
+            Backend::Cuda => "cuda",
+        }
+    }
+}
+
+/// The wgpu device, set up once per process: the adapter wgpu ranks highest (a discrete GPU
+/// before an integrated one, a software one such as lavapipe only when nothing else is there).
+/// Set up here rather than on first use, so that a machine without one gets an error, not a panic
+/// inside the first tensor operation.
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Result<Device> {
+    static DEVICE: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            Device::wgpu_options()
+                .device_kind(DeviceKind::DefaultDevice)
+                .init()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--backend wgpu: no usable graphics adapter ({e}); install the GPU's Vulkan driver, \
+                 or mesa-vulkan-drivers for Mesa's lavapipe on the CPU"
+            )
+        })
 }
 
 /// The triplet-center loss settings.
@@ -118,6 +168,7 @@ impl TrainConfig {
     /// Checks the values a run could otherwise train on to a NaN, a panic or a silent no-op;
     /// the error names the setting as the command line spells it.
     pub fn validate(&self) -> Result<()> {
+        self.backend.device()?;
         let finite = |flag: &str, v: f64, ok: bool, range: &str| {
             anyhow::ensure!(v.is_finite() && ok, "{flag} {v} is out of range: {range}");
             Ok(())

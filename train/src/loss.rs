@@ -206,7 +206,8 @@ fn indices(t: Tensor<2, Int>) -> Vec<usize> {
 }
 
 fn bools(t: Tensor<2, Bool>) -> Vec<bool> {
-    t.into_data().try_to_vec::<bool>().expect("bool tensor")
+    // Through integers: backends store booleans their own way (flex as bytes, wgpu as u32).
+    indices(t.int()).into_iter().map(|v| v != 0).collect()
 }
 
 #[cfg(test)]

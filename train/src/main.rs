@@ -33,23 +33,7 @@ enum Command {
     /// Train a model and write a run folder (checkpoint, config, metrics, report, plots).
     Train(Box<TrainArgs>),
     /// Evaluate a run folder's checkpoint on a data set split.
-    Eval {
-        /// Run folder written by `fer-train train`.
-        run: PathBuf,
-        /// Data set to evaluate on (default: the run's valid data).
-        #[arg(long)]
-        data: Option<DatasetSpec>,
-        /// Which split.
-        #[arg(long, value_enum, default_value = "valid")]
-        split: SplitArg,
-        /// Skip and count bad rows and images instead of stopping.
-        #[arg(long)]
-        skip_bad: bool,
-        /// Also tabulate post-hoc logit adjustment (logits − τ·log π, π the training split's
-        /// class frequencies) for τ from 0 to 2: accuracy against minority-class recall.
-        #[arg(long)]
-        sweep_logit_adjustment: bool,
-    },
+    Eval(EvalArgs),
     /// Write a copy of a finished run whose classifier subtracts τ·log(class prior) from its
     /// logits (post-hoc logit adjustment, Menon et al. 2021); export that copy to ship it.
     Adjust {
@@ -135,8 +119,8 @@ enum Command {
         /// Images per step.
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
-        /// Backends to time (ndarray, built with `--features ndarray`, takes about a minute per step
-        /// here: name it to include it).
+        /// Backends to time (ndarray, wgpu and cuda need their cargo features; ndarray takes about
+        /// a minute per step here).
         #[arg(long, value_enum, num_args = 1.., default_values = ["flex"])]
         backend: Vec<Backend>,
         /// Also time every op of the network on its own, forward and backward (a markdown table).
@@ -194,8 +178,17 @@ fn four_counts(text: &str) -> Result<[usize; 4], String> {
         .map_err(|counts: Vec<usize>| format!("expected 4 comma-separated counts, got {}", counts.len()))
 }
 
+/// The weights `eval` loads.
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub(crate) enum Weights {
+    /// What the run reports: the average in a run that keeps one, else the weights.
+    Reported,
+    /// The trained weights, without the average.
+    Trained,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
-enum SplitArg {
+pub(crate) enum SplitArg {
     Train,
     Valid,
 }
@@ -231,6 +224,33 @@ enum NegativesArg {
     Semi,
     /// Center of the classifier's most confusable other class.
     Prediction,
+}
+
+/// `eval`'s flags.
+#[derive(clap::Args)]
+pub(crate) struct EvalArgs {
+    /// Run folder written by `fer-train train`.
+    pub(crate) run: PathBuf,
+    /// Data set to evaluate on (default: the run's valid data).
+    #[arg(long)]
+    pub(crate) data: Option<DatasetSpec>,
+    /// Which split.
+    #[arg(long, value_enum, default_value = "valid")]
+    pub(crate) split: SplitArg,
+    /// Skip and count bad rows and images instead of stopping.
+    #[arg(long)]
+    pub(crate) skip_bad: bool,
+    /// Also tabulate post-hoc logit adjustment (logits − τ·log π, π the training split's
+    /// class frequencies) for τ from 0 to 2: accuracy against minority-class recall.
+    #[arg(long)]
+    pub(crate) sweep_logit_adjustment: bool,
+    /// Backend to evaluate on.
+    #[arg(long, value_enum, default_value = "flex")]
+    pub(crate) backend: Backend,
+    /// Which weights of a run that keeps a weight average (`--ema`): the average it reports
+    /// and exports, or the trained weights themselves.
+    #[arg(long, value_enum, default_value = "reported")]
+    pub(crate) weights: Weights,
 }
 
 #[derive(clap::Args)]
@@ -292,7 +312,8 @@ struct TrainArgs {
     /// Seed for initialisation, shuffling and augmentation.
     #[arg(long)]
     seed: Option<u64>,
-    /// CPU backend.
+    /// Backend to train on (wgpu and cuda need the cargo features of those names; see the
+    /// README's "Training on a GPU").
     #[arg(long, value_enum, default_value = "flex")]
     backend: Backend,
     /// Turn training augmentation off.
@@ -397,13 +418,7 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Eval {
-            run,
-            data,
-            split,
-            skip_bad,
-            sweep_logit_adjustment,
-        } => commands::eval(&run, data, split.into(), skip_bad, sweep_logit_adjustment).map(success),
+        Command::Eval(args) => commands::eval(&args).map(success),
         Command::Adjust { run, tau, out } => commands::adjust(&run, tau, &out).map(success),
         Command::Inspect { data, skip_bad } => commands::inspect(&data, skip_bad).map(success),
         Command::Compare { runs } => compare::table(&runs).map(|table| print!("{table}")).map(success),

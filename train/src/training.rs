@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::info;
 
 use crate::batch::{HostBatch, eval_batch, train_epoch};
-use crate::config::{Backend, TclConfig, TrainConfig};
+use crate::config::{TclConfig, TrainConfig};
 use crate::dataset::{ClassCounts, DatasetSpec, LoadOptions, Sample, Split, long_tail};
 use crate::ema::Ema;
 use crate::loss::{Targets, cross_entropy, logit_adjustment, triplet_center_loss};
@@ -84,7 +84,7 @@ pub fn adjust(run: &Run, tau: f32, out: &Run) -> Result<Metrics> {
         "{}: the adjusted copy must go to another folder, not over the run it comes from",
         out.dir().display()
     );
-    let device = Backend::Flex.device();
+    let device = Device::flex();
     let (model, mut config) = run.load_model(&device)?;
     if config.posthoc_logit_adjustment.is_some() {
         bail!("{}: already adjusted; adjust the run it came from", run.dir().display());
@@ -183,7 +183,7 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
             run.dir().display()
         );
     }
-    let device = config.backend.device().autodiff();
+    let device = config.backend.device()?.autodiff();
     device.seed(config.seed);
 
     let train_samples = Arc::new(load_split(config, &config.data, Split::Train)?);
@@ -281,7 +281,7 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
             let steps = (state.epochs_done * steps_per_epoch) as u64;
             let ema = Ema::start(&model, &config.network, decay, steps);
             Some(if from_checkpoint {
-                ema.with_weights(run.load_weights(files::EMA, config, &Device::flex())?)
+                ema.with_weights(run.load_weights(files::EMA, config, &config.backend.device()?)?)
             } else {
                 ema
             })
@@ -422,17 +422,16 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
     })
 }
 
-/// One optimisation step; returns (total loss, CE, TCL, correct predictions). `adjustment` is
-/// the `[1, 7]` logit adjustment of the cross-entropy.
-pub(crate) fn train_step(
-    model: &mut ExpressionNet,
-    optimizer: &mut burn::optim::ModuleOptimizer,
+/// A batch's training loss on `model`, before the backward pass: the total (CE + λ·TCL), with
+/// the cross-entropy and the TCL term as numbers and the correct predictions. `adjustment` is the
+/// `[1, 7]` logit adjustment of the cross-entropy.
+pub fn batch_loss(
+    model: &ExpressionNet,
     batch: &HostBatch,
     tcl: Option<&TclConfig>,
     adjustment: &Tensor<2>,
-    lr: f64,
     device: &Device,
-) -> (f64, f64, f64, usize) {
+) -> (Tensor<1>, f64, f64, usize) {
     let (inputs, labels) = batch.to_tensors(device);
     let output = model.forward(inputs);
     let hits = output
@@ -460,9 +459,24 @@ pub(crate) fn train_step(
         }
         None => (ce.clone(), 0.0),
     };
+    (loss, scalar(ce), tcl_value, hits.into_scalar::<i64>() as usize)
+}
+
+/// One optimisation step on [`batch_loss`]; returns (total loss, CE, TCL, correct predictions).
+pub(crate) fn train_step(
+    model: &mut ExpressionNet,
+    optimizer: &mut burn::optim::ModuleOptimizer,
+    batch: &HostBatch,
+    tcl: Option<&TclConfig>,
+    adjustment: &Tensor<2>,
+    lr: f64,
+    device: &Device,
+) -> (f64, f64, f64, usize) {
+    let (loss, ce, tcl_value, hits) = batch_loss(model, batch, tcl, adjustment, device);
+    let total = scalar(loss.clone());
     let grads = GradientsParams::from_grads(loss.backward(), &*model);
     *model = optimizer.step(lr, model.clone(), grads);
-    (scalar(loss), scalar(ce), tcl_value, hits.into_scalar::<i64>() as usize)
+    (total, ce, tcl_value, hits)
 }
 
 fn scalar(t: Tensor<1>) -> f64 {

@@ -41,8 +41,12 @@ use super::{LANES, Planes};
 type Forward<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
 /// BatchNorm with the batch's own statistics, then ReLU, with its own backward pass.
-#[cfg_attr(feature = "ndarray", backend_extension(Flex, NdArray, Autodiff))]
-#[cfg_attr(not(feature = "ndarray"), backend_extension(Flex, Autodiff))]
+#[backend_extension(
+    Flex,
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+    Autodiff
+)]
 pub trait BatchNormReluBackend: Backend {
     /// `relu(γ·(x − μ)/√(σ² + ε) + β)` over `x` `[B, C, ...]`, with `μ` and `σ²` each channel's
     /// mean and biased variance over the batch; returns the output, `μ` and `σ²` (`[C]` each).
@@ -99,6 +103,9 @@ fn composed_backward<B: Backend>(
 
 #[cfg(feature = "ndarray")]
 impl BatchNormReluBackend for NdArray {}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl BatchNormReluBackend for burn::backend::Cube {}
 
 /// `[B, C, ...]` as (batch, channels, elements per plane).
 fn planes(x: &FlexTensor) -> (usize, usize, usize) {

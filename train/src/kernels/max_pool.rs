@@ -33,8 +33,12 @@ use super::{MIN_PARALLEL_ELEMENTS, Planes, zeroed};
 const WINDOW: [usize; 2] = [2, 2];
 
 /// The 2x2, stride-2 max-pool with its own backward pass.
-#[cfg_attr(feature = "ndarray", backend_extension(Flex, NdArray, Autodiff))]
-#[cfg_attr(not(feature = "ndarray"), backend_extension(Flex, Autodiff))]
+#[backend_extension(
+    Flex,
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+    Autodiff
+)]
 pub trait MaxPoolBackend: Backend {
     /// The maximum of each 2x2 window of `x` `[B, C, H, W]`, `[B, C, H/2, W/2]`, and where each
     /// was found, in a form only [`MaxPoolBackend::max_pool2x2_backward`] reads.
@@ -54,8 +58,10 @@ pub trait MaxPoolBackend: Backend {
 }
 
 /// Burn's own max-pool: the reference, and the path of every backend without the kernels.
+/// Indices as 32-bit integers, which every backend has (GPU shaders may lack 64-bit ones; on
+/// wgpu with 64-bit indices the backward pass sent the gradient to the wrong elements).
 fn burn_forward<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, IntTensor<B>) {
-    let pooled = B::max_pool2d_with_indices(x, WINDOW, WINDOW, [0, 0], [1, 1], false, IntDType::I64);
+    let pooled = B::max_pool2d_with_indices(x, WINDOW, WINDOW, [0, 0], [1, 1], false, IntDType::I32);
     (pooled.output, pooled.indices)
 }
 
@@ -66,6 +72,9 @@ fn burn_backward<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>, indices: I
 
 #[cfg(feature = "ndarray")]
 impl MaxPoolBackend for NdArray {}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl MaxPoolBackend for burn::backend::Cube {}
 
 /// Output rows and columns of a 2x2, stride-2 pool over `[B, C, H, W]`, and the planes.
 fn geometry(shape: &burn::backend::Shape) -> (usize, usize, usize, usize, usize) {

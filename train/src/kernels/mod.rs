@@ -5,8 +5,9 @@
 //! Each computes the same numbers as the Burn ops it replaces (its tests compare outputs,
 //! gradients and running statistics, and check gradients against finite differences), is
 //! parallel and deterministic, and is used only while training: inference and export keep
-//! Burn's modules, which the ONNX export folds and quantizes. Other backends (ndarray, with the
-//! `ndarray` feature) keep Burn's own ops through each extension's default methods.
+//! Burn's modules, which the ONNX export folds and quantizes. Other backends (ndarray, wgpu and
+//! cuda, with the features of those names) keep Burn's own ops through each extension's default
+//! methods.
 
 mod batch_norm;
 mod max_pool;

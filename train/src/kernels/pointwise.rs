@@ -44,8 +44,12 @@ fn matrix<B: Backend>(weight: FloatTensor<B>) -> FloatTensor<B> {
 }
 
 /// The 1x1 conv without bias, with its own backward pass.
-#[cfg_attr(feature = "ndarray", backend_extension(Flex, NdArray, Autodiff))]
-#[cfg_attr(not(feature = "ndarray"), backend_extension(Flex, Autodiff))]
+#[backend_extension(
+    Flex,
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+    Autodiff
+)]
 pub trait PointwiseBackend: Backend {
     /// `x` `[B, C, H, W]` through `weight` `[O, C, 1, 1]`: `[B, O, H, W]`.
     fn pointwise_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -80,6 +84,9 @@ fn batched_weight_grad<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> F
 
 #[cfg(feature = "ndarray")]
 impl PointwiseBackend for NdArray {}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl PointwiseBackend for burn::backend::Cube {}
 
 impl PointwiseBackend for Flex {
     fn pointwise_conv_weight_grad(x: FlexTensor, grad: FlexTensor) -> FlexTensor {

@@ -36,8 +36,12 @@ fn options(channels: usize) -> ConvOptions<2> {
 }
 
 /// The depthwise 3x3 convolution as a backend operation with its own backward pass.
-#[cfg_attr(feature = "ndarray", backend_extension(Flex, NdArray, Autodiff))]
-#[cfg_attr(not(feature = "ndarray"), backend_extension(Flex, Autodiff))]
+#[backend_extension(
+    Flex,
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+    Autodiff
+)]
 pub trait DepthwiseBackend: Backend {
     /// `x` `[B, C, H, W]` convolved with one 3x3 kernel per channel, `weight` `[C, 1, 3, 3]`.
     fn depthwise3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -58,6 +62,9 @@ pub trait DepthwiseBackend: Backend {
 
 #[cfg(feature = "ndarray")]
 impl DepthwiseBackend for NdArray {}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl DepthwiseBackend for burn::backend::Cube {}
 
 impl DepthwiseBackend for Flex {
     fn depthwise3x3_weight_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {

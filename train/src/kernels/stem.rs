@@ -35,8 +35,12 @@ fn options() -> ConvOptions<2> {
 }
 
 /// The 3x3 conv over one input channel with its own backward pass.
-#[cfg_attr(feature = "ndarray", backend_extension(Flex, NdArray, Autodiff))]
-#[cfg_attr(not(feature = "ndarray"), backend_extension(Flex, Autodiff))]
+#[backend_extension(
+    Flex,
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+    Autodiff
+)]
 pub trait StemConvBackend: Backend {
     /// `x` `[B, 1, H, W]` convolved with `weight` `[C, 1, 3, 3]`: `[B, C, H, W]`.
     fn stem_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -64,6 +68,9 @@ pub trait StemConvBackend: Backend {
 
 #[cfg(feature = "ndarray")]
 impl StemConvBackend for NdArray {}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl StemConvBackend for burn::backend::Cube {}
 
 /// `out[y, x] += Σ_{i,j} kernel[3i + j] · input[y + i − 1, x + j − 1]` over one plane, zero outside.
 fn correlate_add(out: &mut [f32], input: &[f32], kernel: &[f32], height: usize, width: usize) {
