@@ -2,9 +2,7 @@
 //! weight and each BatchNorm running statistic of the average moves a little towards the trained
 //! model's. The average is the model a run reports and ships; the trained model goes on learning.
 
-use std::collections::HashMap;
-
-use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 
 use crate::model::{ExpressionNet, NetworkConfig};
@@ -37,7 +35,7 @@ impl Ema {
         let mut current = Collect::default();
         model.valid().visit(&mut current);
         self.model = self.model.clone().map(&mut Blend {
-            current: current.0,
+            current: current.0.into_iter(),
             keep: decay as f32,
         });
     }
@@ -61,27 +59,29 @@ fn detached_copy(model: &ExpressionNet, network: &NetworkConfig) -> ExpressionNe
     ExpressionNet::new(network, &device).load_record(plain.into_record())
 }
 
-/// Every float tensor of a module (weights and running statistics) by its id, flattened.
+/// Every float tensor of a module (weights and running statistics), flattened, in the order in
+/// which a visit and a map both walk it. Matched by position, not by `ParamId`: a module rebuilt
+/// from a record (the average's start, a resumed checkpoint) keeps its weights' ids but gives its
+/// BatchNorm running statistics new ones, which left the average's statistics at their initial
+/// values.
 #[derive(Default)]
-struct Collect(HashMap<ParamId, Tensor<1>>);
+struct Collect(Vec<Tensor<1>>);
 
 impl ModuleVisitor for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0.insert(param.id, param.val().detach().flatten(0, D - 1));
+        self.0.push(param.val().detach().flatten(0, D - 1));
     }
 }
 
-/// `average = keep · average + (1 − keep) · current`, tensor by tensor.
+/// `average = keep · average + (1 − keep) · current`, tensor by tensor in walk order.
 struct Blend {
-    current: HashMap<ParamId, Tensor<1>>,
+    current: std::vec::IntoIter<Tensor<1>>,
     keep: f32,
 }
 
 impl ModuleMapper for Blend {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(current) = self.current.remove(&param.id) else {
-            return param;
-        };
+        let current = self.current.next().expect("the average has the model's architecture");
         let keep = self.keep;
         param.map(|average| {
             let shape = average.shape();
@@ -112,23 +112,38 @@ mod tests {
         assert_eq!(centers(&a), before, "the trained model is untouched");
     }
 
+    /// Every float tensor of `m`, in walk order.
+    fn snapshot(m: &ExpressionNet) -> Vec<Vec<f32>> {
+        let mut all = Collect::default();
+        m.visit(&mut all);
+        all.0
+            .into_iter()
+            .map(|t| t.into_data().try_to_vec::<f32>().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_tensor_of_the_average_follows_the_model_running_statistics_included() {
+        let device = Device::flex();
+        let network = NetworkConfig::tiny();
+        let a = ExpressionNet::new(&network, &device);
+        let before = snapshot(&a);
+        let mut ema = Ema::start(&a, &network, 0.5, 1000);
+        ema.update(&a.clone().map(&mut Shift(1.0)));
+        let after = snapshot(ema.model());
+        assert_eq!(before.len(), after.len());
+        assert!(before.len() > 10, "weights and running statistics");
+        for (x, y) in before.iter().flatten().zip(after.iter().flatten()) {
+            assert!((y - (x + 0.5)).abs() < 1e-5, "{x} → {y}");
+        }
+    }
+
     #[test]
     fn the_average_shares_no_running_statistics_with_the_model() {
         let device = Device::flex();
         let network = NetworkConfig::tiny();
         let model = ExpressionNet::new(&network, &device);
         let ema = Ema::start(&model, &network, 0.9, 0);
-        let snapshot = |m: &ExpressionNet| {
-            let mut all = Collect::default();
-            m.visit(&mut all);
-            let mut values: Vec<(ParamId, Vec<f32>)> = all
-                .0
-                .into_iter()
-                .map(|(id, t)| (id, t.into_data().try_to_vec::<f32>().unwrap()))
-                .collect();
-            values.sort_by_key(|(id, _)| id.val());
-            values
-        };
         let before = snapshot(ema.model());
         // Mapping a clone writes the running statistics it shares with `model` in place.
         let _shifted = model.clone().map(&mut Shift(1.0));
