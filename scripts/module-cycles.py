@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MOD = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", re.M)
 PATH = re.compile(r"\b(crate|super|self)((?:::\w+)+)")
-GROUP = re.compile(r"\b(crate|super|self)((?:::\w+)*)::\{([^{}]*)\}")
+USE = re.compile(r"\buse\s+((?:crate|super|self)::[^;]+);")
 
 
 def modules(root_file):
@@ -33,6 +33,8 @@ def modules(root_file):
         is_dir_owner = file.name in ("lib.rs", "main.rs", "mod.rs")
         base = file.parent if is_dir_owner else file.parent / file.stem
         for name in MOD.findall(text):
+            if name == "tests":  # unit tests in a file of their own: not part of the graph
+                continue
             for candidate in (base / f"{name}.rs", base / name / "mod.rs"):
                 if candidate.is_file():
                     child = path + (name,)
@@ -42,21 +44,41 @@ def modules(root_file):
     return found
 
 
+def expand(tree):
+    """The paths a use tree names: `a::{b, c::{d, e as f}}` → a::b, a::c::d, a::c::e."""
+    tree = re.sub(r"\s+", "", re.sub(r"\s+as\s+\w+", "", tree))
+    if "{" not in tree:
+        return [tree]
+    start = tree.index("{")
+    prefix, inner = tree[:start], tree[start + 1:tree.rindex("}")]
+    items, depth, current = [], 0, ""
+    for ch in inner:
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+            continue
+        depth += (ch == "{") - (ch == "}")
+        current += ch
+    items.append(current)
+    return [prefix + path for item in items if item for path in expand(item)]
+
+
 def references(text, here):
     """Absolute paths (tuples) named from the module at `here`."""
-    text = re.sub(r"//.*", "", text)
+    # Comments, but not the `//` of a URL in a string (it follows a colon).
+    text = re.sub(r"(^|[^:])//.*", r"\1", text)
     # Unit tests (by convention the file's last item) may use any sibling to build fixtures.
     text = re.split(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+tests\b", text)[0]
     paths = []
-    for kind, prefix, inner in GROUP.findall(text):
-        for item in inner.split(","):
-            item = item.strip().split(" as ")[0].strip()
-            if item:
-                paths.append((kind, prefix + "::" + item.replace(" ", "")))
-    paths += PATH.findall(text)
+    for tree in USE.findall(text):
+        for path in expand(tree):
+            kind, _, rest = path.partition("::")
+            if kind in ("crate", "super", "self"):
+                paths.append((kind, "::" + rest))
+    paths += PATH.findall(USE.sub("", text))
     out = []
     for kind, rest in paths:
-        parts = [p for p in rest.split("::") if p]
+        parts = [p for p in rest.split("::") if p and p != "*"]
         if kind == "crate":
             base = ()
         elif kind == "self":

@@ -275,7 +275,7 @@ mod tests {
             "{:#}",
             Config::parse("[publish.stdout]\nevery_frames = \"often\"\n").unwrap_err()
         );
-        assert!(err.contains("every_frames"), "{err}");
+        assert!(err.contains("every_frames") && err.contains("a frame count"), "{err}");
     }
 
     #[test]

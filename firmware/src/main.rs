@@ -46,10 +46,10 @@ struct Cli {
     #[arg(long, global = true)]
     detector: Option<PathBuf>,
     /// Print a JSON line for every frame, not only on changes.
-    #[arg(long)]
+    #[arg(long, global = true)]
     every_frame: bool,
     /// Print nothing on stdout.
-    #[arg(long)]
+    #[arg(long, global = true)]
     quiet: bool,
     /// Serial port to publish on (turns the serial output on).
     #[arg(long, global = true)]
@@ -59,25 +59,25 @@ struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     mqtt: Option<String>,
     /// Serial line speed.
-    #[arg(long)]
+    #[arg(long, global = true)]
     baud: Option<u32>,
     /// Serial format.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, global = true)]
     serial_mode: Option<Mode>,
     /// Passes over image files (0 = forever).
-    #[arg(long)]
+    #[arg(long, global = true)]
     repeat: Option<u32>,
     /// Frames each image file is shown for (still photos: e.g. 10).
-    #[arg(long)]
+    #[arg(long, global = true)]
     hold: Option<u32>,
     /// Run the face detector on every N-th frame only; faces move on at their speed between.
     #[arg(long, global = true, value_name = "N")]
     detect_every: Option<u32>,
     /// Which face to publish when there are several.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, global = true)]
     select: Option<Select>,
     /// Seconds between status lines (0 = only the final summary).
-    #[arg(long)]
+    #[arg(long, global = true)]
     status_interval: Option<f32>,
     /// The `check` subcommand, spelled as a flag (scripts written before it use this).
     #[arg(long, hide = true)]

@@ -429,7 +429,8 @@ fn bad_input_gives_clear_errors() {
 
 #[test]
 fn check_and_its_older_flag_validate_and_selftest_passes_on_the_host() {
-    let ok = sensor(&["check", "--source", "samples"]);
+    // Every flag of the sensor's own run is accepted after the subcommand too.
+    let ok = sensor(&["check", "--source", "samples", "--hold", "3", "--baud", "9600"]);
     let text = String::from_utf8_lossy(&ok.stdout).into_owned();
     assert!(ok.status.success(), "{text}");
     assert!(

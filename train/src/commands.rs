@@ -59,16 +59,14 @@ pub fn train(config: Option<TrainConfig>, out: &Path, resume: Option<&Path>) -> 
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let device = args.backend.device()?;
     let run = Run::at(&args.run);
-    let (model, config) = run.load_model(&device)?;
-    let model = match args.weights {
-        Weights::Reported => model,
-        Weights::Trained => run.load_weights(files::MODEL, &config, &device)?,
+    let (model, config) = match args.weights {
+        Weights::Reported => run.load_model(&device)?,
+        Weights::Trained => {
+            let config = run.config()?;
+            (run.load_weights(files::MODEL, &config, &device)?, config)
+        }
     };
-    let spec = args
-        .data
-        .clone()
-        .or(config.valid.clone())
-        .unwrap_or(config.data.clone());
+    let spec = args.data.clone().unwrap_or_else(|| config.valid_spec().clone());
     let samples = spec
         .load_verbose(
             args.split.into(),
@@ -199,7 +197,7 @@ pub fn embedding(run: &Path, data: Option<DatasetSpec>, out: &Path) -> Result<()
     let device = Device::flex();
     let (model, config) = Run::at(run).load_model(&device)?;
     let name = compare::configuration(&config);
-    let spec = data.or(config.valid).unwrap_or(config.data);
+    let spec = data.unwrap_or_else(|| config.valid_spec().clone());
     let samples = spec.load_verbose(Split::Valid, LoadOptions::default())?.samples;
     let embedded = embedding::embed(&model, &samples, &device);
     let separation = embedding::Separation::measure(&embedded);

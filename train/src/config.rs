@@ -138,7 +138,7 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     /// Seed of initialisation, shuffling and augmentation.
     pub seed: u64,
-    /// CPU backend.
+    /// Backend to train on.
     pub backend: Backend,
     /// Augmentation (`None`: off).
     pub augment: Option<Augment>,

@@ -34,10 +34,15 @@ impl Ema {
         self.steps += 1;
         let mut current = Collect::default();
         model.valid().visit(&mut current);
-        self.model = self.model.clone().map(&mut Blend {
+        let mut blend = Blend {
             current: current.0.into_iter(),
             keep: decay as f32,
-        });
+        };
+        self.model = self.model.clone().map(&mut blend);
+        assert!(
+            blend.current.next().is_none(),
+            "the average has the model's architecture"
+        );
     }
 
     /// The averaged model.

@@ -44,6 +44,12 @@ pub mod files {
     pub const METRICS: &str = "metrics.jsonl";
     /// The final evaluation on the valid split.
     pub const REPORT: &str = "report.json";
+    /// The same, as text.
+    pub const REPORT_TEXT: &str = "report.txt";
+    /// Accuracy and loss per epoch, drawn.
+    pub const CURVES: &str = "curves.png";
+    /// The final confusion matrix, drawn.
+    pub const CONFUSION: &str = "confusion.png";
     /// A finished run's answers face by face ([`crate::predictions::Predictions`]).
     pub const PREDICTIONS: &str = "predictions.json";
 }
@@ -151,12 +157,12 @@ impl Run {
 
     /// Writes `report.txt`, `report.json` and the plots.
     pub fn write_report(&self, valid: &Metrics, records: &[EpochRecord]) -> Result<()> {
-        std::fs::write(self.file("report.txt"), format!("{valid}\n"))
+        std::fs::write(self.file(files::REPORT_TEXT), format!("{valid}\n"))
             .with_context(|| format!("writing report in {}", self.dir.display()))?;
         write_json(&self.file(files::REPORT), valid)?;
         for result in [
-            plot_curves(records, &self.file("curves.png")),
-            plot_confusion(valid, &self.file("confusion.png")),
+            plot_curves(records, &self.file(files::CURVES)),
+            plot_confusion(valid, &self.file(files::CONFUSION)),
         ] {
             if let Err(error) = result {
                 warn!("{error:#}");

@@ -422,16 +422,28 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
     })
 }
 
-/// A batch's training loss on `model`, before the backward pass: the total (CE + λ·TCL), with
-/// the cross-entropy and the TCL term as numbers and the correct predictions. `adjustment` is the
-/// `[1, 7]` logit adjustment of the cross-entropy.
+/// A batch's training loss on `model`, before the backward pass.
+pub struct BatchLoss {
+    /// What the backward pass starts from: CE + λ·TCL.
+    pub total: Tensor<1>,
+    /// The cross-entropy term.
+    pub ce: Tensor<1>,
+    /// The triplet-center loss term, unweighted (none for the cross-entropy baseline).
+    pub tcl: Option<Tensor<1>>,
+    /// Correct predictions in the batch.
+    pub hits: Tensor<1, Int>,
+}
+
+/// [`BatchLoss`] of `batch` on `model`. Tensors, not numbers: reading a value back waits for the
+/// device, which the training step leaves until after its update. `adjustment` is the `[1, 7]`
+/// logit adjustment of the cross-entropy.
 pub fn batch_loss(
     model: &ExpressionNet,
     batch: &HostBatch,
     tcl: Option<&TclConfig>,
     adjustment: &Tensor<2>,
     device: &Device,
-) -> (Tensor<1>, f64, f64, usize) {
+) -> BatchLoss {
     let (inputs, labels) = batch.to_tensors(device);
     let output = model.forward(inputs);
     let hits = output
@@ -444,22 +456,27 @@ pub fn batch_loss(
         .int()
         .sum();
     let ce = cross_entropy(output.logits.clone(), adjustment.clone(), batch.targets(device));
-    let (loss, tcl_value) = match tcl {
-        Some(tcl) => {
-            let tcl_loss = triplet_center_loss(
-                output.embedding,
-                labels,
-                model.centers.val(),
-                output.logits,
-                tcl.negatives,
-                tcl.margin,
-            )
-            .loss;
-            (ce.clone() + tcl_loss.clone() * tcl.lambda, scalar(tcl_loss))
-        }
-        None => (ce.clone(), 0.0),
+    let tcl_loss = tcl.map(|tcl| {
+        triplet_center_loss(
+            output.embedding,
+            labels,
+            model.centers.val(),
+            output.logits,
+            tcl.negatives,
+            tcl.margin,
+        )
+        .loss
+    });
+    let total = match (tcl, &tcl_loss) {
+        (Some(tcl), Some(loss)) => ce.clone() + loss.clone() * tcl.lambda,
+        _ => ce.clone(),
     };
-    (loss, scalar(ce), tcl_value, hits.into_scalar::<i64>() as usize)
+    BatchLoss {
+        total,
+        ce,
+        tcl: tcl_loss,
+        hits,
+    }
 }
 
 /// One optimisation step on [`batch_loss`]; returns (total loss, CE, TCL, correct predictions).
@@ -472,11 +489,15 @@ pub(crate) fn train_step(
     lr: f64,
     device: &Device,
 ) -> (f64, f64, f64, usize) {
-    let (loss, ce, tcl_value, hits) = batch_loss(model, batch, tcl, adjustment, device);
-    let total = scalar(loss.clone());
-    let grads = GradientsParams::from_grads(loss.backward(), &*model);
+    let loss = batch_loss(model, batch, tcl, adjustment, device);
+    let grads = GradientsParams::from_grads(loss.total.backward(), &*model);
     *model = optimizer.step(lr, model.clone(), grads);
-    (total, ce, tcl_value, hits)
+    (
+        scalar(loss.total),
+        scalar(loss.ce),
+        loss.tcl.map_or(0.0, scalar),
+        loss.hits.into_scalar::<i64>() as usize,
+    )
 }
 
 fn scalar(t: Tensor<1>) -> f64 {

@@ -77,7 +77,7 @@ impl ModuleVisitor for Grads<'_> {
 /// The loss of `batch` on `model` (CE + TCL) and its gradients.
 fn backward(model: &ExpressionNet, batch: &HostBatch, device: &Device) -> (f64, GradientsParams) {
     let adjustment = Tensor::<2>::zeros([1, Expression::COUNT], device);
-    let (loss, ..) = batch_loss(model, batch, Some(&TclConfig::default()), &adjustment, device);
+    let loss = batch_loss(model, batch, Some(&TclConfig::default()), &adjustment, device).total;
     let total = f64::from(loss.clone().into_scalar::<f32>());
     (total, GradientsParams::from_grads(loss.backward(), model))
 }

@@ -111,7 +111,10 @@ impl Cadence {
 /// (every frame / changes only) that configs written before the count still use.
 pub fn every_frames<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     #[derive(Deserialize)]
-    #[serde(untagged)]
+    #[serde(
+        untagged,
+        expecting = "a frame count (0: changes only, 1: every frame) or true / false"
+    )]
     enum Setting {
         Count(u32),
         Flag(bool),

@@ -65,7 +65,7 @@ impl Shared {
 const THROWN_OFF: Duration = Duration::from_secs(3);
 
 /// How long the thread reads after its disconnect, waiting for the broker to close the socket.
-const LINGER: Duration = Duration::from_millis(500);
+pub(super) const LINGER: Duration = Duration::from_millis(500);
 
 /// The first wait before reconnecting to a broker that failed; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -99,6 +99,14 @@ pub(super) fn drive(
         match event {
             // Every client handle is gone, or the broker kept the socket open past `leave_by`.
             Err(()) => break,
+            // Closing our end now could reset the connection under the disconnect (unread
+            // acknowledgements turn a close into a reset, and the broker then fires the Last
+            // Will): read until the broker, having taken the disconnect, closes its end.
+            Ok(Ok(MqttEvent::Outgoing(Outgoing::Disconnect))) => leave_by = Some(Instant::now() + LINGER),
+            // Once stopping, nothing more is said: an announcement (a reconnect, Home Assistant
+            // coming back) would put a retained `online` after our `offline`, and a refill of the
+            // channel could leave no room for the disconnect.
+            Ok(Ok(_)) if shared.stop.requested() => {}
             Ok(Ok(MqttEvent::Incoming(Packet::ConnAck(_)))) => {
                 backoff.connected();
                 connected_at = Some(Instant::now());
@@ -117,13 +125,6 @@ pub(super) fn drive(
                 info!("mqtt: Home Assistant is online; announcing again");
                 shared.announce(&client);
             }
-            // Closing our end now could reset the connection under the disconnect (unread
-            // acknowledgements turn a close into a reset, and the broker then fires the Last
-            // Will): read until the broker, having taken the disconnect, closes its end.
-            Ok(Ok(MqttEvent::Outgoing(Outgoing::Disconnect))) => leave_by = Some(Instant::now() + LINGER),
-            // Once stopping, the channel is kept free for the goodbye: a refill here could leave
-            // no room for the disconnect, and a socket closed without one fires the Last Will.
-            Ok(Ok(_)) if shared.stop.requested() => {}
             Ok(Ok(_)) => shared.outbox().flush(&client, shared.qos),
             Ok(Err(e)) => {
                 shared.connected.store(false, Ordering::SeqCst);

@@ -36,14 +36,15 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 pub use self::broker::Broker;
-use self::connection::{Shared, drive};
+use self::connection::{LINGER, Shared, drive};
 pub use self::discovery::Topics;
 pub use self::options::{MAX_CLIENT_ID, MAX_PREFIX, MqttOptions, node_id};
 use self::outbox::{Message, Outbox};
 use super::{Cadence, Event, Publisher, Status};
 use crate::Stop;
 
-/// How long a clean shutdown waits for `offline` and the disconnect to leave.
+/// How long a clean shutdown waits for `offline` and the disconnect to leave (and then up to
+/// [`LINGER`] more for the broker to close the connection).
 const GOODBYE: Duration = Duration::from_secs(1);
 
 /// Publishes to an MQTT broker; see the module docs.
@@ -164,16 +165,21 @@ impl Publisher for Mqtt {
         // refills it once `stop` is set.
         let deadline = Instant::now() + GOODBYE;
         let availability = self.shared.topics.availability.as_str();
-        let said = retry_until(deadline, || {
+        // A full channel and a closed one fail alike; the thread ending tells them apart.
+        let said = retry_until(deadline, &handle, || {
             self.client
                 .try_publish(availability, self.shared.qos, true, "offline")
                 .is_ok()
-        }) && retry_until(deadline, || self.client.try_disconnect().is_ok());
+        }) && retry_until(deadline, &handle, || self.client.try_disconnect().is_ok());
         if !said {
-            warn!("{}: no room to say goodbye within {GOODBYE:?}", self.label);
+            warn!(
+                "{}: the connection ended, or stayed full for {GOODBYE:?}: no goodbye said",
+                self.label
+            );
             return Ok(());
         }
-        match done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        // The thread reads for up to LINGER after the disconnect leaves; that is waited out too.
+        match done.recv_timeout(deadline.saturating_duration_since(Instant::now()) + LINGER) {
             Ok(()) => {
                 let _ = handle.join();
             }
@@ -183,13 +189,14 @@ impl Publisher for Mqtt {
     }
 }
 
-/// Calls `attempt` every few milliseconds until it succeeds (true) or `deadline` passes (false).
-fn retry_until(deadline: Instant, mut attempt: impl FnMut() -> bool) -> bool {
+/// Calls `attempt` every few milliseconds until it succeeds (true), or `deadline` passes or the
+/// connection thread ends (false).
+fn retry_until(deadline: Instant, thread: &JoinHandle<()>, mut attempt: impl FnMut() -> bool) -> bool {
     loop {
         if attempt() {
             return true;
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || thread.is_finished() {
             return false;
         }
         std::thread::sleep(Duration::from_millis(5));
