@@ -1,7 +1,7 @@
 //! A V4L2 camera (USB/UVC webcams, or a CSI module exposed through a V4L2 driver) read with
 //! memory-mapped streaming. A camera that disappears is reopened with back-off.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -97,6 +97,20 @@ impl Camera {
     }
 }
 
+/// The driver's error, or for EBUSY who most likely holds the camera: V4L2 lets one program stream
+/// at a time, and on a board that is usually the service while someone runs `fer-sensor check`.
+fn busy(e: std::io::Error, path: &Path) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::ResourceBusy {
+        anyhow::anyhow!(
+            "camera {} is busy: another program is streaming from it (the fer-sensor service? \
+            `sudo systemctl stop fer-sensor` first)",
+            path.display()
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("setting up camera {}", path.display()))
+    }
+}
+
 /// Sets the format and frame rate and starts streaming.
 fn start(path: &PathBuf, options: &SourceOptions) -> Result<Open> {
     let device = Device::with_path(path).with_context(|| format!("opening camera {}", path.display()))?;
@@ -130,12 +144,14 @@ fn start(path: &PathBuf, options: &SourceOptions) -> Result<Open> {
     }
     let mut format = device.format()?;
     (format.width, format.height, format.fourcc) = (options.width, options.height, fourcc);
-    let format = device.set_format(&format)?;
+    let format = device.set_format(&format).map_err(|e| busy(e, path))?;
     if format.fourcc != fourcc {
         bail!("camera {} refused {fourcc}", path.display());
     }
-    device.set_params(&v4l::video::capture::Parameters::with_fps(options.fps))?;
-    let mut stream = Stream::with_buffers(&device, Type::VideoCapture, BUFFERS)?;
+    device
+        .set_params(&v4l::video::capture::Parameters::with_fps(options.fps))
+        .map_err(|e| busy(e, path))?;
+    let mut stream = Stream::with_buffers(&device, Type::VideoCapture, BUFFERS).map_err(|e| busy(e, path))?;
     stream.set_timeout(Duration::from_secs(2));
     Ok(Open {
         stream,
@@ -244,6 +260,16 @@ pub fn yuyv_to_rgb(data: &[u8], width: u32, height: u32, stride: u32) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_camera_names_the_likely_holder_and_other_errors_name_the_camera() {
+        let path = Path::new("/dev/video0");
+        let busy_error = busy(std::io::Error::from_raw_os_error(16), path).to_string();
+        assert!(busy_error.contains("/dev/video0 is busy"), "{busy_error}");
+        assert!(busy_error.contains("systemctl stop fer-sensor"), "{busy_error}");
+        let other = format!("{:#}", busy(std::io::Error::from_raw_os_error(22), path));
+        assert!(other.starts_with("setting up camera /dev/video0: "), "{other}");
+    }
 
     #[test]
     fn yuyv_gray_white_and_red() {
