@@ -97,9 +97,9 @@ impl Camera {
     }
 }
 
-/// The driver's error, or for EBUSY who most likely holds the camera: V4L2 lets one program stream
+/// A setup call's error naming the camera, and for EBUSY who most likely holds it: V4L2 lets one program stream
 /// at a time, and on a board that is usually the service while someone runs `fer-sensor check`.
-fn busy(e: std::io::Error, path: &Path) -> anyhow::Error {
+fn setup_error(e: std::io::Error, path: &Path) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::ResourceBusy {
         anyhow::anyhow!(
             "camera {} is busy: another program is streaming from it (the fer-sensor service? \
@@ -144,14 +144,14 @@ fn start(path: &PathBuf, options: &SourceOptions) -> Result<Open> {
     }
     let mut format = device.format()?;
     (format.width, format.height, format.fourcc) = (options.width, options.height, fourcc);
-    let format = device.set_format(&format).map_err(|e| busy(e, path))?;
+    let format = device.set_format(&format).map_err(|e| setup_error(e, path))?;
     if format.fourcc != fourcc {
         bail!("camera {} refused {fourcc}", path.display());
     }
     device
         .set_params(&v4l::video::capture::Parameters::with_fps(options.fps))
-        .map_err(|e| busy(e, path))?;
-    let mut stream = Stream::with_buffers(&device, Type::VideoCapture, BUFFERS).map_err(|e| busy(e, path))?;
+        .map_err(|e| setup_error(e, path))?;
+    let mut stream = Stream::with_buffers(&device, Type::VideoCapture, BUFFERS).map_err(|e| setup_error(e, path))?;
     stream.set_timeout(Duration::from_secs(2));
     Ok(Open {
         stream,
@@ -264,10 +264,10 @@ mod tests {
     #[test]
     fn a_busy_camera_names_the_likely_holder_and_other_errors_name_the_camera() {
         let path = Path::new("/dev/video0");
-        let busy_error = busy(std::io::Error::from_raw_os_error(16), path).to_string();
+        let busy_error = setup_error(std::io::Error::from_raw_os_error(16), path).to_string();
         assert!(busy_error.contains("/dev/video0 is busy"), "{busy_error}");
         assert!(busy_error.contains("systemctl stop fer-sensor"), "{busy_error}");
-        let other = format!("{:#}", busy(std::io::Error::from_raw_os_error(22), path));
+        let other = format!("{:#}", setup_error(std::io::Error::from_raw_os_error(22), path));
         assert!(other.starts_with("setting up camera /dev/video0: "), "{other}");
     }
 
