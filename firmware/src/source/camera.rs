@@ -97,8 +97,9 @@ impl Camera {
     }
 }
 
-/// A setup call's error naming the camera, and for EBUSY who most likely holds it: V4L2 lets one program stream
-/// at a time, and on a board that is usually the service while someone runs `fer-sensor check`.
+/// A setup call's error naming the camera, and for EBUSY who most likely holds it: V4L2 lets one
+/// program stream at a time, and on a board that is usually the service while someone runs
+/// `fer-sensor check`.
 fn setup_error(e: std::io::Error, path: &Path) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::ResourceBusy {
         anyhow::anyhow!(
