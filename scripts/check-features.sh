@@ -23,9 +23,22 @@ for member in fer-runtime fer-firmware fer-train fer-export fer-golden; do
     status=1
   fi
 done
+
+# The wgpu step of .ci/run: Burn and cubecl recompile with the GPU backend, and nothing else may
+# (a crate below them built with other features recompiles everything above it, tract included).
+gpu=$(features -p fer-train -p fer-export --features fer-train/wgpu,fer-export/wgpu -e normal,build,dev)
+shared=$(comm -13 <(echo "$workspace") <(echo "$gpu") | cut -d" " -f1,2 | sort -u | grep -vE '^(burn|cubecl|fer-)' |
+  while read -r name version; do
+    if echo "$workspace" | grep -q "^$name $version "; then echo "$name $version"; fi
+  done || true)
+if [ -n "$shared" ]; then
+  echo "the wgpu step would rebuild these with other features than cargo test --workspace:"
+  echo "$shared" | sed 's/^/  /'
+  status=1
+fi
 if [ $status -ne 0 ]; then
   echo "run 'cargo hakari generate' (and align Burn's features by hand: .config/hakari.toml)" >&2
 else
-  echo "every member builds its dependencies with the features cargo test --workspace uses"
+  echo "every member, and the wgpu step below Burn, builds its dependencies with the features cargo test --workspace uses"
 fi
 exit $status
