@@ -12,6 +12,8 @@
 # debootstrap, cpio, Debian's archive and what scripts/make-packages.sh needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/board/qemu.sh
+. scripts/board/qemu.sh
 
 profile=device
 while [ $# -gt 0 ]; do
@@ -64,10 +66,8 @@ cat "$system/rootfs.cpio" "$work/overlay.cpio" >"$work/initrd.cpio"
 
 say "booting the emulated board"
 start=$(date +%s)
-timeout 1200 qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 2048 -nographic -no-reboot \
-  -kernel "$system/vmlinuz" -initrd "$work/initrd.cpio" \
-  -append "console=ttyAMA0 rdinit=/sbin/init panic=-1 quiet systemd.show_status=error" \
-  -device virtio-rng-device \
+board_qemu 1200 "$system/vmlinuz" "$work/initrd.cpio" \
+  "console=ttyAMA0 rdinit=/sbin/init panic=-1 quiet systemd.show_status=error" \
   -device virtio-serial-device -chardev file,id=serial,path="$work/serial.bin" \
   -device virtconsole,chardev=serial </dev/null >"$work/console.log" 2>&1 || true
 say "the board ran $(($(date +%s) - start)) s"

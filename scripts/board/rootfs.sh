@@ -13,6 +13,8 @@
 # qemu-system-aarch64 and Debian's archive.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=scripts/board/qemu.sh
+. "$here/qemu.sh"
 
 suite=bookworm
 mirror=http://deb.debian.org/debian
@@ -41,7 +43,7 @@ modules=(
   kernel/drivers/char/hw_random/virtio-rng.ko
 )
 
-key=$(cat "$0" "$here/second-stage.sh" | sha256sum | cut -c1-16)
+key=$(cat "$0" "$here/second-stage.sh" "$here/qemu.sh" | sha256sum | cut -c1-16)
 cache="${FER_BOARD_CACHE:-$HOME/.cache/fer-sensor-board}"
 dir="$cache/$key"
 if [ -f "$dir/rootfs.cpio" ] && [ -f "$dir/vmlinuz" ]; then
@@ -91,11 +93,9 @@ install -m 755 "$here/second-stage.sh" "$work/root/second-stage"
 say "configuring the packages inside the emulated board (their maintainer scripts are arm64)"
 (cd "$work/root" && find . | cpio -o -H newc --quiet) >"$work/stage.cpio"
 truncate -s 2G "$work/tree.tar"
-timeout 3600 qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 2048 -nographic -no-reboot \
-  -kernel "$work/vmlinuz" -initrd "$work/stage.cpio" \
-  -append "console=ttyAMA0 rdinit=/second-stage panic=-1 quiet" \
+board_qemu 3600 "$work/vmlinuz" "$work/stage.cpio" "console=ttyAMA0 rdinit=/second-stage panic=-1 quiet" \
   -drive file="$work/tree.tar",if=none,format=raw,id=tree -device virtio-blk-device,drive=tree \
-  -device virtio-rng-device </dev/null >"$work/second-stage.log" 2>&1 || true
+  </dev/null >"$work/second-stage.log" 2>&1 || true
 grep -q "SECOND-STAGE OK" "$work/second-stage.log" ||
   { tail -30 "$work/second-stage.log" >&2; echo "board: the second stage failed" >&2; exit 1; }
 
