@@ -18,7 +18,9 @@ depmod -a "$(cat /etc/fer-board-kernel)" || fail depmod
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/log/*.log /var/cache/debconf/*-old
 modprobe virtio_mmio && modprobe virtio_blk || fail "loading virtio_blk"
-for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
+# A minute, not seconds: the assembly may run niced beside a build, and this clock runs on whether
+# or not the guest gets the CPU.
+for _ in $(seq 60); do [ -b /dev/vda ] && break; sleep 1; done
 echo "SECOND-STAGE: writing the root filesystem ($(date -u +%H:%M:%S))"
 # /proc, /sys and /dev are other file systems, left out by --one-file-system.
 tar -C / --one-file-system --numeric-owner -cf /dev/vda --exclude=./second-stage . || fail "tar onto /dev/vda"
