@@ -4,6 +4,8 @@
 //! `fer_protocol::preprocess` as every evaluation image and every camera frame.
 
 use rand::Rng;
+use rand::seq::SliceRandom;
+use rand_distr::{Beta, Distribution};
 
 /// Augmentation strengths; [`Augment::default`] is what training uses.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -25,6 +27,10 @@ pub struct Augment {
     /// Absent in run folders written before it existed, which trained without it.
     #[serde(default)]
     pub erase: f32,
+    /// Mixing of two faces of a batch (mixup or CutMix); absent in run folders written before
+    /// it existed, which trained without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<Mix>,
 }
 
 impl Default for Augment {
@@ -37,6 +43,7 @@ impl Default for Augment {
             brightness: 25.0,
             contrast: 0.25,
             erase: 0.0,
+            mix: None,
         }
     }
 }
@@ -72,6 +79,90 @@ impl Augment {
         // Drawn only when on, so that runs without erasing draw what they always drew.
         if self.erase > 0.0 && rng.random_bool(f64::from(self.erase.min(1.0))) {
             erase(dst, width, height, rng);
+        }
+    }
+}
+
+/// How two faces of a batch become one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MixKind {
+    /// mixup (Zhang et al. 2018): the two inputs blended, `λ·a + (1 − λ)·b`.
+    Mixup,
+    /// CutMix (Yun et al. 2019): a box of `b` covering `1 − λ` of the crop pasted into `a`.
+    CutMix,
+}
+
+/// Batch-level mixing against mixed targets: each face, with probability `prob`, is mixed with
+/// another face of its batch in a share `λ ~ Beta(alpha, alpha)`, and its target row becomes
+/// `λ·t_a + (1 − λ)·t_b` (the vote distributions, so the soft targets stay soft).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Mix {
+    /// mixup or CutMix.
+    pub kind: MixKind,
+    /// α of the Beta distribution λ is drawn from (small: mostly one face; 1: uniform).
+    pub alpha: f32,
+    /// Probability that a face is mixed at all.
+    pub prob: f32,
+}
+
+impl Mix {
+    /// Mixes a batch in place: `inputs` is `[n, height·width]` (one channel), `targets`
+    /// `[n, k]`, `labels` `[n]`. A mixed face takes the label of the face with the larger
+    /// share, which is the class the triplet-center loss pulls its embedding towards.
+    pub fn apply(
+        &self,
+        inputs: &mut [f32],
+        targets: &mut [f32],
+        labels: &mut [i64],
+        (width, height): (usize, usize),
+        rng: &mut impl Rng,
+    ) {
+        let n = labels.len();
+        if n < 2 || self.prob <= 0.0 {
+            return;
+        }
+        let (pixels, k) = (width * height, targets.len() / n);
+        let beta = Beta::new(self.alpha, self.alpha).expect("Mix::alpha is validated positive");
+        // Partners read the batch as it was, not as already mixed.
+        let (clean_inputs, clean_targets, clean_labels) = (inputs.to_vec(), targets.to_vec(), labels.to_vec());
+        let mut partners: Vec<usize> = (0..n).collect();
+        partners.shuffle(rng);
+        for (i, &j) in partners.iter().enumerate() {
+            if i == j || !rng.random_bool(f64::from(self.prob.min(1.0))) {
+                continue;
+            }
+            let mut lambda: f32 = beta.sample(rng);
+            let (a, b) = (
+                &mut inputs[i * pixels..(i + 1) * pixels],
+                &clean_inputs[j * pixels..(j + 1) * pixels],
+            );
+            match self.kind {
+                MixKind::Mixup => a
+                    .iter_mut()
+                    .zip(b)
+                    .for_each(|(a, b)| *a = lambda * *a + (1.0 - lambda) * b),
+                MixKind::CutMix => {
+                    let side = (1.0 - lambda).sqrt();
+                    let w = ((side * width as f32).round() as usize).min(width);
+                    let h = ((side * height as f32).round() as usize).min(height);
+                    let (x0, y0) = (rng.random_range(0..=width - w), rng.random_range(0..=height - h));
+                    for y in y0..y0 + h {
+                        a[y * width + x0..y * width + x0 + w].copy_from_slice(&b[y * width + x0..y * width + x0 + w]);
+                    }
+                    // The share the pasted box really has, after rounding to whole pixels.
+                    lambda = 1.0 - (w * h) as f32 / pixels as f32;
+                }
+            }
+            for (t, (ta, tb)) in targets[i * k..(i + 1) * k].iter_mut().zip(
+                clean_targets[i * k..(i + 1) * k]
+                    .iter()
+                    .zip(&clean_targets[j * k..(j + 1) * k]),
+            ) {
+                *t = lambda * ta + (1.0 - lambda) * tb;
+            }
+            if lambda < 0.5 {
+                labels[i] = clean_labels[j];
+            }
         }
     }
 }
@@ -117,6 +208,7 @@ mod tests {
         brightness: 0.0,
         contrast: 0.0,
         erase: 0.0,
+        mix: None,
     };
 
     #[test]
@@ -174,5 +266,69 @@ mod tests {
         }
         only_erase(0.0).apply(&src, 48, 48, &mut rng, &mut dst);
         assert_eq!(dst, src, "off: nothing erased");
+    }
+
+    /// A batch of `n` constant faces (face `i` all `i`), one-hot targets, labels `i`.
+    fn batch(n: usize, pixels: usize) -> (Vec<f32>, Vec<f32>, Vec<i64>) {
+        let inputs = (0..n).flat_map(|i| vec![i as f32; pixels]).collect();
+        let targets = (0..n)
+            .flat_map(|i| (0..n).map(move |c| f32::from(u8::from(c == i))))
+            .collect();
+        (inputs, targets, (0..n as i64).collect())
+    }
+
+    #[test]
+    fn mixing_keeps_each_targets_mass_and_matches_inputs_to_targets() {
+        let (n, (w, h)) = (6, (8, 8));
+        for kind in [MixKind::Mixup, MixKind::CutMix] {
+            let mix = Mix {
+                kind,
+                alpha: 1.0,
+                prob: 1.0,
+            };
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
+            let mut mixed_faces = 0;
+            for _ in 0..20 {
+                let (mut inputs, mut targets, mut labels) = batch(n, w * h);
+                mix.apply(&mut inputs, &mut targets, &mut labels, (w, h), &mut rng);
+                for i in 0..n {
+                    let row = &targets[i * n..(i + 1) * n];
+                    assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{kind:?}: {row:?}");
+                    // Face i's pixels average to what its target row says it is made of.
+                    let face = &inputs[i * w * h..(i + 1) * w * h];
+                    let mean = face.iter().sum::<f32>() / (w * h) as f32;
+                    let expected: f32 = row.iter().enumerate().map(|(c, t)| c as f32 * t).sum();
+                    assert!((mean - expected).abs() < 1e-4, "{kind:?}: {mean} vs {expected}");
+                    // The label is the larger share.
+                    let top = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap();
+                    assert!(row[labels[i] as usize] >= *top.1 - 1e-6, "{kind:?}: {labels:?} {row:?}");
+                    mixed_faces += usize::from(row[i] < 1.0);
+                    if kind == MixKind::CutMix {
+                        // Pixels are whole faces' values: pasted, never blended.
+                        assert!(face.iter().all(|p| p.fract() == 0.0));
+                    }
+                }
+            }
+            assert!(mixed_faces > 40, "{kind:?}: only {mixed_faces} of 120 faces mixed");
+        }
+    }
+
+    #[test]
+    fn mixing_with_probability_zero_changes_nothing() {
+        let (mut inputs, mut targets, mut labels) = batch(4, 16);
+        let before = (inputs.clone(), targets.clone(), labels.clone());
+        let mix = Mix {
+            kind: MixKind::Mixup,
+            alpha: 0.2,
+            prob: 0.0,
+        };
+        mix.apply(
+            &mut inputs,
+            &mut targets,
+            &mut labels,
+            (4, 4),
+            &mut rand::rngs::SmallRng::seed_from_u64(1),
+        );
+        assert_eq!((inputs, targets, labels), before);
     }
 }

@@ -136,8 +136,22 @@ pub fn train_epoch(
                     None => preprocess_into(&s.pixels, s.width, s.height, out),
                 }
             }
-            let labels = chunk.iter().map(|&i| samples[i].label.index() as i64).collect();
-            let targets = chunk.iter().flat_map(|&i| targets.of(&samples[i])).collect();
+            let mut labels: Vec<i64> = chunk.iter().map(|&i| samples[i].label.index() as i64).collect();
+            let mut targets: Vec<f32> = chunk.iter().flat_map(|&i| targets.of(&samples[i])).collect();
+            if let Some(mix) = augment.and_then(|a| a.mix) {
+                // A stream apart from the faces' own draws, so that mixing leaves them as they were.
+                let position = (epoch * samples.len() + b * batch_size) as u64;
+                let mut rng = SmallRng::seed_from_u64(
+                    seed.wrapping_add(position.wrapping_mul(0xD1B5_4A32_D192_ED03)) ^ 0x5851_F42D_4C95_7F2D,
+                );
+                mix.apply(
+                    &mut inputs,
+                    &mut targets,
+                    &mut labels,
+                    (INPUT.width, INPUT.height),
+                    &mut rng,
+                );
+            }
             if sender
                 .send(HostBatch {
                     inputs,

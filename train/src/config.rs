@@ -8,6 +8,7 @@ use burn::prelude::*;
 
 use crate::augment::Augment;
 use crate::dataset::DatasetSpec;
+use crate::distill::Distill;
 use crate::loss::{Negatives, TargetConfig};
 use crate::model::NetworkConfig;
 
@@ -162,6 +163,10 @@ pub struct TrainConfig {
     /// step; the run reports and ships the average (`None`: no average).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<f64>,
+    /// Distillation from runs of ours: their distribution blended into the targets
+    /// (`None`: the data set's own targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<Distill>,
 }
 
 impl TrainConfig {
@@ -200,8 +205,29 @@ impl TrainConfig {
         }
         anyhow::ensure!(self.epochs >= 1, "--epochs must be at least 1");
         anyhow::ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        if let Some(mix) = self.augment.and_then(|a| a.mix) {
+            let alpha = f64::from(mix.alpha);
+            finite("--mixup/--cutmix", alpha, alpha > 0.0, "above 0")?;
+            let prob = f64::from(mix.prob);
+            finite("--mix-prob", prob, (0.0..=1.0).contains(&prob), "0 to 1")?;
+        }
         if let Some(decay) = self.ema {
             finite("--ema", decay, decay > 0.0 && decay < 1.0, "between 0 and 1")?;
+        }
+        if let Some(distill) = &self.distill {
+            let weight = f64::from(distill.weight);
+            finite(
+                "--distill-weight",
+                weight,
+                weight > 0.0 && weight <= 1.0,
+                "above 0, at most 1",
+            )?;
+            let t = f64::from(distill.temperature);
+            finite("--distill-temperature", t, t > 0.0, "above 0")?;
+            anyhow::ensure!(
+                self.vote_labels,
+                "--teacher blends the teachers into the vote distributions: it needs --votes on"
+            );
         }
         Ok(())
     }
@@ -234,6 +260,7 @@ impl TrainConfig {
             init: None,
             posthoc_logit_adjustment: None,
             ema: None,
+            distill: None,
         }
     }
 

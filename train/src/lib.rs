@@ -4,7 +4,7 @@
 //! model inputs through `fer_protocol`'s preprocessing, [`model`] (with [`attention`]) maps them
 //! to embeddings and logits (while training, through the fused kernels of `kernels`), [`loss`]
 //! scores them, [`training`] runs the loop that a [`config`] defines (keeping an [`ema`] of the
-//! weights when asked) into a [`run`] folder, the one owner of its files; [`metrics`] and [`report`] say
+//! weights when asked, and learning from [`distill`]ed teachers of ours when given) into a [`run`] folder, the one owner of its files; [`metrics`] and [`report`] say
 //! how good the result is, and [`embedding`], [`predictions`] and [`compare`] show what the loss
 //! does and which configuration wins.
 
@@ -15,6 +15,7 @@ pub mod bench;
 pub mod compare;
 pub mod config;
 pub mod dataset;
+pub mod distill;
 pub mod ema;
 pub mod embedding;
 mod kernels;

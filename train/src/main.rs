@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fer_train::augment::{Mix, MixKind};
 use fer_train::compare;
 use fer_train::config::{Backend, TclConfig, TrainConfig};
 use fer_train::dataset::{DatasetSpec, Split};
+use fer_train::distill::Distill;
 use fer_train::loss::Negatives;
 use fer_train::model::{Backbone, NetworkConfig};
 use tracing_subscriber::EnvFilter;
@@ -326,6 +328,27 @@ struct TrainArgs {
     /// Random erasing: the probability that a training crop gets a rectangle of noise (0: off).
     #[arg(long, value_name = "P", conflicts_with = "no_augment", value_parser = probability)]
     erase: Option<f32>,
+    /// mixup: blend a training face with another of its batch in a share λ ~ Beta(ALPHA, ALPHA),
+    /// against the same blend of their targets (e.g. 0.2).
+    #[arg(long, value_name = "ALPHA", conflicts_with_all = ["no_augment", "cutmix"])]
+    mixup: Option<f32>,
+    /// CutMix: paste a box of another face of the batch covering 1 − λ of the crop,
+    /// λ ~ Beta(ALPHA, ALPHA), against targets mixed by area (e.g. 1.0).
+    #[arg(long, value_name = "ALPHA", conflicts_with = "no_augment")]
+    cutmix: Option<f32>,
+    /// The probability that a training face is mixed, with --mixup or --cutmix.
+    #[arg(long, value_name = "P", default_value_t = 0.5, value_parser = probability)]
+    mix_prob: f32,
+    /// Distil from a run folder of ours (repeat for an ensemble, whose softmaxes are averaged):
+    /// each training face's target becomes (1 − W)·votes + W·teachers.
+    #[arg(long, value_name = "RUN")]
+    teacher: Vec<PathBuf>,
+    /// The teachers' share W of each target, with --teacher.
+    #[arg(long, value_name = "W", default_value_t = 0.5, requires = "teacher")]
+    distill_weight: f32,
+    /// The temperature of the teachers' softmax (above 1: softer targets), with --teacher.
+    #[arg(long, value_name = "T", default_value_t = 1.0, requires = "teacher")]
+    distill_temperature: f32,
     /// Use only the first N images of each split.
     #[arg(long)]
     limit: Option<usize>,
@@ -390,6 +413,23 @@ impl TrainArgs {
         if let (Some(erase), Some(augment)) = (self.erase, &mut config.augment) {
             augment.erase = erase;
         }
+        if let Some(augment) = &mut config.augment {
+            let mix = |kind, alpha| Mix {
+                kind,
+                alpha,
+                prob: self.mix_prob,
+            };
+            augment.mix = match (self.mixup, self.cutmix) {
+                (Some(alpha), _) => Some(mix(MixKind::Mixup, alpha)),
+                (_, Some(alpha)) => Some(mix(MixKind::CutMix, alpha)),
+                (None, None) => None,
+            };
+        }
+        config.distill = (!self.teacher.is_empty()).then(|| Distill {
+            teachers: self.teacher.clone(),
+            weight: self.distill_weight,
+            temperature: self.distill_temperature,
+        });
         config.limit = self.limit.or(config.limit);
         config.imbalance = self.imbalance;
         config.skip_bad = self.skip_bad;

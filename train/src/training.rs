@@ -186,7 +186,11 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
     let device = config.backend.device()?.autodiff();
     device.seed(config.seed);
 
-    let train_samples = Arc::new(load_split(config, &config.data, Split::Train)?);
+    let mut train_samples = load_split(config, &config.data, Split::Train)?;
+    if let Some(distill) = &config.distill {
+        distill.blend_into(&mut train_samples, &config.backend.device()?)?;
+    }
+    let train_samples = Arc::new(train_samples);
     let valid_samples = load_split(config, config.valid_spec(), Split::Valid)?;
     if train_samples.len() < config.batch_size {
         bail!(

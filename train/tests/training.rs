@@ -7,8 +7,10 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use fer_protocol::Expression;
+use fer_train::augment::{Mix, MixKind};
 use fer_train::config::TrainConfig;
 use fer_train::dataset::{DatasetSpec, LoadOptions, Split, write_synthetic};
+use fer_train::distill::Distill;
 use fer_train::loss::{Negatives, triplet_center_loss};
 use fer_train::model::{ExpressionNet, NetworkConfig};
 use fer_train::predictions::Predictions;
@@ -280,6 +282,76 @@ fn posthoc_logit_adjustment_shifts_logits_by_the_log_prior() {
 }
 
 #[test]
+fn a_student_learns_from_its_teachers_distribution_with_mixed_faces() {
+    let _turn = one_at_a_time();
+    let data = tempfile::tempdir().unwrap();
+    fixture(data.path(), 4);
+    let runs = tempfile::tempdir().unwrap();
+    let teacher = runs.path().join("teacher");
+    let config = smoke_config(data.path());
+    training::train(&config, &Run::at(&teacher), false).unwrap();
+
+    // At weight 1 a face's target is the teacher's softmax; at 0.5, halfway from its label.
+    let samples = |w| {
+        let mut samples = training::load_split(&config, &config.data, Split::Train).unwrap();
+        let distill = Distill {
+            teachers: vec![teacher.clone()],
+            weight: w,
+            temperature: 1.0,
+        };
+        distill.blend_into(&mut samples, &Device::flex()).unwrap();
+        samples
+    };
+    let (taught, halfway) = (samples(1.0), samples(0.5));
+    let (model, _) = Run::at(&teacher).load_model(&Device::flex()).unwrap();
+    let rows = training::logits(&model, &taught[..1], &Device::flex());
+    let exp = rows[0].map(f32::exp);
+    let softmax = exp.map(|e| e / exp.iter().sum::<f32>());
+    let votes = taught[0].votes.unwrap();
+    assert!(
+        votes.iter().zip(softmax).all(|(v, p)| (v - p).abs() < 1e-5),
+        "{votes:?} vs {softmax:?}"
+    );
+    let label = halfway[0].label.index();
+    let half = halfway[0].votes.unwrap()[label];
+    assert!((half - (0.5 + 0.5 * votes[label])).abs() < 1e-5, "{half}");
+
+    // A student with a teacher and mixed faces trains and records both, so a resume repeats them.
+    let mut student = config.clone();
+    student.distill = Some(Distill {
+        teachers: vec![teacher.clone()],
+        weight: 0.5,
+        temperature: 2.0,
+    });
+    for kind in [MixKind::Mixup, MixKind::CutMix] {
+        let augment = student.augment.as_mut().unwrap();
+        augment.mix = Some(Mix {
+            kind,
+            alpha: 1.0,
+            prob: 1.0,
+        });
+        let run = runs.path().join(format!("{kind:?}"));
+        training::train(&student, &Run::at(&run), false).unwrap();
+        assert_eq!(Run::at(&run).config().unwrap(), student);
+    }
+    let missing = TrainConfig {
+        distill: Some(Distill {
+            teachers: vec![runs.path().join("nobody")],
+            weight: 0.5,
+            temperature: 1.0,
+        }),
+        ..config.clone()
+    };
+    let error = format!(
+        "{:#}",
+        training::train(&missing, &Run::at(runs.path().join("x")), false)
+            .err()
+            .unwrap()
+    );
+    assert!(error.contains("teacher") && error.contains("nobody"), "{error}");
+}
+
+#[test]
 fn settings_that_cannot_train_and_folders_that_hold_a_run_are_refused() {
     let _turn = one_at_a_time();
     let data = tempfile::tempdir().unwrap();
@@ -310,6 +382,23 @@ fn settings_that_cannot_train_and_folders_that_hold_a_run_are_refused() {
     let mut dropout = config.clone();
     dropout.network.dropout = 2.0;
     assert!(refused(dropout).contains("--dropout 2"));
+    let mut mix = config.clone();
+    mix.augment.as_mut().unwrap().mix = Some(Mix {
+        kind: MixKind::Mixup,
+        alpha: 0.0,
+        prob: 0.5,
+    });
+    assert!(refused(mix).contains("--mixup/--cutmix 0"));
+    let hard_labels = TrainConfig {
+        vote_labels: false,
+        distill: Some(Distill {
+            teachers: vec!["teacher".into()],
+            weight: 0.5,
+            temperature: 1.0,
+        }),
+        ..config.clone()
+    };
+    assert!(refused(hard_labels).contains("--votes on"));
     let runs = tempfile::tempdir().unwrap();
     let run = runs.path().join("run");
     training::train(&config, &Run::at(&run), false).unwrap();
