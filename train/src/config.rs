@@ -8,7 +8,6 @@ use burn::prelude::*;
 
 use crate::augment::Augment;
 use crate::dataset::DatasetSpec;
-use crate::distill::Distill;
 use crate::loss::{Negatives, TargetConfig};
 use crate::model::NetworkConfig;
 
@@ -105,6 +104,18 @@ impl Default for TclConfig {
             margin: 1.0,
         }
     }
+}
+
+/// Teachers (run folders of ours) and how much of each target they make
+/// ([`crate::distill::blend_teachers`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Distill {
+    /// Run folders whose reported weights teach; their softmaxes are averaged.
+    pub teachers: Vec<PathBuf>,
+    /// Share w of the teachers in the target: `(1 − w)·votes + w·teachers`.
+    pub weight: f32,
+    /// Temperature T of the teachers' softmax (above 1: softer distributions).
+    pub temperature: f32,
 }
 
 /// Everything that defines a training run; saved as `config.json`.

@@ -6,68 +6,46 @@
 //! the augmentation here (small rotations, shifts, flips) keeps the face's expression, so the
 //! clean face's distribution is a fair target for its views.
 
-use std::path::PathBuf;
-
-use anyhow::{Context, Result};
-use burn::prelude::*;
 use fer_protocol::Expression;
 use tracing::info;
 
+use crate::config::Distill;
 use crate::dataset::Sample;
-use crate::run::Run;
-use crate::training::logits;
 
 const K: usize = Expression::COUNT;
 
-/// Teachers (run folders of ours) and how much of each target they make.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Distill {
-    /// Run folders whose reported weights teach; their softmaxes are averaged.
-    pub teachers: Vec<PathBuf>,
-    /// Share w of the teachers in the target: `(1 − w)·votes + w·teachers`.
-    pub weight: f32,
-    /// Temperature T of the teachers' softmax (above 1: softer distributions).
-    pub temperature: f32,
-}
-
-impl Distill {
-    /// Replaces each sample's votes (or one-hot label, where it has no votes) with its blend with
-    /// the teachers' distribution on the face, and logs how often the teachers agree with the labels.
-    pub fn blend_into(&self, samples: &mut [Sample], device: &Device) -> Result<()> {
-        let mut taught = vec![[0.0f32; K]; samples.len()];
-        for teacher in &self.teachers {
-            let (model, _) = Run::at(teacher)
-                .load_model(device)
-                .with_context(|| format!("teacher {}", teacher.display()))?;
-            let rows = logits(&model, samples, device);
-            let agree = rows
-                .iter()
-                .zip(samples.iter())
-                .filter(|(row, s)| argmax(row) == s.label.index())
-                .count();
-            info!(
-                "teacher {}: agrees with {:.2} % of the {} training labels",
-                teacher.display(),
-                100.0 * agree as f64 / samples.len().max(1) as f64,
-                samples.len()
-            );
-            for (sum, row) in taught.iter_mut().zip(&rows) {
-                for (s, p) in sum.iter_mut().zip(softmax(row, self.temperature)) {
-                    *s += p / self.teachers.len() as f32;
-                }
+/// Replaces each sample's votes (or one-hot label, where it has no votes) with its blend with the
+/// teachers' distribution on the face; `teachers` holds each teacher's logits, one row per sample.
+/// Logs how often each teacher agrees with the labels.
+pub fn blend_teachers(distill: &Distill, teachers: &[Vec<[f32; K]>], samples: &mut [Sample]) {
+    let mut taught = vec![[0.0f32; K]; samples.len()];
+    for (name, rows) in distill.teachers.iter().zip(teachers) {
+        let agree = rows
+            .iter()
+            .zip(samples.iter())
+            .filter(|(row, s)| argmax(row) == s.label.index())
+            .count();
+        info!(
+            "teacher {}: agrees with {:.2} % of the {} training labels",
+            name.display(),
+            100.0 * agree as f64 / samples.len().max(1) as f64,
+            samples.len()
+        );
+        for (sum, row) in taught.iter_mut().zip(rows) {
+            for (s, p) in sum.iter_mut().zip(softmax(row, distill.temperature)) {
+                *s += p / teachers.len() as f32;
             }
         }
-        for (sample, teacher) in samples.iter_mut().zip(&taught) {
-            let own = sample.votes.unwrap_or_else(|| {
-                let mut one_hot = [0.0; K];
-                one_hot[sample.label.index()] = 1.0;
-                one_hot
-            });
-            sample.votes = Some(std::array::from_fn(|k| {
-                (1.0 - self.weight) * own[k] + self.weight * teacher[k]
-            }));
-        }
-        Ok(())
+    }
+    for (sample, teacher) in samples.iter_mut().zip(&taught) {
+        let own = sample.votes.unwrap_or_else(|| {
+            let mut one_hot = [0.0; K];
+            one_hot[sample.label.index()] = 1.0;
+            one_hot
+        });
+        sample.votes = Some(std::array::from_fn(|k| {
+            (1.0 - distill.weight) * own[k] + distill.weight * teacher[k]
+        }));
     }
 }
 

@@ -16,6 +16,7 @@ use tracing::info;
 use crate::batch::{HostBatch, eval_batch, train_epoch};
 use crate::config::{TclConfig, TrainConfig};
 use crate::dataset::{ClassCounts, DatasetSpec, LoadOptions, Sample, Split, long_tail};
+use crate::distill::blend_teachers;
 use crate::ema::Ema;
 use crate::loss::{Targets, cross_entropy, logit_adjustment, triplet_center_loss};
 use crate::metrics::Metrics;
@@ -188,7 +189,18 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
 
     let mut train_samples = load_split(config, &config.data, Split::Train)?;
     if let Some(distill) = &config.distill {
-        distill.blend_into(&mut train_samples, &config.backend.device()?)?;
+        let device = config.backend.device()?;
+        let teachers = distill
+            .teachers
+            .iter()
+            .map(|teacher| {
+                let (model, _) = Run::at(teacher)
+                    .load_model(&device)
+                    .with_context(|| format!("teacher {}", teacher.display()))?;
+                Ok(logits(&model, &train_samples, &device))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        blend_teachers(distill, &teachers, &mut train_samples);
     }
     let train_samples = Arc::new(train_samples);
     let valid_samples = load_split(config, config.valid_spec(), Split::Valid)?;

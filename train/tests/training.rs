@@ -8,9 +8,9 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use fer_protocol::Expression;
 use fer_train::augment::{Mix, MixKind};
-use fer_train::config::TrainConfig;
+use fer_train::config::{Distill, TrainConfig};
 use fer_train::dataset::{DatasetSpec, LoadOptions, Split, write_synthetic};
-use fer_train::distill::Distill;
+use fer_train::distill::blend_teachers;
 use fer_train::loss::{Negatives, triplet_center_loss};
 use fer_train::model::{ExpressionNet, NetworkConfig};
 use fer_train::predictions::Predictions;
@@ -299,7 +299,9 @@ fn a_student_learns_from_its_teachers_distribution_with_mixed_faces() {
             weight: w,
             temperature: 1.0,
         };
-        distill.blend_into(&mut samples, &Device::flex()).unwrap();
+        let (model, _) = Run::at(&teacher).load_model(&Device::flex()).unwrap();
+        let logits = training::logits(&model, &samples, &Device::flex());
+        blend_teachers(&distill, &[logits], &mut samples);
         samples
     };
     let (taught, halfway) = (samples(1.0), samples(0.5));
