@@ -6,7 +6,7 @@
 //! the augmentation here (small rotations, shifts, flips) keeps the face's expression, so the
 //! clean face's distribution is a fair target for its views.
 
-use fer_protocol::Expression;
+use fer_protocol::{Expression, scores};
 use tracing::info;
 
 use crate::config::Distill;
@@ -23,7 +23,7 @@ pub fn blend_teachers(distill: &Distill, teachers: &[Vec<[f32; K]>], samples: &m
         let agree = rows
             .iter()
             .zip(samples.iter())
-            .filter(|(row, s)| argmax(row) == s.label.index())
+            .filter(|(row, s)| scores::argmax(*row) == s.label.index())
             .count();
         info!(
             "teacher {}: agrees with {:.2} % of the {} training labels",
@@ -49,16 +49,11 @@ pub fn blend_teachers(distill: &Distill, teachers: &[Vec<[f32; K]>], samples: &m
     }
 }
 
-/// `softmax(z / t)`.
+/// `softmax(z / t)`, through the one softmax training, export and device share.
 fn softmax(z: &[f32; K], t: f32) -> [f32; K] {
-    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e = z.map(|z| ((z - max) / t).exp());
-    let sum: f32 = e.iter().sum();
-    e.map(|e| e / sum)
-}
-
-fn argmax(z: &[f32; K]) -> usize {
-    (0..K).max_by(|&a, &b| z[a].total_cmp(&z[b])).unwrap_or(0)
+    let mut p = [0.0; K];
+    scores::softmax(&z.map(|z| z / t), &mut p);
+    p
 }
 
 #[cfg(test)]
@@ -71,7 +66,7 @@ mod tests {
         let (sharp, soft) = (softmax(&z, 1.0), softmax(&z, 4.0));
         for p in [sharp, soft] {
             assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-            assert_eq!(argmax(&p), 0);
+            assert_eq!(scores::argmax(&p), 0);
         }
         assert!(soft[0] < sharp[0] && soft[6] > sharp[6]);
     }
