@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use fer_firmware::classify::Classifier;
 use fer_firmware::detect::{DetectOptions, Detector};
 use fer_firmware::golden;
+use fer_protocol::Expression;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -105,7 +106,10 @@ fn faces_are_found_where_they_were_pasted_and_nowhere_else() {
 #[test]
 fn the_sensor_reports_each_sample_as_the_model_sees_the_original_crop() {
     // The expected expression of each sample is what the f32 model says on the original 48x48
-    // crop (the golden vectors), when it is sure of it (> 0.5): the camera path must agree.
+    // crop (the golden vectors). Where the model is sure of it (> 0.5) the camera path must give
+    // the same; where it is not (the first face of a class in FER+ valid may split its
+    // annotators' votes too), resampling the face may tip it between the crop's two most probable
+    // expressions, so the reading must be one of those two or `uncertain`.
     let golden = golden::parse(&std::fs::read(root().join("models/fer.golden.json")).unwrap()).unwrap();
     let mut classifier = Classifier::load(&root().join(F32)).unwrap();
     // Held for 6 frames: the last scene has no face, and "no face" comes once the track has been
@@ -114,18 +118,28 @@ fn the_sensor_reports_each_sample_as_the_model_sees_the_original_crop() {
     assert!(out.status.success(), "{}", stderr(&out));
     let events = events(&out);
     assert_eq!(events.len(), 60);
-    let mut checked = 0;
-    for sample in samples().iter().filter(|s| s.faces.len() == 1) {
+    let single: Vec<_> = samples().into_iter().filter(|s| s.faces.len() == 1).collect();
+    assert_eq!(single.len(), 8, "one sample per expression and a second neutral one");
+    for sample in &single {
         let case = golden.cases.iter().find(|c| c.name == sample.faces[0].case).unwrap();
-        let (expression, p) = classifier.classify(&golden::preprocess(case).unwrap()).unwrap().top();
+        let crop = classifier.classify(&golden::preprocess(case).unwrap()).unwrap();
+        let (expression, p) = crop.top();
         // The reading after the sample has been in view for 6 frames.
-        let last = events.iter().rfind(|(source, _)| *source == sample.file).unwrap();
+        let last = &events.iter().rfind(|(source, _)| *source == sample.file).unwrap().1;
         if p > 0.5 {
-            assert_eq!(last.1, expression.name(), "{}", sample.file);
-            checked += 1;
+            assert_eq!(last, expression.name(), "{}", sample.file);
+        } else {
+            let mut ranked = Expression::ALL;
+            ranked.sort_by(|a, b| crop.probabilities[*b as usize].total_cmp(&crop.probabilities[*a as usize]));
+            let allowed = [ranked[0].name(), ranked[1].name(), "uncertain"];
+            assert!(
+                allowed.contains(&last.as_str()),
+                "{}: read {last}, the crop gives {:?}",
+                sample.file,
+                crop.probabilities
+            );
         }
     }
-    assert!(checked >= 6, "only {checked} confident samples");
     assert_eq!(
         events.last().unwrap(),
         &("10-no-face.png".to_string(), "no_face".to_string())
