@@ -116,6 +116,10 @@ pub struct Distill {
     pub weight: f32,
     /// Temperature T of the teachers' softmax (above 1: softer distributions).
     pub temperature: f32,
+    /// Whether each teacher also sees each face mirrored, its two softmaxes averaged (test-time
+    /// flip averaging, as the sensor's `classify.flip`): a stronger teacher at no cost per step.
+    #[serde(default)]
+    pub flip: bool,
 }
 
 /// Everything that defines a training run; saved as `config.json`.

@@ -1,8 +1,8 @@
 //! Distillation from our own trained runs: the teachers' averaged softmax on each training face,
 //! blended into the face's target distribution before training starts.
 //!
-//! The teachers see each face once, as loaded (no augmentation), rather than every augmented
-//! view: their distributions are computed in seconds and a step costs what it always did, and
+//! The teachers see each face once, as loaded (and mirrored, with flip averaging), rather than
+//! every augmented view: their distributions are computed in seconds and a step costs what it always did, and
 //! the augmentation here (small rotations, shifts, flips) keeps the face's expression, so the
 //! clean face's distribution is a fair target for its views.
 
@@ -14,9 +14,38 @@ use crate::dataset::Sample;
 
 const K: usize = Expression::COUNT;
 
+/// One teacher's distribution on each face at temperature `t`: its softmax of `logits`, or with
+/// `mirrored` (its logits on the mirrored faces) the mean of both softmaxes, as the sensor's flip
+/// averaging computes it.
+pub fn teacher_distribution(logits: &[[f32; K]], mirrored: Option<&[[f32; K]]>, t: f32) -> Vec<[f32; K]> {
+    let cool = |z: &[f32; K]| z.map(|z| z / t);
+    match mirrored {
+        None => logits
+            .iter()
+            .map(|z| {
+                let mut p = [0.0; K];
+                scores::softmax(&cool(z), &mut p);
+                p
+            })
+            .collect(),
+        Some(mirrored) => {
+            assert_eq!(logits.len(), mirrored.len(), "one mirrored row per face");
+            logits
+                .iter()
+                .zip(mirrored)
+                .map(|(z, m)| {
+                    let mut p = [0.0; K];
+                    scores::flip_averaged(&cool(z), &cool(m), &mut p);
+                    p
+                })
+                .collect()
+        }
+    }
+}
+
 /// Replaces each sample's votes (or one-hot label, where it has no votes) with its blend with the
-/// teachers' distribution on the face; `teachers` holds each teacher's logits, one row per sample.
-/// Logs how often each teacher agrees with the labels.
+/// teachers' mean distribution on the face; `teachers` holds each teacher's
+/// [`teacher_distribution`], one row per sample. Logs how often each teacher agrees with the labels.
 pub fn blend_teachers(distill: &Distill, teachers: &[Vec<[f32; K]>], samples: &mut [Sample]) {
     let mut taught = vec![[0.0f32; K]; samples.len()];
     for (name, rows) in distill.teachers.iter().zip(teachers) {
@@ -32,7 +61,7 @@ pub fn blend_teachers(distill: &Distill, teachers: &[Vec<[f32; K]>], samples: &m
             samples.len()
         );
         for (sum, row) in taught.iter_mut().zip(rows) {
-            for (s, p) in sum.iter_mut().zip(softmax(row, distill.temperature)) {
+            for (s, p) in sum.iter_mut().zip(row) {
                 *s += p / teachers.len() as f32;
             }
         }
@@ -49,13 +78,6 @@ pub fn blend_teachers(distill: &Distill, teachers: &[Vec<[f32; K]>], samples: &m
     }
 }
 
-/// `softmax(z / t)`, through the one softmax training, export and device share.
-fn softmax(z: &[f32; K], t: f32) -> [f32; K] {
-    let mut p = [0.0; K];
-    scores::softmax(&z.map(|z| z / t), &mut p);
-    p
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,11 +85,30 @@ mod tests {
     #[test]
     fn temperature_softens_and_keeps_the_order() {
         let z = [3.0, 1.0, 0.0, -1.0, 0.5, 2.0, -2.0];
-        let (sharp, soft) = (softmax(&z, 1.0), softmax(&z, 4.0));
+        let (sharp, soft) = (
+            teacher_distribution(&[z], None, 1.0)[0],
+            teacher_distribution(&[z], None, 4.0)[0],
+        );
         for p in [sharp, soft] {
             assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
             assert_eq!(scores::argmax(&p), 0);
         }
         assert!(soft[0] < sharp[0] && soft[6] > sharp[6]);
+    }
+
+    #[test]
+    fn a_flipped_teacher_is_the_mean_of_both_views() {
+        let z = [3.0, 1.0, 0.0, -1.0, 0.5, 2.0, -2.0];
+        let m = [0.0, 2.5, 0.0, 1.0, 0.5, -2.0, 0.0];
+        for t in [1.0, 2.0] {
+            let (one, other) = (
+                teacher_distribution(&[z], None, t)[0],
+                teacher_distribution(&[m], None, t)[0],
+            );
+            let both = teacher_distribution(&[z], Some(&[m]), t)[0];
+            for k in 0..K {
+                assert!((both[k] - (one[k] + other[k]) / 2.0).abs() < 1e-6, "{both:?}");
+            }
+        }
     }
 }

@@ -348,6 +348,10 @@ struct TrainArgs {
     /// The temperature of the teachers' softmax (above 1: softer targets), with --teacher.
     #[arg(long, value_name = "T", default_value_t = 1.0, requires = "teacher")]
     distill_temperature: f32,
+    /// Each teacher also sees each face mirrored and its two softmaxes are averaged (test-time
+    /// flip averaging, as the sensor's classify.flip does), with --teacher.
+    #[arg(long, requires = "teacher")]
+    distill_flip: bool,
     /// Use only the first N images of each split.
     #[arg(long)]
     limit: Option<usize>,
@@ -428,6 +432,7 @@ impl TrainArgs {
             teachers: self.teacher.clone(),
             weight: self.distill_weight,
             temperature: self.distill_temperature,
+            flip: self.distill_flip,
         });
         config.limit = self.limit.or(config.limit);
         config.imbalance = self.imbalance;

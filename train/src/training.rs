@@ -13,10 +13,10 @@ use fer_protocol::Expression;
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::info;
 
-use crate::batch::{HostBatch, eval_batch, train_epoch};
+use crate::batch::{HostBatch, eval_batch, mirrored_eval_batch, train_epoch};
 use crate::config::{TclConfig, TrainConfig};
 use crate::dataset::{ClassCounts, DatasetSpec, LoadOptions, Sample, Split, long_tail};
-use crate::distill::blend_teachers;
+use crate::distill::{blend_teachers, teacher_distribution};
 use crate::ema::Ema;
 use crate::loss::{Targets, cross_entropy, logit_adjustment, triplet_center_loss};
 use crate::metrics::Metrics;
@@ -44,10 +44,24 @@ pub fn evaluate(model: &ExpressionNet, samples: &[Sample], device: &Device) -> M
 
 /// The logits of samples (no augmentation, inference mode), one row per sample.
 pub fn logits(model: &ExpressionNet, samples: &[Sample], device: &Device) -> Vec<[f32; Expression::COUNT]> {
+    logits_of(model, samples, device, eval_batch)
+}
+
+/// The logits of the samples' mirror images ([`mirrored_eval_batch`]), one row per sample.
+pub fn mirrored_logits(model: &ExpressionNet, samples: &[Sample], device: &Device) -> Vec<[f32; Expression::COUNT]> {
+    logits_of(model, samples, device, mirrored_eval_batch)
+}
+
+fn logits_of(
+    model: &ExpressionNet,
+    samples: &[Sample],
+    device: &Device,
+    batch: fn(&[Sample]) -> HostBatch,
+) -> Vec<[f32; Expression::COUNT]> {
     let model = model.valid();
     let mut rows = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(256) {
-        let (inputs, _) = eval_batch(chunk).to_tensors(device);
+        let (inputs, _) = batch(chunk).to_tensors(device);
         let values = model
             .forward(inputs)
             .logits
@@ -197,7 +211,9 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
                 let (model, _) = Run::at(teacher)
                     .load_model(&device)
                     .with_context(|| format!("teacher {}", teacher.display()))?;
-                Ok(logits(&model, &train_samples, &device))
+                let rows = logits(&model, &train_samples, &device);
+                let mirrored = distill.flip.then(|| mirrored_logits(&model, &train_samples, &device));
+                Ok(teacher_distribution(&rows, mirrored.as_deref(), distill.temperature))
             })
             .collect::<Result<Vec<_>>>()?;
         blend_teachers(distill, &teachers, &mut train_samples);

@@ -10,7 +10,7 @@ use fer_protocol::Expression;
 use fer_train::augment::{Mix, MixKind};
 use fer_train::config::{Distill, TrainConfig};
 use fer_train::dataset::{DatasetSpec, LoadOptions, Split, write_synthetic};
-use fer_train::distill::blend_teachers;
+use fer_train::distill::{blend_teachers, teacher_distribution};
 use fer_train::loss::{Negatives, triplet_center_loss};
 use fer_train::model::{ExpressionNet, NetworkConfig};
 use fer_train::predictions::Predictions;
@@ -292,27 +292,44 @@ fn a_student_learns_from_its_teachers_distribution_with_mixed_faces() {
     training::train(&config, &Run::at(&teacher), false).unwrap();
 
     // At weight 1 a face's target is the teacher's softmax; at 0.5, halfway from its label.
-    let samples = |w| {
+    let samples = |w, flip| {
         let mut samples = training::load_split(&config, &config.data, Split::Train).unwrap();
         let distill = Distill {
             teachers: vec![teacher.clone()],
             weight: w,
             temperature: 1.0,
+            flip,
         };
         let (model, _) = Run::at(&teacher).load_model(&Device::flex()).unwrap();
         let logits = training::logits(&model, &samples, &Device::flex());
-        blend_teachers(&distill, &[logits], &mut samples);
+        let mirrored = flip.then(|| training::mirrored_logits(&model, &samples, &Device::flex()));
+        let taught = teacher_distribution(&logits, mirrored.as_deref(), 1.0);
+        blend_teachers(&distill, &[taught], &mut samples);
         samples
     };
-    let (taught, halfway) = (samples(1.0), samples(0.5));
+    let (taught, halfway, flipped) = (samples(1.0, false), samples(0.5, false), samples(1.0, true));
     let (model, _) = Run::at(&teacher).load_model(&Device::flex()).unwrap();
-    let rows = training::logits(&model, &taught[..1], &Device::flex());
-    let exp = rows[0].map(f32::exp);
-    let softmax = exp.map(|e| e / exp.iter().sum::<f32>());
+    let softmax = |rows: Vec<[f32; 7]>| {
+        let exp = rows[0].map(f32::exp);
+        exp.map(|e| e / exp.iter().sum::<f32>())
+    };
+    let plain = softmax(training::logits(&model, &taught[..1], &Device::flex()));
     let votes = taught[0].votes.unwrap();
     assert!(
-        votes.iter().zip(softmax).all(|(v, p)| (v - p).abs() < 1e-5),
-        "{votes:?} vs {softmax:?}"
+        votes.iter().zip(plain).all(|(v, p)| (v - p).abs() < 1e-5),
+        "{votes:?} vs {plain:?}"
+    );
+    // With flip, the target is the mean of the teacher's softmax on the face and on its mirror
+    // image, whose pixels are the face's rows reversed.
+    let mut mirror = taught[0].clone();
+    for row in mirror.pixels.chunks_exact_mut(mirror.width) {
+        row.reverse();
+    }
+    let mirrored = softmax(training::logits(&model, &[mirror], &Device::flex()));
+    let both = flipped[0].votes.unwrap();
+    assert!(
+        (0..7).all(|k| (both[k] - (plain[k] + mirrored[k]) / 2.0).abs() < 1e-5),
+        "{both:?} vs {plain:?} and {mirrored:?}"
     );
     let label = halfway[0].label.index();
     let half = halfway[0].votes.unwrap()[label];
@@ -324,6 +341,7 @@ fn a_student_learns_from_its_teachers_distribution_with_mixed_faces() {
         teachers: vec![teacher.clone()],
         weight: 0.5,
         temperature: 2.0,
+        flip: true,
     });
     for kind in [MixKind::Mixup, MixKind::CutMix] {
         let augment = student.augment.as_mut().unwrap();
@@ -341,6 +359,7 @@ fn a_student_learns_from_its_teachers_distribution_with_mixed_faces() {
             teachers: vec![runs.path().join("nobody")],
             weight: 0.5,
             temperature: 1.0,
+            flip: false,
         }),
         ..config.clone()
     };
@@ -397,6 +416,7 @@ fn settings_that_cannot_train_and_folders_that_hold_a_run_are_refused() {
             teachers: vec!["teacher".into()],
             weight: 0.5,
             temperature: 1.0,
+            flip: false,
         }),
         ..config.clone()
     };
