@@ -343,6 +343,22 @@ mod tests {
     }
 
     #[test]
+    fn rewriting_the_records_keeps_every_float_to_its_last_digit() {
+        // Each sitting of a resumed run reads metrics.jsonl and writes it back whole; a float that
+        // does not survive that (this learning rate lost its last digit) would change the record
+        // of epochs trained long ago.
+        let dir = tempfile::tempdir().unwrap();
+        let run = Run::at(dir.path());
+        let line = r#"{"epoch":15,"lr":0.0019324967433435362,"train_loss":0.6041591925149099,"train_ce":0.5928979486150423,"train_tcl":1.12612446882118,"train_accuracy":0.8347124035989717,"images_per_second":3.413507961970754,"seconds":7303.611209874,"valid":{"count":3175,"accuracy":0.8544881889763779,"mean_class_accuracy":0.701900207044952,"macro_f1":0.7376528965203979,"per_class_recall":[0.8953771289537713,0.5,0.28,0.95707656612529,0.6149425287356322,0.7820069204152249,0.8838983050847458],"confusion":[[368,9,0,7,1,7,19],[16,30,0,2,2,1,9],[0,0,7,0,2,10,6],[8,0,0,825,4,3,22],[4,2,0,17,214,5,106],[16,3,1,12,5,226,26],[20,0,0,48,57,12,1043]]}}"#;
+        std::fs::write(run.file(files::METRICS), format!("{line}\n")).unwrap();
+        run.write_records(&run.records().unwrap()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(run.file(files::METRICS)).unwrap(),
+            format!("{line}\n")
+        );
+    }
+
+    #[test]
     fn a_checkpoint_cut_short_is_rolled_forward_once_committed_and_discarded_if_not() {
         let dir = tempfile::tempdir().unwrap();
         let run = Run::at(dir.path());
