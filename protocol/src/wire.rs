@@ -13,7 +13,9 @@
 //! ```
 //!
 //! A fixed size and a CRC over everything but the start byte let a receiver resynchronise on its
-//! own: a start byte inside the payload fails the CRC and the decoder moves one byte on.
+//! own: a start byte inside the payload fails the CRC and the decoder moves one byte on. The CRC's
+//! 16 bits bound that: nine bytes that are not a frame pass it 1 time in 65,536, and are taken for
+//! a frame when they also decode.
 
 use crc::{CRC_16_IBM_3740, Crc};
 
@@ -164,20 +166,28 @@ impl Decoder {
         }
         let mut bytes = [0; FRAME_LEN];
         bytes.copy_from_slice(&self.buffer);
-        match Frame::decode(&bytes) {
-            Err(FrameError::Crc) => {
-                // Not a frame after all: rescan from the next start byte inside it.
-                let next = bytes[1..].iter().position(|&b| b == START).map_or(FRAME_LEN, |i| i + 1);
-                self.skipped += next as u32;
-                self.buffer.clear();
-                let _ = self.buffer.extend_from_slice(&bytes[next..]);
-                None
-            }
-            result => {
+        let next = bytes[1..].iter().position(|&b| b == START).map(|i| i + 1);
+        match (Frame::decode(&bytes), next) {
+            // Not a frame after all: rescan from the next start byte inside it.
+            (Err(FrameError::Crc), _) => self.rescan(&bytes, next.unwrap_or(FRAME_LEN)),
+            // The CRC passed but the frame does not decode, and a start byte inside may begin the
+            // real frame: a cut-off frame followed by a whole one passes the CRC by chance 1 in
+            // 65,536 times, and reporting it would swallow the whole one. A frame of an unknown
+            // version or reading is still reported whenever it holds no other start byte.
+            (Err(FrameError::Version(_) | FrameError::Reading(_)), Some(next)) => self.rescan(&bytes, next),
+            (result, _) => {
                 self.buffer.clear();
                 Some(result)
             }
         }
+    }
+
+    /// Drops the bytes before `next` and keeps the rest to scan again; never returns a frame.
+    fn rescan(&mut self, bytes: &[u8; FRAME_LEN], next: usize) -> Option<Result<Frame, FrameError>> {
+        self.skipped += next as u32;
+        self.buffer.clear();
+        let _ = self.buffer.extend_from_slice(&bytes[next..]);
+        None
     }
 }
 
@@ -259,5 +269,43 @@ mod tests {
         }
         assert_eq!(found.as_slice(), &[a, b]);
         assert!(decoder.skipped >= 4, "skipped {}", decoder.skipped);
+    }
+
+    fn decode_all(stream: &[u8]) -> heapless::Vec<Result<Frame, FrameError>, 4> {
+        let mut decoder = Decoder::new();
+        stream.iter().filter_map(|&b| decoder.push(b)).collect()
+    }
+
+    #[test]
+    fn a_cut_off_start_byte_that_passes_the_crc_does_not_swallow_the_frame_after_it() {
+        // A lone start byte and the first eight bytes of this frame pass the CRC by chance
+        // (A5 A5 01 FD 11 03 54 D2 9B): the window decodes to version 0xA5, and the real frame
+        // starts at its second byte.
+        let whole = Frame {
+            sequence: 4605,
+            reading: Reading::Expression(Expression::Happiness),
+            confidence: 84,
+            faces: 210,
+        };
+        let mut window = [START; FRAME_LEN];
+        window[1..].copy_from_slice(&whole.encode()[..8]);
+        assert_eq!(Frame::decode(&window), Err(FrameError::Version(START)));
+        let mut stream = heapless::Vec::<u8, 16>::new();
+        stream.push(START).unwrap();
+        stream.extend_from_slice(&whole.encode()).unwrap();
+        assert_eq!(decode_all(&stream).as_slice(), &[Ok(whole)]);
+    }
+
+    #[test]
+    fn a_frame_of_an_unknown_version_is_reported() {
+        let mut future = frame(7, Reading::NoFace).encode();
+        future[1] = 2;
+        let [c0, c1] = CRC.checksum(&future[1..7]).to_le_bytes();
+        (future[7], future[8]) = (c0, c1);
+        assert!(
+            !future[1..].contains(&START),
+            "no start byte inside, so nothing to rescan"
+        );
+        assert_eq!(decode_all(&future).as_slice(), &[Err(FrameError::Version(2))]);
     }
 }

@@ -40,11 +40,18 @@ proptest! {
         prop_assert_eq!(received, sent);
     }
 
-    /// Truncated frames followed by whole ones: the whole ones still decode.
+    /// Truncated frames followed by whole ones: the whole ones still decode. Left out: a cut-off
+    /// frame whose first nine bytes with the next frame's pass the CRC (1 in 65,536) and decode,
+    /// which no decoder without lookahead can tell from a real frame; one that passes the CRC but
+    /// does not decode stays in.
     #[test]
     fn truncated_frames_do_not_swallow_the_next(sent in frames(), cut in 1usize..8) {
         let mut stream = Vec::new();
         for frame in &sent {
+            let mut window = [0; FRAME_LEN];
+            window[..cut].copy_from_slice(&frame.encode()[..cut]);
+            window[cut..].copy_from_slice(&frame.encode()[..FRAME_LEN - cut]);
+            prop_assume!(Frame::decode(&window).is_err());
             stream.extend_from_slice(&frame.encode()[..cut]);
             stream.extend_from_slice(&frame.encode());
         }
