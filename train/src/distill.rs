@@ -2,9 +2,9 @@
 //! blended into the face's target distribution before training starts.
 //!
 //! The teachers see each face once, as loaded (and mirrored, with flip averaging), rather than
-//! every augmented view: their distributions are computed in seconds and a step costs what it always did, and
-//! the augmentation here (small rotations, shifts, flips) keeps the face's expression, so the
-//! clean face's distribution is a fair target for its views.
+//! every augmented view: their distributions are computed in seconds and a step costs what it
+//! always did, and the augmentation here (small rotations, shifts, flips) keeps the face's
+//! expression, so the clean face's distribution is a fair target for its views.
 
 use fer_protocol::{Expression, scores};
 use tracing::info;
@@ -18,29 +18,22 @@ const K: usize = Expression::COUNT;
 /// `mirrored` (its logits on the mirrored faces) the mean of both softmaxes, as the sensor's flip
 /// averaging computes it.
 pub fn teacher_distribution(logits: &[[f32; K]], mirrored: Option<&[[f32; K]]>, t: f32) -> Vec<[f32; K]> {
-    let cool = |z: &[f32; K]| z.map(|z| z / t);
-    match mirrored {
-        None => logits
-            .iter()
-            .map(|z| {
-                let mut p = [0.0; K];
-                scores::softmax(&cool(z), &mut p);
-                p
-            })
-            .collect(),
-        Some(mirrored) => {
-            assert_eq!(logits.len(), mirrored.len(), "one mirrored row per face");
-            logits
-                .iter()
-                .zip(mirrored)
-                .map(|(z, m)| {
-                    let mut p = [0.0; K];
-                    scores::flip_averaged(&cool(z), &cool(m), &mut p);
-                    p
-                })
-                .collect()
-        }
+    if let Some(mirrored) = mirrored {
+        assert_eq!(logits.len(), mirrored.len(), "one mirrored row per face");
     }
+    let cool = |z: &[f32; K]| z.map(|z| z / t);
+    logits
+        .iter()
+        .enumerate()
+        .map(|(i, z)| {
+            let mut p = [0.0; K];
+            match mirrored {
+                Some(mirrored) => scores::flip_averaged(&cool(z), &cool(&mirrored[i]), &mut p),
+                None => scores::softmax(&cool(z), &mut p),
+            }
+            p
+        })
+        .collect()
 }
 
 /// Replaces each sample's votes (or one-hot label, where it has no votes) with its blend with the
