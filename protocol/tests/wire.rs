@@ -21,14 +21,19 @@ fn frames() -> impl Strategy<Value = Vec<Frame>> {
     )
 }
 
+/// Any byte but the start byte, drawn uniformly without rejection (a filter rejects 1 byte in 256,
+/// which at hundreds of thousands of cases exhausts proptest's limit on local rejections).
+fn not_start() -> impl Strategy<Value = u8> {
+    (0..u8::MAX).prop_map(|b| if b >= START { b + 1 } else { b })
+}
+
 proptest! {
     /// Frames separated by noise (which may hold start-byte look-alikes only as part of real
     /// frames) all come out, in order, whatever the read sizes.
     #[test]
     fn every_frame_survives_noise(
         sent in frames(),
-        noise in prop::collection::vec(prop::collection::vec(any::<u8>().prop_filter("not a start \
-        byte", |b| *b != START), 0..20), 8),
+        noise in prop::collection::vec(prop::collection::vec(not_start(), 0..20), 8),
     ) {
         let mut stream = Vec::new();
         for (frame, noise) in sent.iter().zip(&noise) {
