@@ -15,7 +15,7 @@ use crate::publish::mqtt::MqttOptions;
 use crate::publish::serial::SerialOptions;
 use crate::source::{MAX_SIDE, SourceOptions};
 
-/// The largest configuration file read: the commented example is 4 KiB.
+/// The largest configuration file read: the commented example is under 5 KiB.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// The whole configuration; every section and key is optional and defaults as documented in

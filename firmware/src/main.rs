@@ -27,7 +27,8 @@ use tracing::info;
 ///
 /// Examples:
 ///   fer-sensor --source samples/ --hold 10                # the bundled sample frames
-///   fer-sensor --config /etc/fer-sensor.toml              # a Pi with a USB camera
+///   fer-sensor --config /etc/fer-sensor.toml              # a Pi with a USB camera, run from
+///                                                         # /usr/share/fer-sensor (the models)
 ///   rpicam-vid -t 0 --codec mjpeg -o - | fer-sensor --source stdin   # a Pi camera module
 ///   fer-sensor --source samples/ --hold 10 --mqtt mqtt://127.0.0.1:1883  # also to a broker
 #[derive(Parser, Debug)]
@@ -136,7 +137,7 @@ enum Command {
 }
 
 fn parse_jumper(s: &str) -> Result<(u8, u8), String> {
-    let (a, b) = s.split_once(':').ok_or("expected OUT:IN, e.g. 17:27")?;
+    let (a, b) = s.split_once(':').ok_or("expected OUT:IN, e.g. 17:5")?;
     Ok((
         a.parse().map_err(|e| format!("{a}: {e}"))?,
         b.parse().map_err(|e| format!("{b}: {e}"))?,

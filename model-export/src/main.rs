@@ -16,8 +16,10 @@ use fer_export::{ExportOptions, export};
 ///
 /// Data sets are KIND:PATH as in fer-train (ferplus:DIR, rafdb:DIR, fer2013:FILE, folders:DIR).
 ///
-/// Example: fer-export --run runs/ferplus-default --calibration ferplus:../shared/data/ferplus
-///          --out models/fer
+/// Example (how the shipped models are made; the stem and depthwise convs stay f32, without
+/// which the int8 file misses the agreement gate):
+///   fer-export --run runs/ferplus --calibration ferplus:../shared/data/ferplus \
+///       --f32-convs 0,1,3,5,7,9,11 --out models/fer
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {

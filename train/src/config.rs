@@ -260,8 +260,8 @@ impl TrainConfig {
             class_weight_power: 0.0,
             logit_adjustment: 0.0,
             // Valid accuracy rose until about epoch 39 and stayed within 85.7-86.3 % after it
-            // (docs/model.md); 48 undisturbed epochs of about 160 s are about 130 minutes on
-            // 2 cores, inside model v2's 150-minute budget.
+            // (docs/model.md); 48 undisturbed epochs take about 55 minutes on 2 cores with the
+            // training kernels.
             epochs: 48,
             batch_size: 64,
             lr: 2e-3,
