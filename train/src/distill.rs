@@ -6,11 +6,15 @@
 //! always did, and the augmentation here (small rotations, shifts, flips) keeps the face's
 //! expression, so the clean face's distribution is a fair target for its views.
 
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
 use fer_protocol::{Expression, scores};
 use tracing::info;
 
-use crate::config::Distill;
+use crate::config::{Distill, TrainConfig};
 use crate::dataset::Sample;
+use crate::run::{Run, files, read_json};
 
 const K: usize = Expression::COUNT;
 
@@ -34,6 +38,76 @@ pub fn teacher_distribution(logits: &[[f32; K]], mirrored: Option<&[[f32; K]]>, 
             p
         })
         .collect()
+}
+
+/// What a teacher's run folder held when a student's targets were computed from it, kept in the
+/// student's `teachers.json`: a teacher that trained on, or a folder that came to hold another
+/// run, would change the targets between sittings of one student without a word.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TeacherMark {
+    /// The teacher's run folder, as the student's config names it.
+    pub run: PathBuf,
+    /// Its epochs trained.
+    pub epochs_done: usize,
+    /// Its settings.
+    pub config: TrainConfig,
+}
+
+/// The teachers' marks as their run folders are now.
+pub fn teacher_marks(distill: &Distill) -> Result<Vec<TeacherMark>> {
+    distill
+        .teachers
+        .iter()
+        .map(|teacher| {
+            let run = Run::at(teacher);
+            let mark = || -> Result<TeacherMark> {
+                Ok(TeacherMark {
+                    run: teacher.clone(),
+                    epochs_done: run.epochs_done()?,
+                    config: run.config()?,
+                })
+            };
+            mark().with_context(|| format!("teacher {}", teacher.display()))
+        })
+        .collect()
+}
+
+/// Refuses to go on with a student whose teachers are not what they were when its targets were
+/// first computed (`marks` are theirs now). A student with no `teachers.json` predates the check.
+pub fn check_teachers(student: &Run, marks: &[TeacherMark]) -> Result<()> {
+    let path = student.file(files::TEACHERS);
+    if !path.is_file() {
+        return Ok(());
+    }
+    let then: Vec<TeacherMark> = read_json(&path)?;
+    for (then, now) in then.iter().zip(marks) {
+        let what = if then.run != now.run {
+            format!("its teacher was {}", then.run.display())
+        } else if then.epochs_done != now.epochs_done {
+            format!(
+                "it held epoch {} then and holds epoch {} now",
+                then.epochs_done, now.epochs_done
+            )
+        } else if then.config != now.config {
+            "its config.json has changed".to_string()
+        } else {
+            continue;
+        };
+        bail!(
+            "teacher {}: not the run this student started from ({what}), so the targets would change \
+             mid-run; restore the teacher as it was or train a new student",
+            now.run.display()
+        );
+    }
+    if then.len() != marks.len() {
+        bail!(
+            "{}: {} teachers, and this student has {}",
+            path.display(),
+            then.len(),
+            marks.len()
+        );
+    }
+    Ok(())
 }
 
 /// Replaces each sample's votes (or one-hot label, where it has no votes) with its blend with the

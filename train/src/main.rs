@@ -266,8 +266,9 @@ struct TrainArgs {
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
     /// Continue the run in this folder from its last checkpoint, with its saved settings (one
-    /// stopped before its first checkpoint starts over).
-    #[arg(long, conflicts_with_all = ["data", "out"])]
+    /// stopped before its first checkpoint starts over). Takes no other flag: the settings are
+    /// its config.json's, and a flag given beside it would be ignored.
+    #[arg(long, exclusive = true)]
     resume: Option<PathBuf>,
     /// Loss: the cross-entropy baseline or CE + triplet-center loss.
     #[arg(long, value_enum, default_value = "tcl")]

@@ -40,6 +40,8 @@ pub mod files {
     pub const EMA: &str = "model_ema.burnpack";
     /// Run progress.
     pub const STATE: &str = "state.json";
+    /// What each teacher of a distilled run held when its targets were computed.
+    pub const TEACHERS: &str = "teachers.json";
     /// Per-epoch metrics.
     pub const METRICS: &str = "metrics.jsonl";
     /// The final evaluation on the valid split.

@@ -14,14 +14,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::info;
 
 use crate::batch::{HostBatch, eval_batch, mirrored_eval_batch, train_epoch};
+use crate::config::Distill;
 use crate::config::{TclConfig, TrainConfig};
 use crate::dataset::{ClassCounts, DatasetSpec, LoadOptions, Sample, Split, long_tail};
-use crate::distill::{blend_teachers, teacher_distribution};
+use crate::distill::{blend_teachers, check_teachers, teacher_distribution, teacher_marks};
 use crate::ema::Ema;
 use crate::loss::{Targets, cross_entropy, logit_adjustment, triplet_center_loss};
 use crate::metrics::Metrics;
 use crate::model::ExpressionNet;
 use crate::report::EpochRecord;
+use crate::run::write_json;
 use crate::run::{Run, RunState, files};
 
 /// Set by Ctrl-C; the loop stops after the current batch, keeping the last epoch's checkpoint.
@@ -35,6 +37,24 @@ pub fn stop_on_ctrl_c() {
         }
         info!("Ctrl-C: stopping after this batch; the last epoch's checkpoint is kept (press again to abort)");
     });
+}
+
+/// Replaces each training face's target with its blend with the teachers' distributions on it.
+pub fn distil_targets(distill: &Distill, samples: &mut [Sample], device: &Device) -> Result<()> {
+    let teachers = distill
+        .teachers
+        .iter()
+        .map(|teacher| {
+            let (model, _) = Run::at(teacher)
+                .load_model(device)
+                .with_context(|| format!("teacher {}", teacher.display()))?;
+            let rows = logits(&model, samples, device);
+            let mirrored = distill.flip.then(|| mirrored_logits(&model, samples, device));
+            Ok(teacher_distribution(&rows, mirrored.as_deref(), distill.temperature))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    blend_teachers(distill, &teachers, samples);
+    Ok(())
 }
 
 /// Evaluates `model` on samples (no augmentation, inference mode).
@@ -198,25 +218,19 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
             run.dir().display()
         );
     }
+    let teachers = config.distill.as_ref().map(teacher_marks).transpose()?;
+    if let Some(marks) = &teachers
+        && resume
+        && run.state()?.is_some()
+    {
+        check_teachers(run, marks)?;
+    }
     let device = config.backend.device()?.autodiff();
     device.seed(config.seed);
 
     let mut train_samples = load_split(config, &config.data, Split::Train)?;
     if let Some(distill) = &config.distill {
-        let device = config.backend.device()?;
-        let teachers = distill
-            .teachers
-            .iter()
-            .map(|teacher| {
-                let (model, _) = Run::at(teacher)
-                    .load_model(&device)
-                    .with_context(|| format!("teacher {}", teacher.display()))?;
-                let rows = logits(&model, &train_samples, &device);
-                let mirrored = distill.flip.then(|| mirrored_logits(&model, &train_samples, &device));
-                Ok(teacher_distribution(&rows, mirrored.as_deref(), distill.temperature))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        blend_teachers(distill, &teachers, &mut train_samples);
+        distil_targets(distill, &mut train_samples, &config.backend.device()?)?;
     }
     let train_samples = Arc::new(train_samples);
     let valid_samples = load_split(config, config.valid_spec(), Split::Valid)?;
@@ -230,6 +244,9 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
 
     // Only now, so a bad data set spec leaves no empty run folder behind.
     run.create()?;
+    if let Some(marks) = &teachers {
+        write_json(&run.file(files::TEACHERS), marks)?;
+    }
     if resume && run.config()? != *config {
         bail!(
             "{}: config.json differs from this run's settings; resume with the saved config",

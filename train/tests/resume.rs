@@ -21,6 +21,20 @@ fn train(args: &[&str]) -> Command {
     command
 }
 
+#[test]
+fn resume_takes_no_other_flag() {
+    let output = Command::new(env!("CARGO_BIN_EXE_fer-train"))
+        .args(["train", "--resume", "runs/any", "--teacher", "runs/other"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--resume") && stderr.contains("cannot be used with"),
+        "{stderr}"
+    );
+}
+
 fn fresh_run(data: &Path, out: &Path, extra: &[&str]) -> Command {
     // Dropout on, so the test also covers the random draws that continue across epochs.
     let data = format!("folders:{}", data.display());
