@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use fer_protocol::INPUT;
+use fer_protocol::preprocess::luma;
 use image::RgbImage;
 
 use crate::detect::Face;
@@ -92,12 +93,6 @@ impl Aligner {
         }
         crate::classify::preprocess(&self.crop, n, n, input)
     }
-}
-
-/// Gray level with the weights of `image`'s `to_luma8` (Rec. 709), which training's image-folder
-/// loader uses, so a colour camera frame becomes the same gray the model was trained on.
-pub fn luma([r, g, b]: [f32; 3]) -> u8 {
-    (0.2126 * r + 0.7152 * g + 0.0722 * b).round().clamp(0.0, 255.0) as u8
 }
 
 /// `x.floor()` as an integer, without the libm call `f32::floor` compiles to on x86-64's baseline
@@ -210,14 +205,5 @@ mod tests {
             crop[(n - 6) * n..(n - 5) * n].iter().all(|&p| p > 235),
             "bottom row not bright"
         );
-    }
-
-    #[test]
-    fn luma_matches_the_image_crate() {
-        for rgb in [[0u8, 0, 0], [255, 255, 255], [200, 30, 90], [12, 240, 7]] {
-            let expected = image::Rgb(rgb);
-            let gray = image::DynamicImage::ImageRgb8(RgbImage::from_pixel(1, 1, expected)).to_luma8();
-            assert_eq!(luma(rgb.map(f32::from)), gray.get_pixel(0, 0)[0], "{rgb:?}");
-        }
     }
 }

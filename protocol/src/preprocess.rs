@@ -44,6 +44,15 @@ impl fmt::Display for PreprocessError {
 
 impl core::error::Error for PreprocessError {}
 
+/// The gray level of a colour (channels 0..=255, whole or interpolated) with Rec. 709 weights,
+/// rounded: how training's image loader and the device's crop both turn colour into the model's
+/// gray, so a colour camera sees the gray the model was trained on.
+pub fn luma([r, g, b]: [f32; 3]) -> u8 {
+    // `+ 0.5` and the saturating cast round a non-negative value as `f32::round` does, which
+    // `no_std` lacks.
+    (0.2126 * r + 0.7152 * g + 0.0722 * b + 0.5) as u8
+}
+
 /// Resizes an 8-bit grayscale crop (row-major, `width * height` bytes) to the spec's size and
 /// normalises it into `out` (`spec.len()` values, row-major).
 ///
@@ -198,6 +207,17 @@ mod tests {
 
     use super::*;
     use crate::INPUT;
+
+    #[test]
+    fn luma_keeps_grays_and_weighs_green_most() {
+        for v in 0..=255u8 {
+            assert_eq!(luma([f32::from(v); 3]), v);
+        }
+        assert_eq!(luma([255.0, 0.0, 0.0]), 54);
+        assert_eq!(luma([0.0, 255.0, 0.0]), 182);
+        assert_eq!(luma([0.0, 0.0, 255.0]), 18);
+        assert_eq!(luma([0.0, 6.0, 183.0]), 18); // 17.50: rounded, not truncated
+    }
 
     #[test]
     fn identity_at_input_size() {

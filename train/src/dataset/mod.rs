@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use fer_protocol::Expression;
+use fer_protocol::preprocess::luma;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -212,12 +213,19 @@ impl Collector {
     }
 }
 
-/// Decodes an image file into 8-bit grayscale, optionally requiring a size.
+/// Decodes an image file into 8-bit grayscale, optionally requiring a size. A colour image goes
+/// through [`luma`], the conversion the device's crop uses.
 fn decode_gray(path: &Path, expected: Option<(usize, usize)>) -> Result<(Vec<u8>, usize, usize), DatasetError> {
     let bytes = std::fs::read(path).map_err(|e| DatasetError::io(path, e))?;
-    let image = image::load_from_memory(&bytes)
-        .map_err(|e| DatasetError::image(path, e))?
-        .into_luma8();
+    let image = match image::load_from_memory(&bytes).map_err(|e| DatasetError::image(path, e))? {
+        image::DynamicImage::ImageLuma8(gray) => gray,
+        other => {
+            let rgb = other.into_rgb8();
+            image::GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
+                image::Luma([luma(rgb.get_pixel(x, y).0.map(f32::from))])
+            })
+        }
+    };
     let (w, h) = (image.width() as usize, image.height() as usize);
     if let Some((ew, eh)) = expected
         && (w, h) != (ew, eh)
@@ -457,6 +465,25 @@ mod tests {
         assert!("nope:/x".parse::<DatasetSpec>().is_err());
         assert!("ferplus".parse::<DatasetSpec>().is_err());
         assert!("rafdb:".parse::<DatasetSpec>().is_err());
+    }
+
+    #[test]
+    fn colour_images_turn_gray_as_the_device_turns_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rgb, gray) = (dir.path().join("rgb.png"), dir.path().join("gray.png"));
+        let colours = [[0u8, 6, 183], [200, 30, 90], [12, 240, 7], [255, 255, 255]];
+        image::RgbImage::from_fn(4, 1, |x, _| image::Rgb(colours[x as usize]))
+            .save(&rgb)
+            .unwrap();
+        let (pixels, width, height) = decode_gray(&rgb, Some((4, 1))).unwrap();
+        assert_eq!((width, height), (4, 1));
+        let expected: Vec<u8> = colours.iter().map(|c| luma(c.map(f32::from))).collect();
+        assert_eq!(pixels, expected);
+        // A gray file is read as it is.
+        image::GrayImage::from_fn(3, 1, |x, _| image::Luma([x as u8 * 100]))
+            .save(&gray)
+            .unwrap();
+        assert_eq!(decode_gray(&gray, None).unwrap().0, vec![0, 100, 200]);
     }
 
     /// `counts[k]` faces of each class k, each 2x2 face's pixels its number in the list.
