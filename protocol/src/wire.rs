@@ -82,6 +82,19 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The confidence byte that carries a probability: `p · 255`, rounded; outside 0..=1 it
+    /// saturates, and NaN is 0.
+    pub fn confidence_byte(probability: f32) -> u8 {
+        // `+ 0.5` and truncation round a non-negative value as `f32::round` does, which `no_std`
+        // lacks.
+        (probability.clamp(0.0, 1.0) * 255.0 + 0.5) as u8
+    }
+
+    /// The probability the confidence byte carries (within 1/510 of the one sent).
+    pub fn probability(&self) -> f32 {
+        f32::from(self.confidence) / 255.0
+    }
+
     /// The frame's bytes.
     pub fn encode(&self) -> [u8; FRAME_LEN] {
         let reading = match self.reading {
@@ -194,6 +207,33 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confidence_bytes_round_and_read_back_within_half_a_step() {
+        let cases = [
+            (0.0, 0),
+            (1.0, 255),
+            (0.5, 128),
+            (0.499, 127),
+            (-0.2, 0),
+            (1.7, 255),
+            (f32::NAN, 0),
+        ];
+        for (p, byte) in cases {
+            assert_eq!(Frame::confidence_byte(p), byte, "{p}");
+        }
+        for i in 0..=1000 {
+            let p = i as f32 / 1000.0;
+            let mut frame = Frame {
+                sequence: 0,
+                reading: Reading::NoFace,
+                confidence: 0,
+                faces: 0,
+            };
+            frame.confidence = Frame::confidence_byte(p);
+            assert!((frame.probability() - p).abs() <= 0.5 / 255.0 + 1e-6, "{p}");
+        }
+    }
 
     fn frame(sequence: u16, reading: Reading) -> Frame {
         Frame {

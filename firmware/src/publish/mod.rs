@@ -36,7 +36,7 @@ impl Event {
         Frame {
             sequence: self.sequence as u16,
             reading: self.decision.reading,
-            confidence: (self.decision.confidence.clamp(0.0, 1.0) * 255.0).round() as u8,
+            confidence: Frame::confidence_byte(self.decision.confidence),
             faces: self.decision.faces.min(u8::MAX as usize) as u8,
         }
     }
