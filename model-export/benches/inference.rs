@@ -37,7 +37,7 @@ fn models() -> (ModelProto, ModelProto) {
     let inputs: Vec<Vec<f32>> = (0..16)
         .map(|i| {
             (0..INPUT.len())
-                .map(|j| ((i * 31 + j * 7) % 255) as f32 / 127.5 - 1.0)
+                .map(|j| INPUT.normalise(((i * 31 + j * 7) % 255) as f32))
                 .collect()
         })
         .collect();

@@ -126,7 +126,7 @@ pub fn train_step_ms(device: &Device, network: &NetworkConfig, batch_size: usize
     let labels: Vec<i64> = (0..batch_size as i64).map(|i| i % Expression::COUNT as i64).collect();
     let batch = HostBatch {
         inputs: (0..batch_size * INPUT.len())
-            .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
+            .map(|i| INPUT.normalise(((i * 7919) % 255) as f32))
             .collect(),
         targets: labels
             .iter()
