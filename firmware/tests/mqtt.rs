@@ -404,10 +404,11 @@ fn discovery_retained_state_in_order_availability_last_will_and_recovery_after_a
     }
 
     // Home Assistant restarts: it says `online` on its status topic, and the sensor announces
-    // itself again.
+    // itself again. The birth message is retained (a Home Assistant option), which the broker
+    // sends again with every subscription the announcement makes: once is enough.
     let mark = watcher.seen().len();
     let (ha, mut connection) = Client::new(MqttOptions::new("home-assistant", "127.0.0.1", broker.port), 4);
-    ha.publish("homeassistant/status", QoS::AtLeastOnce, false, "online")
+    ha.publish("homeassistant/status", QoS::AtLeastOnce, true, "online")
         .unwrap();
     let sent = (0..50).any(|_| {
         matches!(
@@ -424,6 +425,15 @@ fn discovery_retained_state_in_order_availability_last_will_and_recovery_after_a
             |_| true
         ),
         "no new announcement after Home Assistant came online"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let announcements = watcher.seen()[mark..]
+        .iter()
+        .filter(|s| s.topic == "homeassistant/binary_sensor/fer-test/face/config")
+        .count();
+    assert_eq!(
+        announcements, 1,
+        "a retained `online` made the sensor announce itself again and again"
     );
 
     // Privacy: every payload is small JSON (or a bare availability word) with known keys only.

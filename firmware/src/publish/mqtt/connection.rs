@@ -119,8 +119,12 @@ pub(super) fn drive(
                 }
                 shared.announce(&client);
             }
+            // Only a live `online`: a retained one comes back with every subscription an
+            // announcement makes, and answering it would announce again and again.
             Ok(Ok(MqttEvent::Incoming(Packet::Publish(p))))
-                if shared.topics.ha_status.as_deref() == Some(p.topic.as_str()) && &p.payload[..] == b"online" =>
+                if shared.topics.ha_status.as_deref() == Some(p.topic.as_str())
+                    && &p.payload[..] == b"online"
+                    && !p.retain =>
             {
                 info!("mqtt: Home Assistant is online; announcing again");
                 shared.announce(&client);
