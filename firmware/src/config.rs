@@ -17,6 +17,8 @@ use crate::source::{MAX_SIDE, SourceOptions};
 
 /// The largest configuration file read: the commented example is under 5 KiB.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The largest `decide.max_missed`: about 33 s at 30 frames/s.
+pub const MAX_MISSED: u32 = 1000;
 
 /// The whole configuration; every section and key is optional and defaults as documented in
 /// `firmware/fer-sensor.toml`.
@@ -191,6 +193,12 @@ impl Config {
         in_unit("decide.hysteresis", d.hysteresis, true)?;
         in_unit("decide.min_confidence", d.min_confidence, true)?;
         in_unit("decide.track_iou", d.track_iou, false)?;
+        // Tracks unseen for longer are kept and copied every frame: a bound on their number.
+        ensure!(
+            d.max_missed <= MAX_MISSED,
+            "decide.max_missed = {} is out of range 0..={MAX_MISSED}",
+            d.max_missed
+        );
         if let Some(max) = d.max_center_distance {
             ensure!(
                 max > 0.0 && max.is_finite(),
@@ -288,6 +296,7 @@ mod tests {
         let err = |text: &str| format!("{:#}", Config::parse(text).unwrap_err());
         assert!(err("[decide]\nalfa = 0.3\n").contains("unknown field `alfa`"));
         assert!(err("[decide]\nalpha = 1.5\n").contains("decide.alpha = 1.5"));
+        assert!(err("[decide]\nmax_missed = 4294967295\n").contains("decide.max_missed = 4294967295"));
         assert!(err("[source]\nfps = \"fast\"\n").contains("fps"));
         assert!(err("[publish.serial]\nbaud = 7\n").contains("publish.serial.baud"));
         assert!(err("[publish.gpio]\npins = { joyful = 17 }\n").contains("unknown expression \"joyful\""));

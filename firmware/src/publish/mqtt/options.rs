@@ -29,6 +29,8 @@ pub fn node_id(client_id: &str) -> String {
 
 /// The longest `topic_prefix` or `discovery_prefix` accepted, in bytes.
 pub const MAX_PREFIX: usize = 128;
+/// The most states `queue` may keep while the broker is away.
+pub const MAX_QUEUE: usize = 10_000;
 /// The limit on the size of a packet sent or received (rumqttc's default, set explicitly).
 pub(super) const MAX_PACKET: usize = 10 * 1024;
 
@@ -92,7 +94,13 @@ impl MqttOptions {
     pub fn validate(&self) -> Result<()> {
         Broker::parse(&self.url).context("publish.mqtt.url")?;
         ensure!(self.qos <= 2, "publish.mqtt.qos = {} must be 0, 1 or 2", self.qos);
-        ensure!(self.queue >= 1, "publish.mqtt.queue must be at least 1");
+        // Each queued state is a few hundred bytes; a bound keeps a long outage from filling the
+        // board's memory.
+        ensure!(
+            (1..=MAX_QUEUE).contains(&self.queue),
+            "publish.mqtt.queue = {} is out of range 1..={MAX_QUEUE}",
+            self.queue
+        );
         ensure!(
             (5..=3600).contains(&self.keep_alive_s),
             "publish.mqtt.keep_alive_s = {} is out of range 5..=3600",
@@ -259,6 +267,13 @@ mod tests {
         assert!(d().validate().is_ok());
         assert!(err(MqttOptions { qos: 3, ..d() }).contains("publish.mqtt.qos = 3"));
         assert!(err(MqttOptions { queue: 0, ..d() }).contains("publish.mqtt.queue"));
+        assert!(
+            err(MqttOptions {
+                queue: 10_000_000,
+                ..d()
+            })
+            .contains("publish.mqtt.queue = 10000000")
+        );
         assert!(
             err(MqttOptions {
                 topic_prefix: "a/#".into(),
