@@ -290,17 +290,54 @@ fn log_filter(env: Option<&str>) -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::builder().parse_lossy(filter)
 }
 
+/// Log lines queued for stderr while its reader (journald, a pipe) does not keep up; beyond this
+/// they are dropped.
+const LOG_QUEUE: usize = 1024;
+/// How long the exit waits for queued log lines to reach a slow stderr.
+const LOG_DRAIN: Duration = Duration::from_millis(200);
+
 fn main() -> ExitCode {
+    // Logs are written on a thread of their own: a stderr nobody reads would otherwise stall every
+    // `info!` on the frame loop, and with the loop the watchdog's pings and SIGTERM.
+    let (log, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE)
+        .thread_name("log")
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(log.clone())
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .init();
+    // The last error goes the same way, so that it follows the log lines before it.
+    let code = execute(&mut Errors(log));
+    // Dropping the guard flushes the queue, but waits up to a second for a stalled stderr.
+    let (flushed, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(guard);
+        let _ = flushed.send(());
+    });
+    let _ = done.recv_timeout(LOG_DRAIN);
+    code
+}
+
+/// Where a command's final error is printed: the log's writer.
+struct Errors(tracing_appender::non_blocking::NonBlocking);
+
+impl Errors {
+    /// Prints `error: …` as one line.
+    fn print(&mut self, error: &anyhow::Error) {
+        use std::io::Write;
+        let _ = self.0.write_all(format!("error: {error:#}\n").as_bytes());
+    }
+}
+
+fn execute(errors: &mut Errors) -> ExitCode {
     let cli = Cli::parse();
     let config = match cli.config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errors.print(&e);
             return ExitCode::from(2);
         }
     };
@@ -315,26 +352,27 @@ fn main() -> ExitCode {
             serial_loopback,
             frames,
         }) => report(&selftest::run(&config, &jumper, serial_loopback, frames)),
-        Some(Command::Bench { frames, image, nodes }) => {
-            outcome(bench(&config, frames, image.as_deref(), nodes).map(|report| println!("{report}")))
-        }
-        Some(Command::IdlePins) => outcome(idle_pins(&config)),
+        Some(Command::Bench { frames, image, nodes }) => outcome(
+            bench(&config, frames, image.as_deref(), nodes).map(|report| println!("{report}")),
+            errors,
+        ),
+        Some(Command::IdlePins) => outcome(idle_pins(&config), errors),
         None => match run(&config) {
             Err(e) if e.is::<ReaderGone>() => {
-                eprintln!("error: {e:#}");
+                errors.print(&e);
                 ExitCode::from(BROKEN_PIPE)
             }
-            result => outcome(result),
+            result => outcome(result, errors),
         },
     }
 }
 
 /// Exit status 0, or 1 after printing the error.
-fn outcome(result: Result<()>) -> ExitCode {
+fn outcome(result: Result<()>, errors: &mut Errors) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errors.print(&e);
             ExitCode::FAILURE
         }
     }

@@ -122,6 +122,55 @@ fn a_stdout_nobody_reads_freezes_nothing_and_sigterm_still_ends_the_sensor() {
 }
 
 #[test]
+fn a_stderr_nobody_reads_freezes_nothing_and_sigterm_still_ends_the_sensor() {
+    let mut child = spawn(&[
+        "--source",
+        "samples",
+        "--repeat",
+        "0",
+        "--every-frame",
+        "--status-interval",
+        "0.05",
+    ]);
+    let stderr = child.stderr.take().unwrap();
+    // A one-page pipe that 20 status lines a second fill within a second or two.
+    unsafe { libc::fcntl(stderr.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    let lines = Arc::new(Mutex::new(0usize));
+    let (count, stdout) = (lines.clone(), child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if line.is_err() {
+                return;
+            }
+            *count.lock().unwrap() += 1;
+        }
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let mut pending: libc::c_int = 0;
+    assert_eq!(
+        unsafe { libc::ioctl(stderr.as_raw_fd(), libc::FIONREAD, &mut pending) },
+        0
+    );
+    // Full: too little room left for another log line.
+    assert!(
+        pending >= 4096 - 512,
+        "stderr never filled up ({pending} bytes waiting)"
+    );
+    // The frame loop goes on: events keep coming on stdout while nobody reads stderr.
+    let before = *lines.lock().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = *lines.lock().unwrap();
+    assert!(
+        after >= before + 10,
+        "the frame loop stalled with stderr full: {before} then {after} lines"
+    );
+    let (status, took) = terminate(&mut child);
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+    drop(stderr);
+}
+
+#[test]
 fn a_closed_stdout_ends_the_sensor_with_the_broken_pipe_status() {
     let mut child = spawn(&["--source", "samples", "--repeat", "0", "--every-frame"]);
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
