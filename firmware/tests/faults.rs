@@ -90,20 +90,30 @@ fn exits_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus 
     }
 }
 
-#[test]
-fn a_stdout_nobody_reads_freezes_nothing_and_sigterm_still_ends_the_sensor() {
-    let mut child = spawn(&[
+/// The sample frames for ever: an event per frame on stdout, a status line every `interval` s.
+fn spawn_streaming(interval: &str) -> Child {
+    spawn(&[
         "--source",
         "samples",
         "--repeat",
         "0",
         "--every-frame",
         "--status-interval",
-        "0.5",
-    ]);
+        interval,
+    ])
+}
+
+/// Shrinks a pipe to one page, which a reader that stops leaves full within a few writes instead
+/// of a few hundred.
+fn one_page(pipe: &impl AsRawFd) {
+    unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+}
+
+#[test]
+fn a_stdout_nobody_reads_freezes_nothing_and_sigterm_still_ends_the_sensor() {
+    let mut child = spawn_streaming("0.5");
     let stdout = child.stdout.take().unwrap();
-    // A one-page pipe fills within a few frames instead of a few hundred.
-    unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    one_page(&stdout);
     let log = log_of(&mut child);
     let (full, text) = wait_for_log(&log, Duration::from_secs(60), |l| {
         l.contains("stdout: the reader is not keeping up")
@@ -123,18 +133,10 @@ fn a_stdout_nobody_reads_freezes_nothing_and_sigterm_still_ends_the_sensor() {
 
 #[test]
 fn a_stderr_nobody_reads_freezes_nothing_and_sigterm_still_ends_the_sensor() {
-    let mut child = spawn(&[
-        "--source",
-        "samples",
-        "--repeat",
-        "0",
-        "--every-frame",
-        "--status-interval",
-        "0.05",
-    ]);
+    // 20 status lines a second fill a page within a second or two.
+    let mut child = spawn_streaming("0.05");
     let stderr = child.stderr.take().unwrap();
-    // A one-page pipe that 20 status lines a second fill within a second or two.
-    unsafe { libc::fcntl(stderr.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    one_page(&stderr);
     let lines = Arc::new(Mutex::new(0usize));
     let (count, stdout) = (lines.clone(), child.stdout.take().unwrap());
     std::thread::spawn(move || {
