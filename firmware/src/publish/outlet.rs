@@ -45,6 +45,8 @@ struct State {
     dropped_in_stall: u64,
     dropped: u64,
     failed: Option<io::Error>,
+    /// The writer has stopped on an error: nothing queued will go out any more.
+    gone: bool,
 }
 
 impl Shared {
@@ -111,7 +113,7 @@ impl Outlet {
     pub fn close(&mut self, grace: Duration) {
         let deadline = Instant::now() + grace;
         let mut state = self.shared.state();
-        while (state.busy || !state.queue.is_empty()) && state.failed.is_none() {
+        while (state.busy || !state.queue.is_empty()) && !state.gone {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -167,6 +169,7 @@ fn write_loop(mut sink: impl Write, shared: &Shared, label: &str) {
             Ok(false) => return,
             Err(e) => {
                 state.failed = Some(e);
+                state.gone = true;
                 shared.wake.notify_all();
                 return;
             }
@@ -276,6 +279,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         };
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        // What is sent after the error was taken has no writer left: closing does not wait for it.
+        outlet.send(b"y\n".to_vec()).unwrap();
+        let start = Instant::now();
+        outlet.close(Duration::from_secs(5));
+        assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
     }
 
     #[test]
