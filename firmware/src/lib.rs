@@ -6,8 +6,8 @@
 //! Data flows one way through the modules: [`source`] → [`detect`] → [`align`] → [`classify`] →
 //! [`decide`] → [`publish`]; [`sensor`] joins them, [`config`] holds every setting, [`selftest`]
 //! checks a device in the field, [`bench`] times its stages, [`golden`] the model against its
-//! golden vectors, and [`service`]
-//! talks to systemd.
+//! golden vectors, [`service`]
+//! talks to systemd, and [`log`] writes the log to stderr without ever stalling the frame loop.
 
 pub mod align;
 pub mod backoff;
@@ -17,6 +17,7 @@ pub mod config;
 pub mod decide;
 pub mod detect;
 pub mod golden;
+pub mod log;
 pub mod publish;
 pub mod selftest;
 pub mod sensor;

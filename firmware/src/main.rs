@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use fer_firmware::bench;
 use fer_firmware::config::Config;
 use fer_firmware::decide::Select;
+use fer_firmware::log::Log;
 use fer_firmware::publish::gpio::pi;
 use fer_firmware::publish::mqtt::{Mqtt, MqttOptions};
 use fer_firmware::publish::serial::{self, Mode, Serial, SerialOptions, UartWriter};
@@ -293,88 +294,63 @@ fn log_filter(env: Option<&str>) -> tracing_subscriber::EnvFilter {
 /// Log lines queued for stderr while its reader (journald, a pipe) does not keep up; beyond this
 /// they are dropped.
 const LOG_QUEUE: usize = 1024;
-/// How long the exit waits for queued log lines to reach a slow stderr.
+/// How long the exit waits for queued log lines and the final error to reach a slow stderr.
 const LOG_DRAIN: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
-    // Logs are written on a thread of their own: a stderr nobody reads would otherwise stall every
-    // `info!` on the frame loop, and with the loop the watchdog's pings and SIGTERM.
-    let (log, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_QUEUE)
-        .thread_name("log")
-        .finish(std::io::stderr());
+    let log = match Log::start(std::io::stderr(), LOG_QUEUE) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("error: starting the log writer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let writer = log.clone();
     tracing_subscriber::fmt()
-        .with_writer(log.clone())
+        .with_writer(move || writer.clone())
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .init();
-    // The last error goes the same way, so that it follows the log lines before it.
-    let code = execute(&mut Errors(log));
-    // Dropping the guard flushes the queue, but waits up to a second for a stalled stderr.
-    let (flushed, done) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        drop(guard);
-        let _ = flushed.send(());
-    });
-    let _ = done.recv_timeout(LOG_DRAIN);
+    let (code, error) = execute();
+    // The final error goes the same way as the log, after the lines before it.
+    log.finish(error.map(|e| format!("error: {e:#}")).as_deref(), LOG_DRAIN);
     code
 }
 
-/// Where a command's final error is printed: the log's writer.
-struct Errors(tracing_appender::non_blocking::NonBlocking);
-
-impl Errors {
-    /// Prints `error: …` as one line.
-    fn print(&mut self, error: &anyhow::Error) {
-        use std::io::Write;
-        let _ = self.0.write_all(format!("error: {error:#}\n").as_bytes());
-    }
-}
-
-fn execute(errors: &mut Errors) -> ExitCode {
+/// Runs the command; its exit status, with the error to print last.
+fn execute() -> (ExitCode, Option<anyhow::Error>) {
     let cli = Cli::parse();
     let config = match cli.config() {
         Ok(c) => c,
-        Err(e) => {
-            errors.print(&e);
-            return ExitCode::from(2);
-        }
+        Err(e) => return (ExitCode::from(2), Some(e)),
     };
     let command = match cli.command {
         None if cli.check => Some(Command::Check),
         command => command,
     };
     match command {
-        Some(Command::Check) => report(&selftest::check(&config)),
+        Some(Command::Check) => (report(&selftest::check(&config)), None),
         Some(Command::Selftest {
             jumper,
             serial_loopback,
             frames,
-        }) => report(&selftest::run(&config, &jumper, serial_loopback, frames)),
-        Some(Command::Bench { frames, image, nodes }) => outcome(
-            bench(&config, frames, image.as_deref(), nodes).map(|report| println!("{report}")),
-            errors,
-        ),
-        Some(Command::IdlePins) => outcome(idle_pins(&config), errors),
+        }) => (report(&selftest::run(&config, &jumper, serial_loopback, frames)), None),
+        Some(Command::Bench { frames, image, nodes }) => {
+            outcome(bench(&config, frames, image.as_deref(), nodes).map(|report| println!("{report}")))
+        }
+        Some(Command::IdlePins) => outcome(idle_pins(&config)),
         None => match run(&config) {
-            Err(e) if e.is::<ReaderGone>() => {
-                errors.print(&e);
-                ExitCode::from(BROKEN_PIPE)
-            }
-            result => outcome(result, errors),
+            Err(e) if e.is::<ReaderGone>() => (ExitCode::from(BROKEN_PIPE), Some(e)),
+            result => outcome(result),
         },
     }
 }
 
-/// Exit status 0, or 1 after printing the error.
-fn outcome(result: Result<()>, errors: &mut Errors) -> ExitCode {
+/// Exit status 0, or 1 with the error to print.
+fn outcome(result: Result<()>) -> (ExitCode, Option<anyhow::Error>) {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            errors.print(&e);
-            ExitCode::FAILURE
-        }
+        Ok(()) => (ExitCode::SUCCESS, None),
+        Err(e) => (ExitCode::FAILURE, Some(e)),
     }
 }
 
