@@ -33,15 +33,11 @@ impl Shared {
         self.connected.load(Ordering::SeqCst)
     }
 
-    /// After a connect, or when Home Assistant comes online: listen for Home Assistant's
-    /// restarts, (re)send the discovery configs and `online`, then what is queued, and the
-    /// current state unless a queued one carries it.
+    /// After a connect, or when Home Assistant comes online: (re)send the discovery configs and
+    /// `online`, then what is queued, and the current state unless a queued one carries it.
     pub(super) fn announce(&self, client: &Client) {
         let mut out = self.outbox();
         let t = &self.topics;
-        if let Some(ha) = &t.ha_status {
-            let _ = client.try_subscribe(ha.as_str(), QoS::AtLeastOnce);
-        }
         for (topic, config) in &t.discovery {
             let _ = client.try_publish(topic.as_str(), self.qos, true, config.as_bytes());
         }
@@ -117,10 +113,15 @@ pub(super) fn drive(
                 } else {
                     info!("mqtt: connected to {broker}");
                 }
+                // Home Assistant's restarts, listened for once a session, not at every
+                // announcement: each subscription brings a retained birth message back.
+                if let Some(ha) = &shared.topics.ha_status {
+                    let _ = client.try_subscribe(ha.as_str(), QoS::AtLeastOnce);
+                }
                 shared.announce(&client);
             }
-            // Only a live `online`: a retained one comes back with every subscription an
-            // announcement makes, and answering it would announce again and again.
+            // Only a live `online`: a retained one arrives with the subscription, right after the
+            // announcement a connect makes.
             Ok(Ok(MqttEvent::Incoming(Packet::Publish(p))))
                 if shared.topics.ha_status.as_deref() == Some(p.topic.as_str())
                     && &p.payload[..] == b"online"
