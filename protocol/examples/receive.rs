@@ -21,8 +21,10 @@ fn main() {
                 last = Some(frame.sequence);
                 let reading = frame.reading.name();
                 println!(
-                    "#{} {reading} ({}/255), {} face(s), {lost} lost",
-                    frame.sequence, frame.confidence, frame.faces
+                    "#{} {reading} ({:.2}), {} face(s), {lost} lost",
+                    frame.sequence,
+                    frame.probability(),
+                    frame.faces
                 );
             }
             Some(Err(e)) => eprintln!("bad frame: {e:?}"),

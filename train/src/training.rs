@@ -244,14 +244,14 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
 
     // Only now, so a bad data set spec leaves no empty run folder behind.
     run.create()?;
-    if let Some(marks) = &teachers {
-        write_json(&run.file(files::TEACHERS), marks)?;
-    }
     if resume && run.config()? != *config {
         bail!(
             "{}: config.json differs from this run's settings; resume with the saved config",
             run.dir().display()
         );
+    }
+    if let Some(marks) = &teachers {
+        write_json(&run.file(files::TEACHERS), marks)?;
     }
     // state.json is written last in a checkpoint: without it no epoch finished, and a run killed
     // that early has nothing to continue from but its config, so it starts over.
