@@ -10,6 +10,7 @@ use fer_firmware::config::Config;
 use fer_firmware::detect::{DetectOptions, Detector};
 use fer_firmware::sensor::Sensor;
 use fer_protocol::INPUT;
+use fer_protocol::contract::Precision;
 
 fn root(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -36,8 +37,8 @@ fn bench(c: &mut Criterion) {
     group.bench_function("align", |b| {
         b.iter(|| aligner.align(&frame, &face, &mut input).unwrap());
     });
-    for precision in ["f32", "int8"] {
-        let path = root(&format!("models/fer.{precision}.onnx"));
+    for precision in Precision::ALL {
+        let path = root(&format!("models/fer.{}", precision.file_suffix()));
         let mut classifier = Classifier::load(&path).unwrap();
         group.bench_function(format!("classify {precision}"), |b| {
             b.iter(|| classifier.classify(&input).unwrap());

@@ -111,7 +111,7 @@ pub fn run(config: &Config, frame: &RgbImage, frames: usize, nodes: bool) -> Res
             if config.classify.flip {
                 format!("{}, each face also mirrored (classify.flip)", classifier.info.precision)
             } else {
-                classifier.info.precision.clone()
+                classifier.info.precision.to_string()
             },
             kernels,
         ),

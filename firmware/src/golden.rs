@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use fer_protocol::INPUT;
+use fer_protocol::contract::Precision;
 use fer_protocol::golden::{GoldenCase, GoldenSet, ModelOutputs};
 use fer_protocol::scores::argmax;
 
@@ -22,39 +23,19 @@ pub const F32_TOLERANCE: f32 = 1e-4;
 /// activation by one quantization step. 2e-3 is still far below what a real change does.
 pub const INT8_TOLERANCE: f32 = 2e-3;
 
-/// Which golden outputs a model is checked against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// The f32 model.
-    F32,
-    /// The int8 model.
-    Int8,
+/// The largest |Δ| allowed on a model output of this precision.
+pub fn tolerance(precision: Precision) -> f32 {
+    match precision {
+        Precision::F32 => F32_TOLERANCE,
+        Precision::Int8 => INT8_TOLERANCE,
+    }
 }
 
-impl Precision {
-    /// Reads the precision from the model's `fer.precision` metadata.
-    pub fn of(classifier: &Classifier) -> Result<Self> {
-        match classifier.info.precision.as_str() {
-            "f32" => Ok(Self::F32),
-            "int8" => Ok(Self::Int8),
-            other => bail!("no golden outputs for precision {other:?}"),
-        }
-    }
-
-    /// The tolerance of this precision.
-    pub fn tolerance(self) -> f32 {
-        match self {
-            Self::F32 => F32_TOLERANCE,
-            Self::Int8 => INT8_TOLERANCE,
-        }
-    }
-
-    /// This precision's expected outputs of a case.
-    pub fn expected(self, case: &GoldenCase) -> &ModelOutputs {
-        match self {
-            Self::F32 => &case.f32,
-            Self::Int8 => &case.int8,
-        }
+/// A case's expected outputs for a model of this precision.
+pub fn expected(precision: Precision, case: &GoldenCase) -> &ModelOutputs {
+    match precision {
+        Precision::F32 => &case.f32,
+        Precision::Int8 => &case.int8,
     }
 }
 
@@ -87,7 +68,7 @@ pub fn check_matches(set: &GoldenSet, classifier: &Classifier) -> Result<()> {
 /// precision's tolerance, same top-1. Returns the largest deviation seen.
 pub fn check_all(set: &GoldenSet, classifier: &mut Classifier) -> Result<f32> {
     check_matches(set, classifier)?;
-    let precision = Precision::of(classifier)?;
+    let precision = classifier.info.precision;
     let mut worst: f32 = 0.0;
     for case in &set.cases {
         let input = preprocess(case)?;
@@ -97,8 +78,8 @@ pub fn check_all(set: &GoldenSet, classifier: &mut Classifier) -> Result<f32> {
             case.name
         );
         let got = classifier.outputs(&input)?;
-        let expected = precision.expected(case);
-        compare(&case.name, &got, expected, precision.tolerance())?;
+        let expected = expected(precision, case);
+        compare(&case.name, &got, expected, tolerance(precision))?;
         worst = worst.max(max_deviation(&got, expected));
     }
     Ok(worst)

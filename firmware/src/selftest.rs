@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use fer_protocol::contract::Precision;
 use fer_protocol::{Decoder, Expression, Frame, Reading};
 
 use crate::classify::Classifier;
@@ -91,13 +92,13 @@ impl fmt::Display for Check {
 /// `NAME.golden.json`, and the model pair's two files.
 pub fn model_family(classifier: &Path) -> Option<(PathBuf, [PathBuf; 2])> {
     let file = classifier.file_name()?.to_str()?;
-    let stem = file
-        .strip_suffix(".int8.onnx")
-        .or_else(|| file.strip_suffix(".f32.onnx"))?;
+    let stem = Precision::ALL
+        .into_iter()
+        .find_map(|p| file.strip_suffix(p.file_suffix())?.strip_suffix('.'))?;
     let sibling = |suffix: &str| classifier.with_file_name(format!("{stem}.{suffix}"));
     Some((
         sibling(fer_protocol::golden::FILE_SUFFIX),
-        [sibling("f32.onnx"), sibling("int8.onnx")],
+        Precision::ALL.map(|p| sibling(p.file_suffix())),
     ))
 }
 
@@ -427,8 +428,14 @@ mod tests {
     fn model_family_finds_the_golden_file_and_both_models() {
         let (golden, models) = model_family(Path::new("models/fer.int8.onnx")).unwrap();
         assert_eq!(golden, Path::new("models/fer.golden.json"));
-        assert_eq!(models[0], Path::new("models/fer.f32.onnx"));
+        assert_eq!(
+            models,
+            [Path::new("models/fer.f32.onnx"), Path::new("models/fer.int8.onnx")]
+        );
+        let (_, from_f32) = model_family(Path::new("models/fer.f32.onnx")).unwrap();
+        assert_eq!(from_f32, models);
         assert!(model_family(Path::new("models/other.onnx")).is_none());
+        assert!(model_family(Path::new("models/f32.onnx")).is_none());
     }
 
     struct Wire(Option<bool>);

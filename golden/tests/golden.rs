@@ -9,6 +9,7 @@ use fer_firmware::detect::{DetectOptions, Detector};
 use fer_firmware::golden::{F32_TOLERANCE, INT8_TOLERANCE, check_all, compare, preprocess};
 use fer_firmware::selftest::{FIXTURE_FACES, FIXTURE_FRAME, FIXTURE_TOLERANCE, face_deviation, fixture_faces};
 use fer_golden::{DETECTOR, F32_MODEL, INT8_MODEL, golden};
+use fer_protocol::contract::Precision;
 use fer_protocol::{Expression, Frame, Reading};
 
 #[test]
@@ -27,7 +28,7 @@ fn preprocessing_is_bit_exact() {
 #[test]
 fn models_follow_the_contract_of_their_golden_vectors() {
     let golden = golden().unwrap();
-    for (bytes, precision) in [(F32_MODEL, "f32"), (INT8_MODEL, "int8")] {
+    for (bytes, precision) in [(F32_MODEL, Precision::F32), (INT8_MODEL, Precision::Int8)] {
         let info = Classifier::from_bytes(bytes).unwrap().info;
         assert_eq!(info.precision, precision);
         assert_eq!(

@@ -10,6 +10,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use fer_export::quantize::WeightScales;
 use fer_export::{calibrate, float, graph, pipeline, quantize};
 use fer_protocol::INPUT;
+use fer_protocol::contract::Precision;
 use fer_train::model::{ExpressionNet, NetworkConfig};
 use tract_onnx::pb::ModelProto;
 
@@ -22,7 +23,9 @@ fn models() -> (ModelProto, ModelProto) {
             .ok()
             .map(|b| graph::decode(&b).expect("valid ONNX"))
     };
-    if let (Some(f32_model), Some(int8_model)) = (load("f32.onnx"), load("int8.onnx")) {
+    if let (Some(f32_model), Some(int8_model)) =
+        (load(Precision::F32.file_suffix()), load(Precision::Int8.file_suffix()))
+    {
         eprintln!("benchmarking {}", prefix.display());
         return (f32_model, int8_model);
     }
@@ -53,9 +56,9 @@ fn per_face(c: &mut Criterion) {
     let mut group = c.benchmark_group("tract per face (batch 1)");
     // int8 takes ~0.1 s per face on x86 (docs/export.md): 30 samples keep the run under a minute.
     group.sample_size(30);
-    for (name, model) in [("f32", &f32_model), ("int8", &int8_model)] {
+    for (precision, model) in [(Precision::F32, &f32_model), (Precision::Int8, &int8_model)] {
         let mut runner = graph::plan(model).expect("runnable model");
-        group.bench_function(name, |b| {
+        group.bench_function(precision.name(), |b| {
             b.iter(|| runner.outputs(std::hint::black_box(&input)).expect("run"));
         });
     }

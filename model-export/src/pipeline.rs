@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::prelude::*;
-use fer_protocol::contract::{self, keys};
+use fer_protocol::contract::{self, Precision, keys};
 use fer_protocol::golden::{GoldenCase, GoldenSet};
 use fer_protocol::{Expression, INPUT};
 use fer_train::batch::eval_batch;
@@ -61,7 +61,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
         (keys::WEIGHTS_SHA256, weights_sha256.clone()),
         (keys::TRAINING, training_summary(&config)),
         (keys::EVALUATION, evaluation_summary(&options.run)),
-        (keys::PRECISION, "f32".to_string()),
+        (keys::PRECISION, Precision::F32.to_string()),
     ]);
     graph::set_metadata(&mut f32_model, props);
 
@@ -94,7 +94,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let ranges = calibrate::ranges(&to_quantize, &observed, &inputs, options.activation_ranges)?;
     let (mut int8_model, layers) =
         quantize::quantize(&to_quantize, &ranges, options.weight_scales, &options.f32_convs)?;
-    graph::set_metadata(&mut int8_model, [(keys::PRECISION, "int8".to_string())]);
+    graph::set_metadata(&mut int8_model, [(keys::PRECISION, Precision::Int8.to_string())]);
     let mut int8_runner = graph::plan(&int8_model).context("the int8 model does not run in tract")?;
 
     let quality = compare(&mut f32_runner, &mut int8_runner, &evaluation)?;
@@ -183,8 +183,8 @@ fn write_outputs(
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let files = [
-        "f32.onnx",
-        "int8.onnx",
+        Precision::F32.file_suffix(),
+        Precision::Int8.file_suffix(),
         fer_protocol::golden::FILE_SUFFIX,
         "report.json",
         "report.md",

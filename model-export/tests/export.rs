@@ -8,6 +8,7 @@ use fer_export::calibrate::RangeMethod;
 use fer_export::graph;
 use fer_export::pipeline::{load_checked, output_path};
 use fer_export::quantize::WeightScales;
+use fer_protocol::contract::Precision;
 use fer_protocol::golden::GoldenSet;
 use fer_train::config::{Backend, TrainConfig};
 use fer_train::dataset::{DatasetSpec, write_synthetic};
@@ -101,7 +102,7 @@ fn a_run_trained_on_wgpu_exports_and_passes_the_gates() {
         report.parity_images >= 100 && report.parity_max_logit_error <= 1e-4,
         "{report:?}"
     );
-    assert!(load_checked(&output_path(&out, "int8.onnx")).is_ok());
+    assert!(load_checked(&output_path(&out, Precision::Int8.file_suffix())).is_ok());
 }
 
 #[test]
@@ -135,11 +136,11 @@ fn exports_checked_models_and_golden_vectors() {
     );
     assert_eq!(count(&report.f32_plan_ops, "Im2col"), 0, "{:?}", report.f32_plan_ops);
 
-    let (f32_model, f32_info) = load_checked(&output_path(&out, "f32.onnx")).unwrap();
-    let (int8_model, int8_info) = load_checked(&output_path(&out, "int8.onnx")).unwrap();
+    let (f32_model, f32_info) = load_checked(&output_path(&out, Precision::F32.file_suffix())).unwrap();
+    let (int8_model, int8_info) = load_checked(&output_path(&out, Precision::Int8.file_suffix())).unwrap();
     assert_eq!(
-        (f32_info.precision.as_str(), int8_info.precision.as_str()),
-        ("f32", "int8")
+        (f32_info.precision, int8_info.precision),
+        (Precision::F32, Precision::Int8)
     );
     assert_eq!(f32_info.weights_sha256, int8_info.weights_sha256);
     assert_eq!(f32_info.version, "run epoch 1");
@@ -205,9 +206,9 @@ fn cross_entropy_runs_get_class_mean_centers() {
     })
     .unwrap();
     assert!(report.centers_from_class_means);
-    let (_, info) = load_checked(&output_path(&out, "f32.onnx")).unwrap();
+    let (_, info) = load_checked(&output_path(&out, Precision::F32.file_suffix())).unwrap();
     assert!(info.training.contains("class means"), "{}", info.training);
-    let (int8, _) = load_checked(&output_path(&out, "int8.onnx")).unwrap();
+    let (int8, _) = load_checked(&output_path(&out, Precision::Int8.file_suffix())).unwrap();
     let ops = |op: &str| {
         int8.graph
             .as_ref()
@@ -217,7 +218,7 @@ fn cross_entropy_runs_get_class_mean_centers() {
             .filter(|n| n.op_type == op)
             .count()
     };
-    let (f32_model, _) = load_checked(&output_path(&out, "f32.onnx")).unwrap();
+    let (f32_model, _) = load_checked(&output_path(&out, Precision::F32.file_suffix())).unwrap();
     let convs = f32_model
         .graph
         .as_ref()

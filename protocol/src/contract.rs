@@ -51,6 +51,48 @@ pub mod keys {
     pub const EVALUATION: &str = "fer.evaluation";
 }
 
+/// What a model's convolutions compute in: its [`keys::PRECISION`] value and its file's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// 32-bit floats throughout.
+    F32,
+    /// 8-bit integer convolutions with a float tail.
+    Int8,
+}
+
+impl Precision {
+    /// Both precisions, in the order fer-export writes them.
+    pub const ALL: [Self; 2] = [Self::F32, Self::Int8];
+
+    /// The [`keys::PRECISION`] value: `f32` or `int8`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Int8 => "int8",
+        }
+    }
+
+    /// File name of this precision's model next to its siblings (`NAME.f32.onnx`,
+    /// `NAME.int8.onnx`), as [`crate::golden::FILE_SUFFIX`] names the golden vectors.
+    pub const fn file_suffix(self) -> &'static str {
+        match self {
+            Self::F32 => "f32.onnx",
+            Self::Int8 => "int8.onnx",
+        }
+    }
+
+    /// The precision a [`keys::PRECISION`] value names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The key-value pairs whose values the contract fixes.
 pub fn required_props() -> Vec<(&'static str, String)> {
     let labels: Vec<&str> = Expression::ALL.iter().map(|e| e.name()).collect();
@@ -69,8 +111,8 @@ pub fn required_props() -> Vec<(&'static str, String)> {
 /// What a model that passed [`check`] says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelInfo {
-    /// `f32` or `int8`.
-    pub precision: String,
+    /// What the convolutions compute in.
+    pub precision: Precision,
     /// The model version string.
     pub version: String,
     /// SHA-256 of the f32 weights.
@@ -128,14 +170,12 @@ pub fn check(props: &BTreeMap<String, String>) -> Result<ModelInfo, ContractErro
             });
         }
     }
-    let precision = get(keys::PRECISION)?.clone();
-    if precision != "f32" && precision != "int8" {
-        return Err(ContractError::Mismatch {
-            key: keys::PRECISION,
-            expected: "f32 or int8".to_string(),
-            found: precision,
-        });
-    }
+    let found = get(keys::PRECISION)?;
+    let precision = Precision::from_name(found).ok_or_else(|| ContractError::Mismatch {
+        key: keys::PRECISION,
+        expected: format!("{} or {}", Precision::F32, Precision::Int8),
+        found: found.clone(),
+    })?;
     let optional = |key| props.get(key).cloned().unwrap_or_default();
     Ok(ModelInfo {
         precision,
@@ -154,7 +194,7 @@ mod tests {
         let mut props: BTreeMap<String, String> =
             required_props().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         for (key, value) in [
-            (keys::PRECISION, "int8"),
+            (keys::PRECISION, Precision::Int8.name()),
             (keys::MODEL_VERSION, "run 6"),
             (keys::WEIGHTS_SHA256, "ab"),
         ] {
@@ -178,7 +218,7 @@ mod tests {
     #[test]
     fn accepts_a_conforming_model_and_names_what_breaks_it() {
         let info = check(&valid()).unwrap();
-        assert_eq!((info.precision.as_str(), info.version.as_str()), ("int8", "run 6"));
+        assert_eq!((info.precision, info.version.as_str()), (Precision::Int8, "run 6"));
         assert_eq!(info.training, "");
 
         let mut props = valid();
@@ -192,12 +232,31 @@ mod tests {
 
         let mut props = valid();
         props.insert(keys::PRECISION.to_string(), "fp16".to_string());
-        assert!(matches!(
-            check(&props),
-            Err(ContractError::Mismatch {
-                key: keys::PRECISION,
-                ..
-            })
-        ));
+        let error = check(&props).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ContractError::Mismatch {
+                    key: keys::PRECISION,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("is `fp16` but this build expects `f32 or int8`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn precisions_read_back_from_their_names_and_name_their_files() {
+        for precision in Precision::ALL {
+            assert_eq!(Precision::from_name(precision.name()), Some(precision));
+            assert_eq!(precision.file_suffix(), format!("{precision}.onnx"));
+        }
+        assert_eq!(Precision::from_name("F32"), None);
     }
 }
