@@ -177,8 +177,14 @@ impl Run {
     /// one, else the weights.
     pub fn load_model(&self, device: &Device) -> Result<(ExpressionNet, TrainConfig)> {
         let config = self.config()?;
+        Ok((self.load_reported(&config, device)?, config))
+    }
+
+    /// The model the run reports ([`Run::load_model`]) as a network of `config`, the folder's
+    /// `config.json` read before.
+    pub fn load_reported(&self, config: &TrainConfig, device: &Device) -> Result<ExpressionNet> {
         let file = if config.ema.is_some() { files::EMA } else { files::MODEL };
-        Ok((self.load_weights(file, &config, device)?, config))
+        self.load_weights(file, config, device)
     }
 
     /// One weights file of the folder, as a model of `config`'s network.

@@ -17,7 +17,7 @@ use crate::batch::{HostBatch, eval_batch, mirrored_eval_batch, train_epoch};
 use crate::config::Distill;
 use crate::config::{TclConfig, TrainConfig};
 use crate::dataset::{ClassCounts, DatasetSpec, LoadOptions, Sample, Split, long_tail};
-use crate::distill::{blend_teachers, check_teachers, teacher_distribution, teacher_marks};
+use crate::distill::{TeacherMark, blend_teachers, check_teachers, teacher_distribution, teacher_marks};
 use crate::ema::Ema;
 use crate::loss::{Targets, cross_entropy, logit_adjustment, triplet_center_loss};
 use crate::metrics::Metrics;
@@ -40,14 +40,15 @@ pub fn stop_on_ctrl_c() {
 }
 
 /// Replaces each training face's target with its blend with the teachers' distributions on it.
-pub fn distil_targets(distill: &Distill, samples: &mut [Sample], device: &Device) -> Result<()> {
-    let teachers = distill
-        .teachers
+/// `marks` are the teachers as [`teacher_marks`] read them: each teacher's weights are loaded as
+/// the network its mark records, so the targets come from the run the student's check saw.
+pub fn distil_targets(distill: &Distill, marks: &[TeacherMark], samples: &mut [Sample], device: &Device) -> Result<()> {
+    let teachers = marks
         .iter()
-        .map(|teacher| {
-            let (model, _) = Run::at(teacher)
-                .load_model(device)
-                .with_context(|| format!("teacher {}", teacher.display()))?;
+        .map(|mark| {
+            let model = Run::at(&mark.run)
+                .load_reported(&mark.config, device)
+                .with_context(|| format!("teacher {}", mark.run.display()))?;
             let rows = logits(&model, samples, device);
             let mirrored = distill.flip.then(|| mirrored_logits(&model, samples, device));
             Ok(teacher_distribution(&rows, mirrored.as_deref(), distill.temperature))
@@ -218,10 +219,13 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
             run.dir().display()
         );
     }
+    // state.json is written last in a checkpoint: without it no epoch finished, and a run killed
+    // that early has nothing to continue from but its config, so it starts over.
+    let committed = if resume { run.state()? } else { None };
+    let from_checkpoint = committed.is_some();
     let teachers = config.distill.as_ref().map(teacher_marks).transpose()?;
     if let Some(marks) = &teachers
-        && resume
-        && run.state()?.is_some()
+        && from_checkpoint
     {
         check_teachers(run, marks)?;
     }
@@ -229,8 +233,8 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
     device.seed(config.seed);
 
     let mut train_samples = load_split(config, &config.data, Split::Train)?;
-    if let Some(distill) = &config.distill {
-        distil_targets(distill, &mut train_samples, &config.backend.device()?)?;
+    if let (Some(distill), Some(marks)) = (&config.distill, &teachers) {
+        distil_targets(distill, marks, &mut train_samples, &config.backend.device()?)?;
     }
     let train_samples = Arc::new(train_samples);
     let valid_samples = load_split(config, config.valid_spec(), Split::Valid)?;
@@ -253,10 +257,6 @@ pub fn train(config: &TrainConfig, run: &Run, resume: bool) -> Result<RunSummary
     if let Some(marks) = &teachers {
         write_json(&run.file(files::TEACHERS), marks)?;
     }
-    // state.json is written last in a checkpoint: without it no epoch finished, and a run killed
-    // that early has nothing to continue from but its config, so it starts over.
-    let committed = if resume { run.state()? } else { None };
-    let from_checkpoint = committed.is_some();
     if resume {
         run.settle(committed.as_ref().map_or(0, |s| s.epochs_done))?;
     }

@@ -10,6 +10,7 @@ use fer_protocol::Expression;
 use fer_train::augment::{Mix, MixKind};
 use fer_train::config::{Distill, TrainConfig};
 use fer_train::dataset::{DatasetSpec, LoadOptions, Split, write_synthetic};
+use fer_train::distill::teacher_marks;
 use fer_train::loss::{Negatives, triplet_center_loss};
 use fer_train::model::{ExpressionNet, NetworkConfig};
 use fer_train::predictions::Predictions;
@@ -314,7 +315,8 @@ fn a_student_learns_from_its_teachers_distribution_with_mixed_faces() {
             temperature: 1.0,
             flip,
         };
-        training::distil_targets(&distill, &mut samples, &Device::flex()).unwrap();
+        let marks = teacher_marks(&distill).unwrap();
+        training::distil_targets(&distill, &marks, &mut samples, &Device::flex()).unwrap();
         samples
     };
     let (taught, halfway, flipped) = (samples(1.0, false), samples(0.5, false), samples(1.0, true));
